@@ -1,0 +1,5 @@
+import sys
+
+from anchorclip.cli import main
+
+sys.exit(main())
