@@ -1,0 +1,146 @@
+"""What one training step sees: finetune images with their labels (and captions), plus retrieved pairs.
+
+`AnchoredDataset` item `i` is a pure function of `(seed, epoch, i)`: its augmentation, its prompt
+template and the retrieved pairs that ride along with it. So `resume_from_checkpoint` continues with the
+same anchor order, and the number of dataloader workers or processes never changes what is trained on.
+Item `i` of epoch `e` takes pairs `perm_e[i*r : (i+1)*r]` (wrapping) of a per-epoch permutation of the
+pair set, so each epoch walks through all pairs before repeating one.
+
+`AnchorCollator` builds one image batch (finetune images, then pair images) and one text batch (class
+prompts, captions, pair captions) so the model runs one image pass and one text pass per step.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset
+
+from .data import decode_image
+from .transforms import ImageTransform
+
+logger = logging.getLogger(__name__)
+
+
+class UndecodableImageError(ValueError):
+    pass
+
+
+def _generator(*keys: int) -> torch.Generator:
+    seed = 0
+    for key in keys:  # a simple deterministic mix of the keys (Python's hash() is salted per process)
+        seed = (seed * 1_000_003 + int(key) + 1) % (2**63 - 1)
+    return torch.Generator().manual_seed(seed)
+
+
+class AnchoredDataset(Dataset):
+    def __init__(
+        self,
+        finetune,
+        transform: ImageTransform,
+        image_column: str,
+        label_column: str | None,
+        caption_column: str | None = None,
+        pairs=None,
+        pair_image_column: str | None = None,
+        pair_caption_column: str | None = None,
+        pairs_per_item: int = 0,
+        num_templates: int = 1,
+        seed: int = 0,
+        strict_images: bool = False,
+    ):
+        self.finetune, self.pairs = finetune, pairs
+        self.transform = transform
+        self.image_column, self.label_column, self.caption_column = image_column, label_column, caption_column
+        self.pair_image_column, self.pair_caption_column = pair_image_column, pair_caption_column
+        self.pairs_per_item = pairs_per_item if pairs is not None else 0
+        self.num_templates = num_templates
+        self.seed = seed
+        self.strict_images = strict_images
+        self.epoch = 0
+        self._pair_order: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.finetune)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self._pair_order = None
+
+    def _pair_indices(self, index: int) -> list[int]:
+        if self._pair_order is None:
+            self._pair_order = torch.randperm(len(self.pairs), generator=_generator(self.seed, self.epoch, -1))
+        start = index * self.pairs_per_item
+        return [int(self._pair_order[(start + j) % len(self.pairs)]) for j in range(self.pairs_per_item)]
+
+    def _load(self, rows, index: int, column: str, generator: torch.Generator) -> tuple[dict, torch.Tensor, int]:
+        """Row `index` with its transformed image; an undecodable image is replaced by the next decodable row."""
+        for offset in range(len(rows)):
+            row = rows[(index + offset) % len(rows)]
+            image = decode_image(row[column])
+            if image is not None:
+                return row, self.transform(image, generator), offset
+            if self.strict_images:
+                raise UndecodableImageError(f"Row {index} of the {column!r} column holds an undecodable image.")
+            if offset == 0:
+                logger.warning("Undecodable image in row %d; using the next decodable row instead.", index)
+        raise UndecodableImageError(f"No image in column {column!r} could be decoded.")
+
+    def __getitem__(self, index: int) -> dict:
+        generator = _generator(self.seed, self.epoch, index)
+        row, pixels, skipped = self._load(self.finetune, index, self.image_column, generator)
+        item = {
+            "pixel_values": pixels,
+            "label": int(row[self.label_column]) if self.label_column else -1,
+            "template": int(torch.randint(self.num_templates, (1,), generator=generator)),
+            "skipped": int(skipped > 0),
+        }
+        if self.caption_column:
+            item["caption"] = row[self.caption_column]
+        if self.pairs_per_item:
+            item["pair_pixel_values"], item["pair_captions"] = [], []
+            for pair_index in self._pair_indices(index):
+                pair, pair_pixels, skipped = self._load(self.pairs, pair_index, self.pair_image_column, generator)
+                item["pair_pixel_values"].append(pair_pixels)
+                item["pair_captions"].append(pair[self.pair_caption_column])
+                item["skipped"] += int(skipped > 0)
+        return item
+
+
+@dataclass
+class AnchorCollator:
+    """Stack items into one image batch and one tokenized text batch, with segment sizes to split them."""
+
+    tokenizer: object
+    class_names: list[str]
+    templates: list[str]
+    max_length: int = 77
+    with_prompts: bool = True
+
+    def __call__(self, items: list[dict]) -> dict:
+        images = [item["pixel_values"] for item in items]
+        texts = []
+        if self.with_prompts:
+            texts += [self.templates[item["template"]].format(self.class_names[item["label"]]) for item in items]
+        num_captions = sum("caption" in item for item in items)
+        texts += [item["caption"] for item in items if "caption" in item]
+        num_pairs = 0
+        for item in items:
+            images += item.get("pair_pixel_values", [])
+            texts += item.get("pair_captions", [])
+            num_pairs += len(item.get("pair_captions", []))
+        batch = {
+            "pixel_values": torch.stack(images),
+            "labels": torch.tensor([item["label"] for item in items]),
+            "num_captions": num_captions,
+            "num_pairs": num_pairs,
+            "num_skipped_images": torch.tensor(sum(item["skipped"] for item in items)),
+        }
+        if texts:
+            tokens = self.tokenizer(
+                texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            )
+            batch["input_ids"], batch["attention_mask"] = tokens["input_ids"], tokens["attention_mask"]
+        return batch

@@ -1,0 +1,411 @@
+"""`AnchorCLIPTrainer`: ARF and its baselines (FLYP, FT, LP-FT, zero-shot) on one `transformers.Trainer`.
+
+One ARF step: a single image pass over [finetune images; retrieved-pair images] and a single text pass
+over [class prompts; captions; pair captions]; then
+
+    L = L_cls(finetune images, prompts) + λ1 L_caption(finetune images, captions) + λ2 L_pairs(pair images, pair captions)
+
+so the finetune image features are computed once and serve both L_cls and L_caption.
+
+Gradient accumulation. A contrastive loss is not a sum over micro-batches (the negatives change), so
+accumulating micro-batch losses is *not* training with the large batch. We follow open_clip's
+`--accum-freq`: embed every micro-batch of the accumulation window without gradients, then for each
+micro-batch recompute its features with gradients and evaluate the loss of the *whole* window with the
+others' cached features. Summing those gradients gives exactly the large-batch gradient, at the cost of
+one extra no-grad forward per micro-batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+
+import datasets
+import evaluate
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+from transformers import Trainer, TrainerCallback
+
+from .batching import AnchorCollator, AnchoredDataset
+from .data import (
+    CAPTION_COLUMNS,
+    IMAGE_COLUMNS,
+    LABEL_COLUMNS,
+    class_names_from_features,
+    decode_image,
+    find_column,
+    with_raw_images,
+)
+from .evaluation import GROUPS, EvalSet
+from .loss import ContrastiveLoss
+from .modeling_anchorclip import AnchorCLIPModel
+from .templates import resolve_templates
+from .training_args import AnchorTrainingArguments
+from .transforms import ImageTransform
+
+logger = logging.getLogger(__name__)
+
+LOSS_TERMS = ("loss_cls", "loss_caption", "loss_pairs", "loss_ce")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped because the loss became NaN or infinite."""
+
+
+class AnchorCLIPTrainer(Trainer):
+    """Finetune a CLIP model with ARF or a baseline (see `AnchorTrainingArguments.method`).
+
+    Args:
+        model: an `AnchorCLIPModel` (load any CLIP checkpoint with `AnchorCLIPModel.from_pretrained`).
+        args: `AnchorTrainingArguments`.
+        train_dataset: the finetune set: an image column, an integer label column and, for ARF with
+            λ1 > 0, a caption column (text-compensated anchors, see `anchorclip caption`).
+        eval_dataset: a dataset, an `EvalSet`, or a dict `{name: Dataset | EvalSet}`; each is scored
+            zero-shot with a head built from the current text tower.
+        processing_class: the model's `CLIPProcessor` (tokenizer + image processor); saved with checkpoints.
+        class_names: finetune class names in label-id order (default: the label column's `ClassLabel` names).
+        pair_anchors: retrieved image-caption pairs (see `anchorclip retrieve`), used when λ2 > 0.
+    """
+
+    # compute_loss returns a loss already scaled for accumulation (see module docstring).
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        model: AnchorCLIPModel,
+        args: AnchorTrainingArguments,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        class_names: list[str] | None = None,
+        pair_anchors=None,
+        callbacks: list[TrainerCallback] | None = None,
+        **kwargs,
+    ):
+        if not isinstance(args, AnchorTrainingArguments):
+            raise TypeError("AnchorCLIPTrainer needs AnchorTrainingArguments.")
+        if processing_class is None:
+            raise ValueError("Pass processing_class=CLIPProcessor (its tokenizer and image processor are needed).")
+        self.class_names = class_names
+        self.contrastive_loss = ContrastiveLoss(duplicates=args.duplicate_classes)
+        self.caption_loss = ContrastiveLoss()  # captions are distinct texts: no duplicate handling
+        self._term_sums: dict[str, float] = defaultdict(float)
+        self._term_counts: dict[str, int] = defaultdict(int)
+        self._skipped_images = 0
+        self._window: list[dict] = []
+        self._window_cache: list[dict] | None = None
+        self._micro = 0
+
+        train_data, collator = None, None
+        if train_dataset is not None:
+            train_data, collator = self._build_train_data(train_dataset, pair_anchors, args, processing_class, model)
+        callbacks = [_ClampLogitScale(), _SetEpoch(), *(callbacks or [])]
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train_data,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            data_collator=collator,
+            callbacks=callbacks,
+            **kwargs,
+        )
+        if args.method in ("ft", "lp_ft"):
+            self._prepare_linear_head(model, processing_class)
+
+    # ------------------------------------------------------------------ data
+
+    def _build_train_data(self, train_dataset, pair_anchors, args, processing_class, model):
+        """Validate the finetune and anchor sets up front and wrap them in an `AnchoredDataset`."""
+        image_column = find_column(train_dataset, args.image_column, IMAGE_COLUMNS, "image")
+        label_column = find_column(train_dataset, args.label_column, LABEL_COLUMNS, "label")
+        self.class_names = self.class_names or class_names_from_features(train_dataset, label_column)
+        if not self.class_names:
+            raise ValueError(
+                f"The label column {label_column!r} is not a ClassLabel; pass class_names=[...] in label-id order."
+            )
+        if len(train_dataset) == 0:
+            raise ValueError("The finetune dataset is empty.")
+        labels = np.asarray(train_dataset[label_column])
+        bad = labels[(labels < 0) | (labels >= len(self.class_names))]
+        if bad.size:
+            raise ValueError(
+                f"Label ids {sorted(set(bad.tolist()))[:10]} in column {label_column!r} are outside the "
+                f"{len(self.class_names)} class names (valid ids: 0..{len(self.class_names) - 1})."
+            )
+        caption_column = None
+        if args.uses_captions:
+            caption_column = find_column(train_dataset, args.caption_column, CAPTION_COLUMNS, "caption")
+        pair_image_column = pair_caption_column = None
+        if args.uses_pairs:
+            if pair_anchors is None or len(pair_anchors) == 0:
+                raise ValueError(
+                    f"The pair-anchor set is empty but lambda_pairs={args.lambda_pairs} > 0: pass pair_anchors "
+                    "(see `anchorclip retrieve`) or set lambda_pairs=0."
+                )
+            pair_image_column = find_column(pair_anchors, None, IMAGE_COLUMNS, "pair-anchor image")
+            pair_caption_column = find_column(pair_anchors, None, CAPTION_COLUMNS, "pair-anchor caption")
+            pair_anchors = with_raw_images(pair_anchors, pair_image_column)
+        else:
+            pair_anchors = None
+        templates = resolve_templates(args.train_templates)
+        dataset = AnchoredDataset(
+            with_raw_images(train_dataset, image_column),
+            transform=ImageTransform.from_image_processor(processing_class.image_processor, train=True),
+            image_column=image_column,
+            label_column=label_column,
+            caption_column=caption_column,
+            pairs=pair_anchors,
+            pair_image_column=pair_image_column,
+            pair_caption_column=pair_caption_column,
+            pairs_per_item=args.pair_anchors_per_image if args.uses_pairs else 0,
+            num_templates=len(templates),
+            seed=args.data_seed if args.data_seed is not None else args.seed,
+            strict_images=args.strict_images,
+        )
+        max_length = min(args.max_text_length, model.config.text_config.max_position_embeddings)
+        collator = AnchorCollator(
+            processing_class.tokenizer, self.class_names, templates, max_length, with_prompts=args.is_contrastive
+        )
+        model.config.class_names = list(self.class_names)
+        model.config.templates = resolve_templates(args.eval_templates)
+        return dataset, collator
+
+    def _prepare_linear_head(self, model: AnchorCLIPModel, processing_class) -> None:
+        """FT / LP-FT: a linear head initialised from the zero-shot head (WiSE-FT), text tower frozen."""
+        if model.finetune_head is None:
+            head = model.build_zero_shot_head(self.class_names, self.args.eval_templates, processing_class.tokenizer)
+            model.set_finetune_head(head * model.logit_scale.exp().detach())
+        for parameter in model.text_model.parameters():
+            parameter.requires_grad_(False)
+        model.text_projection.requires_grad_(False)
+        model.logit_scale.requires_grad_(False)
+        if self.args.method == "lp_ft":
+            self.args.ddp_find_unused_parameters = True  # the image tower is idle while probing
+
+    # ------------------------------------------------------------------ loss
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._window, self._window_cache, self._micro = batch_samples, None, 0
+        return batch_samples, num_items_in_batch
+
+    def train(self, *args, **kwargs):
+        if self.args.method == "zeroshot":
+            raise ValueError("method='zeroshot' trains nothing: call evaluate() on the pretrained model instead.")
+        return super().train(*args, **kwargs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self._skipped_images += int(inputs.pop("num_skipped_images", 0))
+        if not model.training:
+            raise NotImplementedError("AnchorCLIPTrainer scores evaluation sets with evaluate(), not a loss.")
+        window = len(self._window) or 1
+        micro, self._micro = self._micro, self._micro + 1
+        if self.args.method in ("ft", "lp_ft"):
+            terms = {"loss_ce": self._cross_entropy(model, inputs)}
+            loss = terms["loss_ce"] / window
+        else:
+            loss, terms = self._contrastive_window_loss(model, inputs, micro, window)
+        if not torch.isfinite(loss.detach()).all():
+            raise NonFiniteLossError(
+                f"Loss became non-finite at step {self.state.global_step} "
+                f"({', '.join(f'{k}={v.item():.4g}' for k, v in terms.items())}). Training stopped; the last "
+                f"checkpoint in {self.args.output_dir} is intact. Lower the learning rate, use bf16 rather than "
+                "fp16, or check the inputs."
+            )
+        for name, value in terms.items():
+            self._term_sums[name] += value.detach().float().item()
+            self._term_counts[name] += 1
+        return (loss, None) if return_outputs else loss
+
+    def _cross_entropy(self, model, inputs) -> torch.Tensor:
+        probing = self.args.method == "lp_ft" and self.state.global_step < self.args.lp_fraction * self.state.max_steps
+        with torch.set_grad_enabled(not probing):
+            image_embeds = model(pixel_values=inputs["pixel_values"]).image_embeds
+        head = self.accelerator.unwrap_model(model).finetune_head
+        logits = image_embeds.float() @ head.float().t()
+        return F.cross_entropy(logits, inputs["labels"])
+
+    def _encode(self, model, inputs) -> dict[str, torch.Tensor]:
+        """One image pass and one text pass, split into the segments of an ARF batch."""
+        outputs = model(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], pixel_values=inputs["pixel_values"]
+        )
+        batch = inputs["labels"].shape[0]
+        num_captions, num_pairs = inputs["num_captions"], inputs["num_pairs"]
+        images, texts = outputs.image_embeds, outputs.text_embeds
+        return {
+            "images": images[:batch],
+            "pair_images": images[batch:],
+            "prompts": texts[:batch],
+            "captions": texts[batch : batch + num_captions],
+            "pair_captions": texts[batch + num_captions : batch + num_captions + num_pairs],
+            "labels": inputs["labels"],
+        }
+
+    def _contrastive_window_loss(self, model, inputs, micro: int, window: int):
+        if window > 1 and self._window_cache is None:
+            with torch.no_grad():
+                self._window_cache = [self._encode(model, self._prepare_inputs(batch)) for batch in self._window]
+        features = self._encode(model, inputs)
+        if window > 1:
+            parts = [features if j == micro else self._window_cache[j] for j in range(window)]
+            features = {key: torch.cat([part[key] for part in parts]) for key in features}
+        logit_scale = self.accelerator.unwrap_model(model).logit_scale
+        if micro != window - 1:
+            # The loss is evaluated `window` times; let the temperature collect its gradient only once.
+            logit_scale = logit_scale.detach()
+
+        terms = {"loss_cls": self.contrastive_loss(features["images"], features["prompts"], logit_scale,
+                                                    features["labels"])}
+        loss = terms["loss_cls"]
+        if self.args.uses_captions:
+            terms["loss_caption"] = self.caption_loss(features["images"], features["captions"], logit_scale)
+            loss = loss + self.args.lambda_caption * terms["loss_caption"]
+        if self.args.uses_pairs:
+            terms["loss_pairs"] = self.caption_loss(features["pair_images"], features["pair_captions"], logit_scale)
+            loss = loss + self.args.lambda_pairs * terms["loss_pairs"]
+        # Each of the `window` backward passes must carry the full gradient of its micro-batch's features,
+        # while the reported value sums to the window's loss: value loss/window, gradient of loss.
+        reported = loss.detach() / window
+        return reported + (loss - loss.detach()), terms
+
+    # ------------------------------------------------------------------ logs
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._term_counts:
+            names = [name for name in LOSS_TERMS if self._term_counts.get(name)]
+            local = torch.tensor([self._term_sums[n] / self._term_counts[n] for n in names], device=self.args.device)
+            mean = self.accelerator.reduce(local, reduction="mean")
+            logs.update({name: round(value, 4) for name, value in zip(names, mean.tolist())})
+            logs["logit_scale"] = round(self.accelerator.unwrap_model(self.model).logit_scale.exp().item(), 3)
+            skipped = self.accelerator.reduce(torch.tensor(self._skipped_images, device=self.args.device), "sum")
+            if skipped.item():
+                logs["skipped_images"] = int(skipped.item())
+            self._term_sums.clear()
+            self._term_counts.clear()
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------ evaluation
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Zero-shot top-1 on each named set, plus the mean of each group (`id`, `domain_shift`, `zero_shot`).
+
+        Heads are rebuilt from the current text tower for every call, so they follow finetuning. For FT /
+        LP-FT, sets with the finetune class names use the trained linear head instead.
+        """
+        eval_dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if eval_dataset is None:
+            raise ValueError("No evaluation set: pass eval_dataset to the trainer or to evaluate().")
+        if not isinstance(eval_dataset, dict):
+            eval_dataset = {metric_key_prefix.removeprefix("eval").strip("_") or "eval": eval_dataset}
+        metrics, by_group = {}, defaultdict(list)
+        for name, eval_set in eval_dataset.items():
+            eval_set = eval_set if isinstance(eval_set, EvalSet) else EvalSet(eval_set)
+            top1 = self._zero_shot_top1(eval_set)
+            metrics[f"{metric_key_prefix}_{name}_top1"] = top1
+            by_group[eval_set.group].append(top1)
+        for group in GROUPS:
+            if by_group[group]:
+                metrics[f"{metric_key_prefix}_{group}_mean"] = float(np.mean(by_group[group]))
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    @torch.no_grad()
+    def _zero_shot_top1(self, eval_set: EvalSet) -> float:
+        dataset = eval_set.dataset
+        image_column = find_column(dataset, eval_set.image_column, IMAGE_COLUMNS, "image")
+        label_column = find_column(dataset, eval_set.label_column, LABEL_COLUMNS, "label")
+        class_names = eval_set.class_names or class_names_from_features(dataset, label_column)
+        if not class_names:
+            raise ValueError("An evaluation set needs class names: a ClassLabel column or EvalSet(class_names=...).")
+        model = self.accelerator.unwrap_model(self.model)
+        model.eval()
+        if model.finetune_head is not None and list(class_names) == list(self.class_names or []):
+            head, scale = model.finetune_head.float(), 1.0
+        else:
+            templates = eval_set.templates or self.args.eval_templates
+            head = model.build_zero_shot_head(class_names, templates, self.processing_class.tokenizer)
+            scale = model.logit_scale.exp().float()
+        transform = ImageTransform.from_image_processor(self.processing_class.image_processor)
+        loader = DataLoader(
+            _EvalImages(with_raw_images(dataset, image_column), image_column, label_column, transform),
+            batch_size=self.args.per_device_eval_batch_size,
+            num_workers=self.args.dataloader_num_workers,
+            collate_fn=_collate_eval,
+        )
+        loader = self.accelerator.prepare_data_loader(loader)
+        metric = _top1_metric()
+        dtype = next(model.vision_model.parameters()).dtype
+        for pixel_values, labels in tqdm(loader, desc="zero-shot eval", leave=False,
+                                         disable=not self.is_local_process_zero()):
+            with self.autocast_smart_context_manager():
+                image_embeds = model(pixel_values=pixel_values.to(dtype)).image_embeds
+            predictions = (scale * image_embeds.float() @ head.t()).argmax(dim=-1)
+            predictions, labels = self.accelerator.gather_for_metrics((predictions, labels))
+            metric.add_batch(predictions=predictions.cpu(), references=labels.cpu())
+        return float(metric.compute()["accuracy"])
+
+
+class _EvalImages(Dataset):
+    def __init__(self, dataset, image_column: str, label_column: str, transform: ImageTransform):
+        self.dataset, self.image_column, self.label_column, self.transform = dataset, image_column, label_column, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        row = self.dataset[index]
+        image = decode_image(row[self.image_column])
+        if image is None:  # counted as a wrong prediction rather than silently shrinking the set
+            logger.warning("Undecodable evaluation image in row %d: scored as wrong.", index)
+            return None, -1
+        return self.transform(image), int(row[self.label_column])
+
+
+def _collate_eval(items):
+    size = next((pixels.shape for pixels, _ in items if pixels is not None), None)
+    pixels = [p if p is not None else torch.zeros(size) for p, _ in items]
+    return torch.stack(pixels), torch.tensor([label for _, label in items])
+
+
+class _Top1Accuracy(evaluate.Metric):
+    """Top-1 accuracy as an `evaluate.Metric`, defined here so evaluation needs no Hub download."""
+
+    def _info(self):
+        return evaluate.MetricInfo(
+            description="Top-1 accuracy: fraction of predictions equal to the reference label.",
+            citation="",
+            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
+        )
+
+    def _compute(self, predictions, references):
+        predictions, references = np.asarray(predictions), np.asarray(references)
+        return {"accuracy": float((predictions == references).mean()) if len(references) else math.nan}
+
+
+def _top1_metric() -> evaluate.Metric:
+    return _Top1Accuracy()
+
+
+class _ClampLogitScale(TrainerCallback):
+    """Keep the temperature parameter at or below ln(100) after every update, as CLIP does."""
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if model is not None and hasattr(model, "logit_scale"):
+            with torch.no_grad():
+                model.logit_scale.clamp_(max=math.log(100.0))
+
+
+class _SetEpoch(TrainerCallback):
+    """Tell the `AnchoredDataset` the epoch (its augmentation and pair order depend on it)."""
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        dataset = getattr(train_dataloader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(math.floor((state.epoch or 0.0) + 1e-6))

@@ -1,0 +1,76 @@
+"""`AnchorTrainingArguments`: `TrainingArguments` plus what ARF and its baselines need."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from .loss import DUPLICATE_MODES
+
+METHODS = ("arf", "flyp", "ft", "lp_ft", "zeroshot")
+
+
+@dataclass
+class AnchorTrainingArguments(TrainingArguments):
+    """Arguments of `AnchorCLIPTrainer`.
+
+    The total loss of `method="arf"` is L_cls + lambda_caption * L_caption + lambda_pairs * L_pairs; `"flyp"`
+    is L_cls alone; `"ft"` and `"lp_ft"` train the image tower and a linear head (initialised from the
+    zero-shot head) with cross-entropy; `"zeroshot"` trains nothing. Setting a lambda to 0 drops that anchor
+    set (the ARF ablations).
+    """
+
+    method: str = field(default="arf", metadata={"help": f"One of {METHODS}."})
+    lambda_caption: float = field(default=1.0, metadata={"help": "λ1: weight of the caption-anchor loss."})
+    lambda_pairs: float = field(default=1.0, metadata={"help": "λ2: weight of the retrieved-pair anchor loss."})
+    pair_anchors_per_image: int = field(
+        default=1, metadata={"help": "Retrieved image-caption pairs per finetune image in each batch."}
+    )
+    train_templates: str = field(
+        default="photo",
+        metadata={"help": "Templates for class prompts in L_cls: a set name (photo, simple, openai_imagenet); "
+                  "one is drawn per image."},
+    )
+    eval_templates: str = field(
+        default="openai_imagenet", metadata={"help": "Template set of the zero-shot heads used in evaluation."}
+    )
+    duplicate_classes: str = field(
+        default="negatives",
+        metadata={"help": f"Same-class pairs in L_cls: {DUPLICATE_MODES}. 'negatives' is FLYP's behaviour."},
+    )
+    lp_fraction: float = field(default=0.5, metadata={"help": "LP-FT: fraction of steps spent linear probing."})
+    image_column: str | None = field(default=None, metadata={"help": "Image column (default: detected)."})
+    label_column: str | None = field(default=None, metadata={"help": "Label column (default: detected)."})
+    caption_column: str | None = field(default=None, metadata={"help": "Caption column (default: detected)."})
+    strict_images: bool = field(
+        default=False, metadata={"help": "Raise on an undecodable image instead of skipping it (with a count)."}
+    )
+    max_text_length: int = field(default=77, metadata={"help": "Token budget of prompts and captions."})
+    # Contrastive batches must be full on every process for the gathered loss; images columns are not
+    # model-forward arguments, so Trainer must not drop them.
+    dataloader_drop_last: bool = field(default=True, metadata={"help": "Drop the last incomplete batch."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: anchorclip builds batches."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}.")
+        if self.duplicate_classes not in DUPLICATE_MODES:
+            raise ValueError(f"duplicate_classes must be one of {DUPLICATE_MODES}, got {self.duplicate_classes!r}.")
+        if self.lambda_caption < 0 or self.lambda_pairs < 0:
+            raise ValueError("lambda_caption and lambda_pairs must be >= 0.")
+        if not 0.0 <= self.lp_fraction <= 1.0:
+            raise ValueError("lp_fraction must be in [0, 1].")
+
+    @property
+    def uses_captions(self) -> bool:
+        return self.method == "arf" and self.lambda_caption > 0
+
+    @property
+    def uses_pairs(self) -> bool:
+        return self.method == "arf" and self.lambda_pairs > 0 and self.pair_anchors_per_image > 0
+
+    @property
+    def is_contrastive(self) -> bool:
+        return self.method in ("arf", "flyp")

@@ -1,0 +1,55 @@
+"""WiSE-FT (Wortsman et al., CVPR 2022): θ(α) = (1 - α)·θ_zero-shot + α·θ_finetuned, weight by weight."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Iterator
+
+import torch
+
+from .modeling_anchorclip import AnchorCLIPModel
+
+
+def wise_ft(
+    zero_shot: AnchorCLIPModel,
+    finetuned: AnchorCLIPModel,
+    alpha: float,
+    zero_shot_head: torch.Tensor | None = None,
+) -> AnchorCLIPModel:
+    """Return a new model whose weights interpolate the two; α=0 is `zero_shot`, α=1 is `finetuned`.
+
+    A finetuned FT / LP-FT linear head is interpolated with `zero_shot_head` (default: the zero-shot model's
+    own `finetune_head`); ARF and FLYP models have no such head and need none.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
+    zero_state, fine_state = zero_shot.state_dict(), finetuned.state_dict()
+    if zero_state.keys() != fine_state.keys():
+        missing = sorted(set(zero_state) ^ set(fine_state))[:5]
+        raise ValueError(f"The two models have different parameters (e.g. {missing}); WiSE-FT needs one architecture.")
+    merged = copy.deepcopy(finetuned)
+    merged.load_state_dict({key: _lerp(zero_state[key], fine_state[key], alpha) for key in fine_state})
+    if finetuned.finetune_head is not None:
+        base_head = zero_shot_head if zero_shot_head is not None else zero_shot.finetune_head
+        if base_head is None:
+            raise ValueError("The finetuned model has a linear head: pass zero_shot_head to interpolate it with.")
+        merged.set_finetune_head(_lerp(base_head.to(finetuned.finetune_head), finetuned.finetune_head.data, alpha))
+    return merged
+
+
+def wise_ft_sweep(
+    zero_shot: AnchorCLIPModel, finetuned: AnchorCLIPModel, alphas: Iterable[float], **kwargs
+) -> Iterator[tuple[float, AnchorCLIPModel]]:
+    """Yield `(alpha, model)` for each α, one interpolated model at a time (memory stays at three models)."""
+    for alpha in alphas:
+        yield alpha, wise_ft(zero_shot, finetuned, alpha, **kwargs)
+
+
+def _lerp(start: torch.Tensor, end: torch.Tensor, alpha: float) -> torch.Tensor:
+    if not torch.is_floating_point(end):  # integer buffers (e.g. position ids) are not interpolated
+        return end.clone()
+    if alpha == 0.0:
+        return start.clone().to(end.dtype)
+    if alpha == 1.0:
+        return end.clone()
+    return torch.lerp(start.to(torch.float32), end.to(torch.float32), alpha).to(end.dtype)
