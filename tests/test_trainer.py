@@ -1,0 +1,254 @@
+import math
+
+import pytest
+import torch
+from conftest import (
+    CLASS_NAMES,
+    corrupt_bytes,
+    make_classification_dataset,
+    make_model,
+    make_pair_dataset,
+    make_processor,
+)
+from transformers import TrainerCallback
+
+from anchorclip import AnchorCLIPTrainer, AnchorTrainingArguments, EvalSet, NonFiniteLossError
+from anchorclip.batching import UndecodableImageError
+from anchorclip.data import ColumnError
+
+
+def make_args(tmp_path, **overrides) -> AnchorTrainingArguments:
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=8,
+        max_steps=2,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        dataloader_num_workers=0,
+        use_cpu=True,
+        disable_tqdm=True,
+        eval_templates="simple",
+    )
+    defaults.update(overrides)
+    return AnchorTrainingArguments(**defaults)
+
+
+def make_trainer(tmp_path, train=None, pairs="default", model=None, **overrides) -> AnchorCLIPTrainer:
+    return AnchorCLIPTrainer(
+        model=model or make_model(),
+        args=make_args(tmp_path, **overrides),
+        train_dataset=make_classification_dataset() if train is None else train,
+        pair_anchors=make_pair_dataset() if pairs == "default" else pairs,
+        processing_class=make_processor(),
+    )
+
+
+def parameters(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def test_arf_logs_each_loss_term(tmp_path):
+    trainer = make_trainer(tmp_path)
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert logs, trainer.state.log_history
+    for entry in logs:
+        for term in ("loss_cls", "loss_caption", "loss_pairs", "logit_scale"):
+            assert term in entry and math.isfinite(entry[term])
+        # L = L_cls + λ1 L_caption + λ2 L_pairs with λ1 = λ2 = 1
+        assert entry["loss"] == pytest.approx(entry["loss_cls"] + entry["loss_caption"] + entry["loss_pairs"], abs=2e-3)
+
+
+def test_flyp_uses_only_class_prompts(tmp_path):
+    trainer = make_trainer(tmp_path, method="flyp")
+    trainer.train()
+    entry = next(e for e in trainer.state.log_history if "loss" in e)
+    assert "loss_cls" in entry and "loss_caption" not in entry and "loss_pairs" not in entry
+
+
+def test_step_runs_one_image_pass_and_one_text_pass(tmp_path):
+    model = make_model()
+    calls = {"image": 0, "text": 0}
+    vision_forward, text_forward = model.vision_model.forward, model.text_model.forward
+
+    def count(kind, forward):
+        def wrapped(*args, **kwargs):
+            calls[kind] += 1
+            return forward(*args, **kwargs)
+        return wrapped
+
+    model.vision_model.forward = count("image", vision_forward)
+    model.text_model.forward = count("text", text_forward)
+    make_trainer(tmp_path, model=model, max_steps=1).train()
+    assert calls == {"image": 1, "text": 1}
+
+
+@pytest.mark.parametrize("method", ["arf", "flyp", "ft"])
+def test_gradient_accumulation_equals_large_batch(tmp_path, method):
+    common = dict(method=method, max_steps=1, optim="sgd", learning_rate=0.5, weight_decay=0.0, max_grad_norm=0.0,
+                  lr_scheduler_type="constant", duplicate_classes="mask")
+    large = make_trainer(tmp_path / "large", per_device_train_batch_size=8, gradient_accumulation_steps=1, **common)
+    small = make_trainer(tmp_path / "small", per_device_train_batch_size=2, gradient_accumulation_steps=4, **common)
+    start = parameters(large.model)
+    large.train()
+    small.train()
+    moved = False
+    for name, before in start.items():
+        after_large, after_small = large.model.get_parameter(name), small.model.get_parameter(name)
+        torch.testing.assert_close(after_small, after_large, atol=2e-6, rtol=1e-4, msg=name)
+        moved |= not torch.equal(after_large, before)
+    assert moved
+    large_loss = next(e["loss"] for e in large.state.log_history if "loss" in e)
+    small_loss = next(e["loss"] for e in small.state.log_history if "loss" in e)
+    assert small_loss == pytest.approx(large_loss, abs=1e-4)
+
+
+def test_resume_from_checkpoint_continues_identically(tmp_path):
+    common = dict(max_steps=4, save_strategy="steps", save_steps=2, per_device_train_batch_size=4)
+    straight = make_trainer(tmp_path / "straight", **common)
+    straight.train()
+    class Interrupt(TrainerCallback):  # a crash right after the step-2 checkpoint, schedule untouched
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = state.global_step == 2
+
+    first = make_trainer(tmp_path / "resumed", **common)
+    first.add_callback(Interrupt())
+    first.train()
+    assert first.state.global_step == 2
+    resumed = make_trainer(tmp_path / "resumed", **common)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "resumed" / "out" / "checkpoint-2"))
+    for name, value in parameters(straight.model).items():
+        torch.testing.assert_close(resumed.model.get_parameter(name), value, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_non_finite_loss_stops_with_clear_message_and_keeps_checkpoint(tmp_path):
+    class PoisonAfterStep2(TrainerCallback):  # after checkpoint-2 is written
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 2:
+                with torch.no_grad():
+                    model.visual_projection.weight.fill_(float("nan"))
+
+    trainer = make_trainer(tmp_path, max_steps=4, save_strategy="steps", save_steps=2)
+    trainer.add_callback(PoisonAfterStep2())
+    with pytest.raises(NonFiniteLossError, match="non-finite at step 2"):
+        trainer.train()
+    from anchorclip import AnchorCLIPModel
+
+    saved = AnchorCLIPModel.from_pretrained(str(tmp_path / "out" / "checkpoint-2"))
+    assert all(torch.isfinite(p).all() for p in saved.parameters())
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_missing_caption_column_names_it(tmp_path):
+    with pytest.raises(ColumnError, match=r"caption column.*\['image', 'label'\]"):
+        make_trainer(tmp_path, train=make_classification_dataset(with_captions=False))
+
+
+def test_missing_image_column_names_it(tmp_path):
+    data = make_classification_dataset().rename_column("image", "picture")
+    with pytest.raises(ColumnError, match=r"No image column.*picture"):
+        make_trainer(tmp_path, train=data)
+
+
+def test_explicit_missing_label_column_names_it(tmp_path):
+    with pytest.raises(ColumnError, match=r"label column 'target' is missing.*'image', 'label', 'caption'"):
+        make_trainer(tmp_path, label_column="target")
+
+
+def test_labels_outside_class_names(tmp_path):
+    data = make_classification_dataset().cast_column("label", make_classification_dataset().features["caption"])
+    data = data.map(lambda row, i: {"label": str(i % 6)}, with_indices=True)
+    data = data.cast_column("label", __import__("datasets").Value("int64"))
+    trainer_kwargs = dict(model=make_model(), args=make_args(tmp_path), train_dataset=data,
+                          pair_anchors=make_pair_dataset(), processing_class=make_processor())
+    with pytest.raises(ValueError, match=r"Label ids \[4, 5\].*outside the 4 class names"):
+        AnchorCLIPTrainer(class_names=CLASS_NAMES, **trainer_kwargs)
+
+
+def test_empty_pair_anchors_with_positive_lambda(tmp_path):
+    with pytest.raises(ValueError, match="pair-anchor set is empty"):
+        make_trainer(tmp_path, pairs=make_pair_dataset().select([]))
+    make_trainer(tmp_path, pairs=None, lambda_pairs=0.0)  # fine when the term is off
+
+
+def _with_corrupt_image(index: int):
+    data = make_classification_dataset()
+    data = data.cast_column("image", __import__("datasets").Image(decode=False))
+    return data.map(lambda row, i: {"image": corrupt_bytes()} if i == index else {}, with_indices=True)
+
+
+def test_undecodable_image_is_skipped_and_counted(tmp_path):
+    trainer = make_trainer(tmp_path, train=_with_corrupt_image(3), per_device_train_batch_size=16, max_steps=1)
+    trainer.train()
+    assert next(e for e in trainer.state.log_history if "loss" in e)["skipped_images"] == 1
+
+
+def test_undecodable_image_strict_raises(tmp_path):
+    trainer = make_trainer(tmp_path, train=_with_corrupt_image(3), per_device_train_batch_size=16, max_steps=1,
+                           strict_images=True)
+    with pytest.raises(UndecodableImageError, match="Row 3"):
+        trainer.train()
+
+
+# ---------------------------------------------------------------- evaluation
+
+def test_evaluate_named_sets_and_group_means(tmp_path):
+    trainer = make_trainer(tmp_path)
+    sets = {
+        "photo": EvalSet(make_classification_dataset(8, seed=5), group="id"),
+        "sketch": EvalSet(make_classification_dataset(8, seed=6), group="domain_shift"),
+        "colours": EvalSet(make_classification_dataset(8, seed=7), group="zero_shot",
+                           class_names=["red", "green", "blue", "yellow"], templates=["a {} shape."]),
+    }
+    metrics = trainer.evaluate(sets)
+    model = trainer.model
+    for name, eval_set in sets.items():
+        images = [row["image"] for row in eval_set.dataset]
+        logits = model.classify(images=images, class_names=eval_set.class_names or CLASS_NAMES,
+                                templates=eval_set.templates or "simple")
+        expected = (logits.argmax(-1) == torch.tensor(eval_set.dataset["label"])).float().mean().item()
+        assert metrics[f"eval_{name}_top1"] == pytest.approx(expected)
+    assert metrics["eval_id_mean"] == metrics["eval_photo_top1"]
+    assert metrics["eval_zero_shot_mean"] == metrics["eval_colours_top1"]
+
+
+def test_evaluate_follows_the_current_text_tower(tmp_path):
+    trainer = make_trainer(tmp_path, learning_rate=5e-2, max_steps=3)
+    sets = {"photo": make_classification_dataset(16, seed=5)}
+    before = trainer.evaluate(sets)
+    head_before = trainer.model.build_zero_shot_head(CLASS_NAMES, "simple")
+    trainer.train()
+    head_after = trainer.model.build_zero_shot_head(CLASS_NAMES, "simple")
+    assert not torch.allclose(head_before, head_after)
+    assert set(trainer.evaluate(sets)) == set(before)
+
+
+@pytest.mark.parametrize("method", ["ft", "lp_ft"])
+def test_linear_head_baselines_train_and_evaluate(tmp_path, method):
+    trainer = make_trainer(tmp_path, method=method, max_steps=4, per_device_train_batch_size=4)
+    text_before = trainer.model.text_projection.weight.detach().clone()
+    vision_before = trainer.model.visual_projection.weight.detach().clone()
+    head_before = trainer.model.finetune_head.detach().clone()
+    trainer.train()
+    assert torch.equal(trainer.model.text_projection.weight, text_before)  # text tower frozen
+    assert not torch.equal(trainer.model.finetune_head, head_before)
+    assert not torch.equal(trainer.model.visual_projection.weight, vision_before)
+    metrics = trainer.evaluate({"photo": make_classification_dataset(8, seed=5)})
+    assert 0.0 <= metrics["eval_photo_top1"] <= 1.0
+
+
+def test_lp_ft_probes_before_finetuning(tmp_path):
+    trainer = make_trainer(tmp_path, method="lp_ft", max_steps=2, lp_fraction=1.0)
+    vision_before = trainer.model.visual_projection.weight.detach().clone()
+    trainer.train()
+    assert torch.equal(trainer.model.visual_projection.weight, vision_before)
+
+
+def test_zeroshot_method_refuses_to_train(tmp_path):
+    with pytest.raises(ValueError, match="trains nothing"):
+        make_trainer(tmp_path, method="zeroshot").train()
