@@ -436,9 +436,7 @@ def caption_dataset(
     Returns:
         The captioned dataset, in the input order (minus skipped rows unless `keep_skipped`).
     """
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = _process_state()
     started = time.time()
     output_dir = Path(output_dir)
     shards_dir = output_dir / SHARDS_DIR
@@ -685,6 +683,18 @@ def _dataset_signature(raw: datasets.Dataset, image_column: str) -> dict[str, An
     return {"num_rows": len(raw), "columns": raw.column_names, "sample_sha256": digest.hexdigest()[:16]}
 
 
+def _process_state():
+    """Accelerate's view of the launch (one process, or one of `accelerate launch`/`torchrun`'s processes).
+
+    Without a GPU, Accelerate only joins a torchrun-style process group when asked for the CPU explicitly;
+    otherwise every process would believe it is alone and caption everything.
+    """
+    from accelerate import PartialState
+
+    cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+    return PartialState(cpu=cpu)
+
+
 def _version(package: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -736,9 +746,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from accelerate import PartialState
-
-    is_main = PartialState().is_main_process
+    is_main = _process_state().is_main_process
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if is_main else logging.WARNING
     )

@@ -1,0 +1,256 @@
+"""Tests for `anchorclip caption`: tiny random captioner (ViT + GPT-2 `VisionEncoderDecoderModel`, word-level
+tokenizer, the same code path as the shipped mini-captioner) and tiny datasets, all built here, CPU only."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from anchorclip import captioning
+from anchorclip.captioning import Captioner, caption_dataset, chunks_for_process, plan_chunks
+from anchorclip.data import ColumnError
+
+CAPTION_WORDS = ["a", "photo", "of", "the", "cat", "dog", "on", "red", "blue", "green", "small", "big", "with", "in"]
+WORDS = ["[PAD]", "[BOS]", "[EOS]", "[UNK]", *CAPTION_WORDS]
+
+
+@pytest.fixture(scope="session")
+def captioner_dir(tmp_path_factory) -> str:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (
+        GPT2Config,
+        PreTrainedTokenizerFast,
+        VisionEncoderDecoderConfig,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+        ViTImageProcessor,
+    )
+
+    path = tmp_path_factory.mktemp("captioner")
+    backend = Tokenizer(models.WordLevel({word: i for i, word in enumerate(WORDS)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]", unk_token="[UNK]"
+    )
+    encoder = ViTConfig(
+        image_size=32, patch_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=37, initializer_range=1.0,
+    )  # fmt: skip
+    decoder = GPT2Config(
+        vocab_size=len(WORDS), n_embd=32, n_layer=1, n_head=2, n_positions=64, add_cross_attention=True,
+        is_decoder=True, bos_token_id=1, eos_token_id=2, pad_token_id=0, initializer_range=1.0,
+    )  # fmt: skip
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id, config.pad_token_id, config.eos_token_id = 1, 0, 2
+    torch.manual_seed(0)
+    VisionEncoderDecoderModel(config).save_pretrained(path)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def _png(seed: int) -> bytes:
+    pixels = np.random.RandomState(seed).randint(0, 256, (24 + seed, 20, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _make_dataset(path: Path, num_rows: int = 10, corrupt_rows: tuple[int, ...] = ()) -> str:
+    images = [{"bytes": b"not an image" if i in corrupt_rows else _png(i), "path": None} for i in range(num_rows)]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    dataset = datasets.Dataset.from_dict({"image": images, "label": list(range(num_rows))}, features=features)
+    dataset.save_to_disk(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def captioner(captioner_dir) -> Captioner:
+    return Captioner.from_pretrained(captioner_dir, max_new_tokens=6, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def dataset_dir(tmp_path_factory) -> str:
+    return _make_dataset(tmp_path_factory.mktemp("data") / "ds")
+
+
+@pytest.fixture(scope="session")
+def reference(captioner, dataset_dir, tmp_path_factory) -> datasets.Dataset:
+    out = tmp_path_factory.mktemp("ref")
+    return caption_dataset(dataset_dir, captioner, out, batch_size=2, shard_size=4, num_workers=0, progress=False)
+
+
+def test_one_caption_per_row_in_input_order(captioner, dataset_dir, reference):
+    source = datasets.load_from_disk(dataset_dir)
+    assert len(reference) == len(source)
+    assert reference["label"] == source["label"]
+    assert all(isinstance(text, str) for text in reference["caption"])
+    # Each caption is the one the model gives that image alone: no row got its neighbour's caption.
+    for row in (0, 5, 9):
+        assert reference["caption"][row] == captioner([source[row]["image"].convert("RGB")])[0]
+    assert len(set(reference["caption"])) > 1, "the random captioner should tell images apart"
+
+
+def test_interrupted_run_resumes_to_identical_output(captioner, dataset_dir, reference, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_generate = Captioner.generate
+
+    def flaky_generate(self, inputs):
+        calls["n"] += 1
+        if calls["n"] > 3:  # 2 batches per chunk: the 2nd chunk's second batch dies, so 1 chunk is on disk
+            raise KeyboardInterrupt("simulated interruption")
+        return real_generate(self, inputs)
+
+    monkeypatch.setattr(Captioner, "generate", flaky_generate)
+    with pytest.raises(KeyboardInterrupt):
+        caption_dataset(dataset_dir, captioner, tmp_path, batch_size=2, shard_size=4, num_workers=0, progress=False)
+    assert sorted(p.name for p in (tmp_path / "_shards").glob("rows-*.json")) == ["rows-0000000000-0000000004.json"]
+    assert not (tmp_path / "state.json").exists()
+
+    counted = []
+    monkeypatch.setattr(Captioner, "generate", lambda self, inputs: counted.append(1) or real_generate(self, inputs))
+    resumed = caption_dataset(
+        dataset_dir, captioner, tmp_path, batch_size=2, shard_size=4, num_workers=0, progress=False
+    )
+    assert len(counted) == 3  # rows 4..9 only: the first chunk was not captioned again
+    assert resumed["caption"] == reference["caption"]
+    assert datasets.load_from_disk(str(tmp_path))["caption"] == reference["caption"]
+
+    # Resuming with other settings would mix captions: refused, with the differing setting named.
+    with pytest.raises(ValueError, match="shard_size"):
+        caption_dataset(dataset_dir, captioner, tmp_path, batch_size=2, shard_size=5, num_workers=0, progress=False)
+
+
+def test_undecodable_images_are_skipped_and_listed(captioner, tmp_path):
+    data = _make_dataset(tmp_path / "ds", num_rows=6, corrupt_rows=(1, 4))
+    out = tmp_path / "out"
+    result = caption_dataset(data, captioner, out, batch_size=4, shard_size=4, num_workers=0, progress=False)
+    assert result["label"] == [0, 2, 3, 5]  # dropped, order kept
+    skipped = json.loads((out / "skipped_rows.json").read_text())
+    assert skipped["rows"] == [1, 4] and skipped["count"] == 2 and skipped["policy"] == "dropped"
+    provenance = json.loads((out / "anchorclip_provenance.json").read_text())
+    assert provenance["counts"] == {
+        "input_rows": 6, "captioned": 4, "skipped": 2, "empty_captions": provenance["counts"]["empty_captions"],
+        "output_rows": 4,
+    }  # fmt: skip
+    assert provenance["generation"]["max_new_tokens"] == 6 and provenance["dataset"] == data
+
+    kept = caption_dataset(
+        data,
+        captioner,
+        tmp_path / "kept",
+        batch_size=4,
+        shard_size=4,
+        num_workers=0,
+        progress=False,
+        keep_skipped=True,
+    )
+    assert kept["label"] == list(range(6)) and kept["caption"][1] == "" and kept["caption"][4] == ""
+    assert [kept["caption"][i] for i in (0, 2, 3, 5)] == result["caption"]
+
+
+def test_bad_inputs_give_clear_errors(captioner, tmp_path):
+    no_image = datasets.Dataset.from_dict({"picture_bytes": [b"x"], "label": [0]})
+    with pytest.raises(ColumnError, match=r"image.*\['picture_bytes', 'label'\]"):
+        caption_dataset(no_image, captioner, tmp_path / "a", num_workers=0, progress=False)
+    with pytest.raises(ColumnError, match="'photo' is missing"):
+        caption_dataset(no_image, captioner, tmp_path / "b", image_column="photo", num_workers=0, progress=False)
+    empty = datasets.Dataset.from_dict({"image": []}, features=datasets.Features({"image": datasets.Image()}))
+    with pytest.raises(ValueError, match="no rows"):
+        caption_dataset(empty, captioner, tmp_path / "c", num_workers=0, progress=False)
+
+
+def test_work_plan_covers_every_row_once():
+    chunks = plan_chunks(10, 3)
+    assert [(c.start, c.stop) for c in chunks] == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    for sharding in ("strided", "contiguous"):
+        shares = [chunks_for_process(chunks, i, 3, sharding) for i in range(3)]
+        assert sorted(c.start for share in shares for c in share) == [0, 3, 6, 9]
+    assert chunks_for_process(chunks, 0, 3, "contiguous") == chunks[:2]
+
+
+def test_cli_end_to_end(captioner_dir, dataset_dir, reference, tmp_path):
+    from anchorclip.cli import main
+
+    out = tmp_path / "cli"
+    args = ["caption", "--dataset", dataset_dir, "--model", captioner_dir, "--output-dir", str(out)]
+    # One DataLoader worker: decoding and preprocessing run in a separate process, as on a real machine.
+    args += ["--batch-size", "2", "--shard-size", "4", "--max-new-tokens", "6", "--num-workers", "1", "--no-progress"]
+    assert main(args) == 0
+    assert datasets.load_from_disk(str(out))["caption"] == reference["caption"]
+    provenance = json.loads((out / "anchorclip_provenance.json").read_text())
+    assert provenance["captioner"] == captioner_dir and provenance["num_processes"] == 1
+
+
+def test_prompt_starts_the_decoder_and_is_stripped(captioner_dir, dataset_dir):
+    """VisionEncoderDecoder path (image processor + tokenizer): the prompt becomes decoder_input_ids."""
+    prompted = Captioner.from_pretrained(captioner_dir, prompt="a photo of", max_new_tokens=4, device="cpu")
+    image = datasets.load_from_disk(dataset_dir)[0]["image"].convert("RGB")
+    inputs = prompted.preprocessor([image])
+    assert inputs["decoder_input_ids"].tolist() == [[1, 4, 5, 6]]  # [BOS] a photo of
+    continuation = prompted.model.generate(**inputs, max_new_tokens=4)[0, 4:]
+    expected = " ".join(prompted.preprocessor.tokenizer.decode(continuation, skip_special_tokens=True).split())
+    assert prompted([image]) == [expected]
+
+
+def test_processor_model_with_echoed_prompt(tmp_path, dataset_dir):
+    """A BLIP-style checkpoint (one multimodal processor, AutoModelForImageTextToText) with a text prompt."""
+    from transformers import (
+        BertTokenizerFast,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", *CAPTION_WORDS]
+    (tmp_path / "vocab.txt").write_text("\n".join(words))
+    tokenizer = BertTokenizerFast(str(tmp_path / "vocab.txt"), bos_token="[DEC]")
+    text = {
+        "vocab_size": len(words), "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "intermediate_size": 37, "encoder_hidden_size": 32, "bos_token_id": 5, "pad_token_id": 0, "sep_token_id": 3,
+        "eos_token_id": 3, "max_position_embeddings": 64, "initializer_range": 1.0,
+    }  # fmt: skip
+    vision = {
+        "image_size": 32, "patch_size": 16, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "intermediate_size": 37, "initializer_range": 1.0,
+    }  # fmt: skip
+    torch.manual_seed(0)
+    BlipForConditionalGeneration(BlipConfig(text_config=text, vision_config=vision)).save_pretrained(tmp_path / "blip")
+    BlipProcessor(BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer).save_pretrained(tmp_path / "blip")
+
+    captioner = Captioner.from_pretrained(str(tmp_path / "blip"), prompt="a photo of", max_new_tokens=4, device="cpu")
+    assert captioner.preprocessor.processor is not None
+    result = caption_dataset(dataset_dir, captioner, tmp_path / "out", max_rows=3, num_workers=0, progress=False)
+    assert len(result) == 3
+    # BLIP returns "[DEC] a photo of ..." (not a plain echo of its input ids): the prompt is stripped as text.
+    raw = captioner.model.generate(**captioner.preprocessor([result[0]["image"].convert("RGB")]), max_new_tokens=4)
+    echoed = " ".join(captioner.preprocessor.tokenizer.decode(raw[0], skip_special_tokens=True).split())
+    assert echoed.startswith("a photo of") and result["caption"][0] == echoed[len("a photo of") :].strip()
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="needs the accelerate launcher")
+def test_two_processes_match_one(captioner_dir, dataset_dir, reference, tmp_path):
+    out = tmp_path / "two"
+    # `--cpu` would use accelerate's single-process launcher; `--multi_gpu` spawns torchrun-style processes, which
+    # join a gloo group on a machine without GPUs.
+    command = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    command += ["--mixed_precision", "no"]
+    command += ["--dynamo_backend", "no", "-m", "anchorclip", "caption", "--dataset", dataset_dir, "--model"]
+    command += [captioner_dir, "--output-dir", str(out), "--batch-size", "2", "--shard-size", "4"]
+    command += ["--max-new-tokens", "6", "--num-workers", "0", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(captioning.__file__).parents[1])}
+    done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert datasets.load_from_disk(str(out))["caption"] == reference["caption"]
+    assert json.loads((out / "anchorclip_provenance.json").read_text())["num_processes"] == 2
