@@ -23,12 +23,12 @@ def wise_ft(
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
-    zero_state, fine_state = zero_shot.state_dict(), finetuned.state_dict()
+    zero_state, fine_state = _clip_state(zero_shot), _clip_state(finetuned)
     if zero_state.keys() != fine_state.keys():
         missing = sorted(set(zero_state) ^ set(fine_state))[:5]
         raise ValueError(f"The two models have different parameters (e.g. {missing}); WiSE-FT needs one architecture.")
     merged = copy.deepcopy(finetuned)
-    merged.load_state_dict({key: _lerp(zero_state[key], fine_state[key], alpha) for key in fine_state})
+    merged.load_state_dict({key: _lerp(zero_state[key], fine_state[key], alpha) for key in fine_state}, strict=False)
     if finetuned.finetune_head is not None:
         base_head = zero_shot_head if zero_shot_head is not None else zero_shot.finetune_head
         if base_head is None:
@@ -43,6 +43,11 @@ def wise_ft_sweep(
     """Yield `(alpha, model)` for each α, one interpolated model at a time (memory stays at three models)."""
     for alpha in alphas:
         yield alpha, wise_ft(zero_shot, finetuned, alpha, **kwargs)
+
+
+def _clip_state(model: AnchorCLIPModel) -> dict[str, torch.Tensor]:
+    """The CLIP weights alone: the optional linear head is handled separately."""
+    return {key: value for key, value in model.state_dict().items() if not key.startswith("finetune_head")}
 
 
 def _lerp(start: torch.Tensor, end: torch.Tensor, alpha: float) -> torch.Tensor:
