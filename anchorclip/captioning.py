@@ -31,6 +31,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ SHARDS_DIR = "_shards"
 MANIFEST_FILE = "manifest.json"
 SKIPPED_ROWS_FILE = "skipped_rows.json"
 PROVENANCE_FILE = "anchorclip_provenance.json"
+BARRIER_TIMEOUT_HOURS = 12
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -67,6 +69,7 @@ class CaptionPreprocessor:
         chat_template: bool = False,
         is_encoder_decoder: bool = False,
         decoder_start_token_id: int | None = None,
+        strip_trailing_sep: bool = False,
     ):
         if processor is None and image_processor is None:
             raise ValueError("A captioner needs either a processor or an image processor.")
@@ -76,6 +79,7 @@ class CaptionPreprocessor:
         self.prompt = prompt or None
         self.is_encoder_decoder = is_encoder_decoder
         self.decoder_start_token_id = decoder_start_token_id
+        self.strip_trailing_sep = strip_trailing_sep
         self.text = self._build_text(chat_template)
 
     def _build_text(self, chat_template: bool) -> str | None:
@@ -93,7 +97,15 @@ class CaptionPreprocessor:
             if self.text is None:
                 return dict(self.processor(images=images, return_tensors="pt"))
             text = [self.text] * len(images)
-            return dict(self.processor(images=images, text=text, return_tensors="pt", padding=True))
+            inputs = dict(self.processor(images=images, text=text, return_tensors="pt", padding=True))
+            if self.strip_trailing_sep and "input_ids" in inputs:
+                # GIT's BERT tokenizer ends the prompt with [SEP]; generation must continue the prompt instead.
+                sep = getattr(self.tokenizer, "sep_token_id", None)
+                if sep is not None and bool((inputs["input_ids"][:, -1] == sep).all()):
+                    inputs["input_ids"] = inputs["input_ids"][:, :-1]
+                    if "attention_mask" in inputs:
+                        inputs["attention_mask"] = inputs["attention_mask"][:, :-1]
+            return inputs
 
         inputs = {"pixel_values": self.image_processor(images, return_tensors="pt")["pixel_values"]}
         if self.text is not None:
@@ -265,7 +277,11 @@ def load_preprocessor(
         if tokenizer is not None and not is_encoder_decoder:
             tokenizer.padding_side = "left"  # decoder-only generation continues from the right edge
         return CaptionPreprocessor(
-            processor, prompt=prompt, chat_template=chat_template, is_encoder_decoder=is_encoder_decoder
+            processor,
+            prompt=prompt,
+            chat_template=chat_template,
+            is_encoder_decoder=is_encoder_decoder,
+            strip_trailing_sep=getattr(model.config, "model_type", None) == "git",
         )
 
     image_processor = AutoImageProcessor.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
@@ -516,15 +532,16 @@ def caption_dataset(
         )
 
     # -- this process's share ---------------------------------------------------------------------------------
+    # The *pending* chunks are shared out, not all chunks, so that a resumed run keeps every process busy (a process
+    # with nothing left would otherwise wait in the barrier below for hours). Every process lists the same files:
+    # nobody writes a chunk before the second barrier.
     chunks = plan_chunks(len(raw), shard_size)
-    mine = chunks_for_process(chunks, state.process_index, state.num_processes, sharding)
-    pending = [chunk for chunk in mine if read_chunk(shards_dir, chunk) is None]
-    done_rows = sum(len(chunk) for chunk in mine) - sum(len(chunk) for chunk in pending)
-    if done_rows:
-        logger.info("Process %d resumes: %d of its rows are already captioned.", state.process_index, done_rows)
-    _caption_chunks(
-        captioner, raw, image_column, pending, shards_dir, batch_size, num_workers, done_rows, state, progress
-    )
+    pending = [chunk for chunk in chunks if read_chunk(shards_dir, chunk) is None]
+    state.wait_for_everyone()
+    if len(pending) < len(chunks):
+        logger.info("Resuming: %d of %d chunks are already captioned.", len(chunks) - len(pending), len(chunks))
+    mine = chunks_for_process(pending, state.process_index, state.num_processes, sharding)
+    _caption_chunks(captioner, raw, image_column, mine, shards_dir, batch_size, num_workers, state, progress)
 
     # -- merge, in row order, on the main process -----------------------------------------------------------------
     state.wait_for_everyone()
@@ -594,7 +611,6 @@ def _caption_chunks(
     shards_dir: Path,
     batch_size: int,
     num_workers: int,
-    done_rows: int,
     state,
     progress: bool,
 ) -> None:
@@ -612,8 +628,7 @@ def _caption_chunks(
         prefetch_factor=4 if num_workers > 0 else None,
     )
     bar = tqdm(
-        total=done_rows + sum(len(chunk) for chunk in chunks),
-        initial=done_rows,
+        total=sum(len(chunk) for chunk in chunks),
         unit="img",
         desc=f"captioning (process {state.process_index + 1}/{state.num_processes})",
         disable=not progress or not state.is_local_main_process,
@@ -687,12 +702,13 @@ def _process_state():
     """Accelerate's view of the launch (one process, or one of `accelerate launch`/`torchrun`'s processes).
 
     Without a GPU, Accelerate only joins a torchrun-style process group when asked for the CPU explicitly;
-    otherwise every process would believe it is alone and caption everything.
+    otherwise every process would believe it is alone and caption everything. The long timeout is for the final
+    barrier: processes can finish their shares minutes apart, and the default (10-30 minutes) would kill the run.
     """
     from accelerate import PartialState
 
     cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
-    return PartialState(cpu=cpu)
+    return PartialState(cpu=cpu, timeout=timedelta(hours=BARRIER_TIMEOUT_HOURS))
 
 
 def _version(package: str) -> str | None:
