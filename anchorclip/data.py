@@ -87,7 +87,7 @@ def with_raw_images(dataset, image_column: str):
 
 
 def decode_image(value) -> Image.Image | None:
-    """An RGB PIL image from a dataset cell (PIL image, `{"bytes", "path"}` dict, path or bytes); None if undecodable."""
+    """An RGB PIL image from a dataset cell (PIL image, `{"bytes", "path"}` dict, path, bytes), or None."""
     try:
         if isinstance(value, Image.Image):
             image = value

@@ -65,7 +65,9 @@ class AnchorCLIPModel(CLIPModel):
         if pixel_values is not None:
             image_embeds = F.normalize(self.get_image_features(pixel_values=pixel_values).pooler_output, dim=-1)
         if input_ids is not None:
-            text = self.get_text_features(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+            text = self.get_text_features(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+            )
             text_embeds = F.normalize(text.pooler_output, dim=-1)
         if image_embeds is None and text_embeds is None:
             raise ValueError("Pass input_ids, pixel_values, or both.")
@@ -129,8 +131,10 @@ class AnchorCLIPModel(CLIPModel):
                 if not class_names:
                     raise ValueError("No class_names given and none saved in the config.")
                 head = self.build_zero_shot_head(class_names, templates)
-        image_embeds = F.normalize(self.get_image_features(pixel_values=pixel_values.to(self.device, self.dtype))
-                                   .pooler_output.float(), dim=-1)
+        image_embeds = F.normalize(
+            self.get_image_features(pixel_values=pixel_values.to(self.device, self.dtype)).pooler_output.float(),
+            dim=-1,
+        )
         if self.finetune_head is not None and head is self.finetune_head:
             return image_embeds @ head.float().t()
         return self.logit_scale.exp().float() * image_embeds @ head.t()
@@ -168,7 +172,9 @@ class AnchorCLIPModel(CLIPModel):
         finally:
             self.finetune_head = head
         if head is not None and kwargs.get("is_main_process", True):
-            save_file({"weight": head.detach().cpu().float().contiguous()}, os.path.join(save_directory, FINETUNE_HEAD_FILE))
+            save_file(
+                {"weight": head.detach().cpu().float().contiguous()}, os.path.join(save_directory, FINETUNE_HEAD_FILE)
+            )
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> AnchorCLIPModel:

@@ -3,7 +3,9 @@
 One ARF step: a single image pass over [finetune images; retrieved-pair images] and a single text pass
 over [class prompts; captions; pair captions]; then
 
-    L = L_cls(finetune images, prompts) + λ1 L_caption(finetune images, captions) + λ2 L_pairs(pair images, pair captions)
+    L = L_cls(finetune images, prompts)
+      + λ1 L_caption(finetune images, captions)
+      + λ2 L_pairs(pair images, pair captions)
 
 so the finetune image features are computed once and serve both L_cls and L_caption.
 
@@ -260,8 +262,9 @@ class AnchorCLIPTrainer(Trainer):
             # The loss is evaluated `window` times; let the temperature collect its gradient only once.
             logit_scale = logit_scale.detach()
 
-        terms = {"loss_cls": self.contrastive_loss(features["images"], features["prompts"], logit_scale,
-                                                    features["labels"])}
+        terms = {
+            "loss_cls": self.contrastive_loss(features["images"], features["prompts"], logit_scale, features["labels"])
+        }
         loss = terms["loss_cls"]
         if self.args.uses_captions:
             terms["loss_caption"] = self.caption_loss(features["images"], features["captions"], logit_scale)
@@ -342,8 +345,9 @@ class AnchorCLIPTrainer(Trainer):
         loader = self.accelerator.prepare_data_loader(loader)
         metric = _top1_metric()
         dtype = next(model.vision_model.parameters()).dtype
-        for pixel_values, labels in tqdm(loader, desc="zero-shot eval", leave=False,
-                                         disable=not self.is_local_process_zero()):
+        for pixel_values, labels in tqdm(
+            loader, desc="zero-shot eval", leave=False, disable=not self.is_local_process_zero()
+        ):
             with self.autocast_smart_context_manager():
                 image_embeds = model(pixel_values=pixel_values.to(dtype)).image_embeds
             predictions = (scale * image_embeds.float() @ head.t()).argmax(dim=-1)
@@ -354,7 +358,12 @@ class AnchorCLIPTrainer(Trainer):
 
 class _EvalImages(Dataset):
     def __init__(self, dataset, image_column: str, label_column: str, transform: ImageTransform):
-        self.dataset, self.image_column, self.label_column, self.transform = dataset, image_column, label_column, transform
+        self.dataset, self.image_column, self.label_column, self.transform = (
+            dataset,
+            image_column,
+            label_column,
+            transform,
+        )
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -381,7 +390,9 @@ class _Top1Accuracy(evaluate.Metric):
         return evaluate.MetricInfo(
             description="Top-1 accuracy: fraction of predictions equal to the reference label.",
             citation="",
-            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
+            features=datasets.Features(
+                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
+            ),
         )
 
     def _compute(self, predictions, references):

@@ -29,8 +29,10 @@ class AnchorTrainingArguments(TrainingArguments):
     )
     train_templates: str = field(
         default="photo",
-        metadata={"help": "Templates for class prompts in L_cls: a set name (photo, simple, openai_imagenet); "
-                  "one is drawn per image."},
+        metadata={
+            "help": "Templates for class prompts in L_cls: a set name (photo, simple, openai_imagenet); "
+            "one is drawn per image."
+        },
     )
     eval_templates: str = field(
         default="openai_imagenet", metadata={"help": "Template set of the zero-shot heads used in evaluation."}

@@ -36,7 +36,11 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
         single="<bos> $A <eos>", special_tokens=[("<bos>", 2), ("<eos>", 3)]
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", pad_token="[PAD]", unk_token="[UNK]",
+        tokenizer_object=backend,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="[PAD]",
+        unk_token="[UNK]",
         model_max_length=16,
     )
 
@@ -50,11 +54,22 @@ def make_processor() -> CLIPProcessor:
 
 def make_config() -> CLIPConfig:
     text = dict(
-        vocab_size=len(WORDS) + 4, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        max_position_embeddings=16, bos_token_id=2, eos_token_id=3, pad_token_id=0,
+        vocab_size=len(WORDS) + 4,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=16,
+        bos_token_id=2,
+        eos_token_id=3,
+        pad_token_id=0,
     )
     vision = dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=IMAGE_SIZE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=IMAGE_SIZE,
         patch_size=8,
     )
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)

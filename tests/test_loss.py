@@ -69,6 +69,7 @@ def test_unknown_duplicate_mode_raises():
 
 # ------------------------------------------------------------------ 2 processes
 
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -93,8 +94,10 @@ class _Towers(torch.nn.Module):
 
 def _inputs():
     generator = torch.Generator().manual_seed(1)
-    return torch.randn(8, 5, generator=generator), torch.randn(8, 3, generator=generator), torch.tensor(
-        [0, 1, 1, 2, 0, 3, 2, 1]
+    return (
+        torch.randn(8, 5, generator=generator),
+        torch.randn(8, 3, generator=generator),
+        torch.tensor([0, 1, 1, 2, 0, 3, 2, 1]),
     )
 
 

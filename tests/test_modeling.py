@@ -3,7 +3,14 @@ import sys
 
 import pytest
 import torch
-from conftest import CLASS_NAMES, make_classification_dataset, make_images, make_model, make_pair_dataset, make_processor
+from conftest import (
+    CLASS_NAMES,
+    make_classification_dataset,
+    make_images,
+    make_model,
+    make_pair_dataset,
+    make_processor,
+)
 from test_trainer import make_trainer
 
 from anchorclip import AnchorCLIPModel, wise_ft, wise_ft_sweep

@@ -60,7 +60,9 @@ def test_arf_logs_each_loss_term(tmp_path):
         for term in ("loss_cls", "loss_caption", "loss_pairs", "logit_scale"):
             assert term in entry and math.isfinite(entry[term])
         # L = L_cls + λ1 L_caption + λ2 L_pairs with λ1 = λ2 = 1
-        assert entry["loss"] == pytest.approx(entry["loss_cls"] + entry["loss_caption"] + entry["loss_pairs"], abs=2e-3)
+        assert entry["loss"] == pytest.approx(
+            entry["loss_cls"] + entry["loss_caption"] + entry["loss_pairs"], abs=2e-3
+        )
 
 
 def test_flyp_uses_only_class_prompts(tmp_path):
@@ -79,6 +81,7 @@ def test_step_runs_one_image_pass_and_one_text_pass(tmp_path):
         def wrapped(*args, **kwargs):
             calls[kind] += 1
             return forward(*args, **kwargs)
+
         return wrapped
 
     model.vision_model.forward = count("image", vision_forward)
@@ -89,8 +92,16 @@ def test_step_runs_one_image_pass_and_one_text_pass(tmp_path):
 
 @pytest.mark.parametrize("method", ["arf", "flyp", "ft"])
 def test_gradient_accumulation_equals_large_batch(tmp_path, method):
-    common = dict(method=method, max_steps=1, optim="sgd", learning_rate=0.5, weight_decay=0.0, max_grad_norm=0.0,
-                  lr_scheduler_type="constant", duplicate_classes="mask")
+    common = dict(
+        method=method,
+        max_steps=1,
+        optim="sgd",
+        learning_rate=0.5,
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        lr_scheduler_type="constant",
+        duplicate_classes="mask",
+    )
     large = make_trainer(tmp_path / "large", per_device_train_batch_size=8, gradient_accumulation_steps=1, **common)
     small = make_trainer(tmp_path / "small", per_device_train_batch_size=2, gradient_accumulation_steps=4, **common)
     start = parameters(large.model)
@@ -111,6 +122,7 @@ def test_resume_from_checkpoint_continues_identically(tmp_path):
     common = dict(max_steps=4, save_strategy="steps", save_steps=2, per_device_train_batch_size=4)
     straight = make_trainer(tmp_path / "straight", **common)
     straight.train()
+
     class Interrupt(TrainerCallback):  # a crash right after the step-2 checkpoint, schedule untouched
         def on_step_end(self, args, state, control, **kwargs):
             control.should_training_stop = state.global_step == 2
@@ -144,6 +156,7 @@ def test_non_finite_loss_stops_with_clear_message_and_keeps_checkpoint(tmp_path)
 
 # ---------------------------------------------------------------- bad input
 
+
 def test_missing_caption_column_names_it(tmp_path):
     with pytest.raises(ColumnError, match=r"caption column.*\['image', 'label'\]"):
         make_trainer(tmp_path, train=make_classification_dataset(with_captions=False))
@@ -164,8 +177,13 @@ def test_labels_outside_class_names(tmp_path):
     data = make_classification_dataset().cast_column("label", make_classification_dataset().features["caption"])
     data = data.map(lambda row, i: {"label": str(i % 6)}, with_indices=True)
     data = data.cast_column("label", __import__("datasets").Value("int64"))
-    trainer_kwargs = dict(model=make_model(), args=make_args(tmp_path), train_dataset=data,
-                          pair_anchors=make_pair_dataset(), processing_class=make_processor())
+    trainer_kwargs = dict(
+        model=make_model(),
+        args=make_args(tmp_path),
+        train_dataset=data,
+        pair_anchors=make_pair_dataset(),
+        processing_class=make_processor(),
+    )
     with pytest.raises(ValueError, match=r"Label ids \[4, 5\].*outside the 4 class names"):
         AnchorCLIPTrainer(class_names=CLASS_NAMES, **trainer_kwargs)
 
@@ -189,28 +207,35 @@ def test_undecodable_image_is_skipped_and_counted(tmp_path):
 
 
 def test_undecodable_image_strict_raises(tmp_path):
-    trainer = make_trainer(tmp_path, train=_with_corrupt_image(3), per_device_train_batch_size=16, max_steps=1,
-                           strict_images=True)
+    trainer = make_trainer(
+        tmp_path, train=_with_corrupt_image(3), per_device_train_batch_size=16, max_steps=1, strict_images=True
+    )
     with pytest.raises(UndecodableImageError, match="Row 3"):
         trainer.train()
 
 
 # ---------------------------------------------------------------- evaluation
 
+
 def test_evaluate_named_sets_and_group_means(tmp_path):
     trainer = make_trainer(tmp_path)
     sets = {
         "photo": EvalSet(make_classification_dataset(8, seed=5), group="id"),
         "sketch": EvalSet(make_classification_dataset(8, seed=6), group="domain_shift"),
-        "colours": EvalSet(make_classification_dataset(8, seed=7), group="zero_shot",
-                           class_names=["red", "green", "blue", "yellow"], templates=["a {} shape."]),
+        "colours": EvalSet(
+            make_classification_dataset(8, seed=7),
+            group="zero_shot",
+            class_names=["red", "green", "blue", "yellow"],
+            templates=["a {} shape."],
+        ),
     }
     metrics = trainer.evaluate(sets)
     model = trainer.model
     for name, eval_set in sets.items():
         images = [row["image"] for row in eval_set.dataset]
-        logits = model.classify(images=images, class_names=eval_set.class_names or CLASS_NAMES,
-                                templates=eval_set.templates or "simple")
+        logits = model.classify(
+            images=images, class_names=eval_set.class_names or CLASS_NAMES, templates=eval_set.templates or "simple"
+        )
         expected = (logits.argmax(-1) == torch.tensor(eval_set.dataset["label"])).float().mean().item()
         assert metrics[f"eval_{name}_top1"] == pytest.approx(expected)
     assert metrics["eval_id_mean"] == metrics["eval_photo_top1"]

@@ -1,0 +1,329 @@
+#!/usr/bin/env python
+"""Finetune CLIP with Anchor-based Robust Finetuning (ARF) or a baseline, then evaluate zero-shot robustness.
+
+    accelerate launch examples/run_anchor_ft.py                      # the built-in miniature world, offline
+    accelerate launch examples/run_anchor_ft.py \
+        --model_name_or_path openai/clip-vit-base-patch16 --dataset_name imagenet-1k \
+        --caption_anchors my/imagenet-blip2-captions --pair_anchors my/cc3m-anchors \
+        --eval_datasets imagenet_sketch@domain_shift=imagenet_sketch:train --method arf --output_dir out/
+
+With no dataset arguments the run uses `anchorclip.miniworld`: the shipped mini-CLIP, the finetune split
+captioned by the shipped mini-captioner, pair anchors retrieved from the world's pool, and all its
+evaluation sets. Anchors that are built (not given) are cached under `<output_dir>/anchors/`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import datasets
+import torch
+import transformers
+from accelerate import PartialState
+from transformers import CLIPProcessor, HfArgumentParser
+from transformers.trainer_utils import get_last_checkpoint
+
+from anchorclip import AnchorCLIPModel, AnchorCLIPTrainer, AnchorTrainingArguments, EvalSet, wise_ft
+from anchorclip.data import LABEL_COLUMNS, class_names_from_features, find_column, load_dataset_any
+from anchorclip.reporting import format_results_table, result_rows, summarize, write_results
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Any CLIP checkpoint (Hub id or folder). Default: the shipped mini-CLIP."}
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Finetune set: Hub id, image folder or save_to_disk folder ('spec:split')."}
+    )
+    dataset_split: str = field(default="train")
+    max_train_samples: int | None = field(default=None)
+    class_names: str | None = field(
+        default=None, metadata={"help": "Comma-separated class names if the label column is not a ClassLabel."}
+    )
+    caption_anchors: str | None = field(
+        default=None, metadata={"help": "The finetune images with a caption column (output of `anchorclip caption`)."}
+    )
+    captioner: str | None = field(
+        default=None, metadata={"help": "Build caption anchors with this HF captioning model if none are given."}
+    )
+    caption_batch_size: int = field(default=64)
+    pair_anchors: str | None = field(
+        default=None, metadata={"help": "Retrieved image-caption pairs (output of `anchorclip retrieve`)."}
+    )
+    pair_pool: str | None = field(
+        default=None, metadata={"help": "Build pair anchors by retrieval from this image-caption pool if none given."}
+    )
+    retrieval_rule: str = field(default="text2image", metadata={"help": "text2image, text2text or image2image."})
+    retrieval_k_per_class: int = field(default=600)
+    retrieval_query_mode: str = field(default="ensemble", metadata={"help": "ensemble or per_template queries."})
+    retrieval_templates: str = field(default="simple")
+    eval_datasets: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Evaluation sets as NAME@GROUP=SPEC (GROUP: id, domain_shift, zero_shot)."},
+    )
+    wise_alphas: list[float] = field(
+        default_factory=list, metadata={"help": "Also evaluate WiSE-FT interpolations at these alphas."}
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = HfArgumentParser((ModelArguments, DataArguments, AnchorTrainingArguments))
+    argv = sys.argv[1:] if argv is None else argv
+    if not any(arg == "--output_dir" or arg.startswith("--output_dir=") for arg in argv):
+        argv = [*argv, "--output_dir", "outputs/run_anchor_ft"]
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    _setup_logging(training_args)
+    default_world = data_args.dataset_name is None
+    if default_world:
+        _use_miniworld_defaults(model_args, data_args, training_args, argv)
+    state = PartialState()
+
+    # 1. The pretrained model: the zero-shot start point of every method.
+    model = AnchorCLIPModel.from_pretrained(model_args.model_name_or_path)
+    processor = CLIPProcessor.from_pretrained(model_args.model_name_or_path)
+
+    # 2. The finetune set, with its class names.
+    train = _load_finetune_set(data_args, training_args)
+    label_column = find_column(train, training_args.label_column, LABEL_COLUMNS, "label")
+    class_names = _class_names(data_args, train, label_column)
+
+    # 3. Anchors: text-compensated (captions of the finetune images) and retrieved image-text pairs.
+    provenance = {}
+    if training_args.uses_captions:
+        train, provenance["caption_anchors"] = _caption_anchors(train, data_args, training_args, state)
+    pairs = None
+    if training_args.uses_pairs:
+        pairs, provenance["pair_anchors"] = _pair_anchors(class_names, model_args, data_args, training_args, state)
+
+    # 4. Evaluation sets.
+    eval_sets = _eval_sets(data_args, default_world)
+
+    trainer = AnchorCLIPTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train,
+        eval_dataset=eval_sets or None,
+        processing_class=processor,
+        class_names=class_names,
+        pair_anchors=pairs,
+    )
+
+    # 5. Zero-shot start, finetune, evaluate.
+    results = {"method": training_args.method, "provenance": provenance}
+    if eval_sets:
+        results["zeroshot"] = summarize(trainer.evaluate(metric_key_prefix="zeroshot"), "zeroshot")
+    start = time.time()
+    if training_args.method != "zeroshot":
+        train_result = trainer.train(resume_from_checkpoint=_checkpoint_to_resume(training_args))
+        results["train"] = train_result.metrics
+        results["train_seconds"] = round(time.time() - start, 1)
+        trainer.save_model()
+        trainer.save_state()
+    if eval_sets:
+        results["finetuned"] = summarize(trainer.evaluate())
+        if data_args.wise_alphas:
+            results["wise"] = _wise_sweep(trainer, model_args, data_args.wise_alphas)
+
+    # 6. Report.
+    if state.is_main_process:
+        results["hardware"] = _hardware()
+        results["args"] = {
+            "model": asdict(model_args),
+            "data": asdict(data_args),
+            "training": {k: v for k, v in training_args.to_dict().items() if "token" not in k},
+        }
+        write_results(results, training_args.output_dir)
+        if eval_sets:
+            print("\n" + format_results_table(result_rows(results)))
+        print(f"\nSaved the model, results.json and provenance to {training_args.output_dir}")
+    return results
+
+
+# ------------------------------------------------------------------ steps
+
+
+def _setup_logging(training_args) -> None:
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    level = training_args.get_process_log_level()
+    logger.setLevel(level)
+    logging.getLogger("anchorclip").setLevel(level)
+    datasets.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(level)
+
+
+def _use_miniworld_defaults(model_args, data_args, training_args, argv) -> None:
+    """Fill what the user left out with the built-in miniature world (see anchorclip.miniworld)."""
+    from anchorclip import miniworld
+
+    model_args.model_name_or_path = model_args.model_name_or_path or miniworld.MINICLIP_PATH
+    if data_args.caption_anchors is None:
+        data_args.captioner = data_args.captioner or miniworld.MINICAPTIONER_PATH
+    if data_args.pair_anchors is None:
+        data_args.pair_pool = data_args.pair_pool or "miniworld:pool"
+    # Defaults that fit the world (chosen on the finetune_val split; see docs/results); flags still win.
+    given = {arg.split("=")[0].lstrip("-") for arg in argv if arg.startswith("--")}
+    world_defaults = dict(
+        max_steps=200,
+        per_device_train_batch_size=128,
+        learning_rate=1e-3,
+        warmup_steps=20,
+        weight_decay=0.1,
+        lr_scheduler_type="cosine",
+        logging_steps=20,
+        save_steps=100,
+        eval_templates="openai_imagenet",
+        dataloader_num_workers=2,
+        report_to=[],
+    )
+    for name, value in world_defaults.items():
+        if name not in given:
+            setattr(training_args, name, value)
+
+
+def _load_finetune_set(data_args, training_args):
+    if data_args.dataset_name is None:
+        from anchorclip.miniworld import load_miniworld_split
+
+        # The finetune set is labels only: its ground-truth captions are kept aside as an "oracle captioner".
+        train = load_miniworld_split("finetune").rename_column("caption", "oracle_caption")
+    else:
+        train = load_dataset_any(data_args.dataset_name, split=data_args.dataset_split)
+    if data_args.max_train_samples is not None:
+        train = train.select(range(min(len(train), data_args.max_train_samples)))
+    return train
+
+
+def _class_names(data_args, train, label_column) -> list[str]:
+    if data_args.class_names:
+        return [name.strip() for name in data_args.class_names.split(",")]
+    names = class_names_from_features(train, label_column)
+    if not names:
+        raise ValueError(f"Column {label_column!r} is not a ClassLabel: pass --class_names 'cat,dog,...'.")
+    return names
+
+
+def _caption_anchors(train, data_args, training_args, state):
+    if data_args.caption_anchors is not None:
+        captioned = load_dataset_any(data_args.caption_anchors, split=data_args.dataset_split)
+        if data_args.max_train_samples is not None:
+            captioned = captioned.select(range(min(len(captioned), len(train))))
+        caption_column = find_column(captioned, training_args.caption_column, ("caption", "text"), "caption")
+        if len(captioned) != len(train):
+            raise ValueError(
+                f"--caption_anchors has {len(captioned)} rows but the finetune set has {len(train)}: captions are "
+                "matched to finetune images by row order, so they must come from the same dataset."
+            )
+        if caption_column in train.column_names:
+            train = train.remove_columns(caption_column)
+        train = train.add_column(caption_column, captioned[caption_column])
+        return train, {"source": data_args.caption_anchors}
+    if data_args.captioner is None:
+        raise ValueError("ARF with lambda_caption > 0 needs --caption_anchors or --captioner (or lambda_caption 0).")
+    from anchorclip.captioning import caption_dataset
+
+    output = os.path.join(training_args.output_dir, "anchors", "captions")
+    with state.main_process_first():  # captions are built once, then read from the cache by every process
+        captioned = caption_dataset(
+            train,
+            data_args.captioner,
+            output,
+            batch_size=data_args.caption_batch_size,
+            progress=state.is_local_main_process,
+        )
+    with open(os.path.join(output, "anchorclip_provenance.json")) as handle:
+        return captioned, json.load(handle)
+
+
+def _pair_anchors(class_names, model_args, data_args, training_args, state):
+    if data_args.pair_anchors is not None:
+        return load_dataset_any(data_args.pair_anchors, split="train"), {"source": data_args.pair_anchors}
+    if data_args.pair_pool is None:
+        raise ValueError("ARF with lambda_pairs > 0 needs --pair_anchors or --pair_pool (or lambda_pairs 0).")
+    from anchorclip.retrieval import retrieve_anchors
+
+    pool, pool_id = data_args.pair_pool, data_args.pair_pool
+    if pool == "miniworld:pool":
+        from anchorclip.miniworld import load_miniworld_split
+
+        pool = load_miniworld_split("pool")
+    output = os.path.join(training_args.output_dir, "anchors", "pairs")
+    with state.main_process_first():
+        if os.path.isfile(os.path.join(output, "anchorclip_provenance.json")):
+            anchors = datasets.load_from_disk(output)  # built by an earlier (or interrupted) run
+        else:
+            anchors = retrieve_anchors(
+                pool,
+                class_names,
+                model_args.model_name_or_path,
+                output,
+                rule=data_args.retrieval_rule,
+                k_per_class=data_args.retrieval_k_per_class,
+                templates=data_args.retrieval_templates,
+                query_mode=data_args.retrieval_query_mode,
+                pool_id=pool_id,
+            )
+    with open(os.path.join(output, "anchorclip_provenance.json")) as handle:
+        return anchors, json.load(handle)
+
+
+def _eval_sets(data_args, default_world) -> dict[str, EvalSet]:
+    eval_sets = {}
+    if default_world and not data_args.eval_datasets:
+        from anchorclip.miniworld import miniworld_eval_sets
+
+        eval_sets.update(miniworld_eval_sets())
+    for spec in data_args.eval_datasets:
+        name_group, _, dataset_spec = spec.partition("=")
+        name, _, group = name_group.partition("@")
+        if not dataset_spec:
+            raise ValueError(f"--eval_datasets entries look like NAME@GROUP=SPEC, got {spec!r}.")
+        eval_sets[name] = EvalSet(load_dataset_any(dataset_spec, split="test"), group=group or "id")
+    return eval_sets
+
+
+def _checkpoint_to_resume(training_args) -> str | None:
+    if training_args.resume_from_checkpoint is not None:
+        return training_args.resume_from_checkpoint
+    if os.path.isdir(training_args.output_dir) and not training_args.overwrite_output_dir:
+        last = get_last_checkpoint(training_args.output_dir)
+        if last is not None:
+            logger.info("Resuming from %s (pass --overwrite_output_dir to start over).", last)
+        return last
+    return None
+
+
+def _wise_sweep(trainer, model_args, alphas) -> dict:
+    """Evaluate θ(α) = (1-α)·θ_zero-shot + α·θ_finetuned for each α, restoring the finetuned weights after."""
+    zero_shot = AnchorCLIPModel.from_pretrained(model_args.model_name_or_path)
+    finetuned = trainer.model
+    sweep = {}
+    for alpha in alphas:
+        trainer.model = wise_ft(zero_shot, finetuned, alpha).to(finetuned.device)
+        sweep[str(alpha)] = summarize(trainer.evaluate(metric_key_prefix="wise"), "wise")
+    trainer.model = finetuned
+    return sweep
+
+
+def _hardware() -> dict:
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU x{os.cpu_count()}"
+    return {"device": device, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+if __name__ == "__main__":
+    main()
