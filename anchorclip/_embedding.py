@@ -1,0 +1,407 @@
+"""Embedding a dataset column with CLIP once, into resumable `.npy` shards on disk.
+
+A pool like CC3M takes hours to embed, so the work is cut into shards of `shard_size` rows, each written
+atomically as one float16 `.npy` file as soon as it is done. An interrupted run resumes at the first
+missing shard; a later run with the same model, pool and column reads the shards and embeds nothing.
+Shards are dealt round-robin to Accelerate processes (`shard % num_processes == process_index`), so
+`accelerate launch` splits the work without changing what ends up on disk.
+
+Undecodable images (and empty captions) are stored as all-zero rows: they are counted, never returned
+by a search (see `EmbeddingStore.valid`), and keep row `i` of the store equal to row `i` of the pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import datasets
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data import decode_image, with_raw_images
+from .transforms import ImageTransform
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("image", "text")
+CACHE_FORMAT_VERSION = 1
+
+
+def default_cache_dir() -> str:
+    """`$ANCHORCLIP_CACHE`, else `$HF_HOME/anchorclip/embeddings` (beside the datasets and models caches)."""
+    if os.environ.get("ANCHORCLIP_CACHE"):
+        return os.environ["ANCHORCLIP_CACHE"]
+    from huggingface_hub.constants import HF_HOME
+
+    return os.path.join(HF_HOME, "anchorclip", "embeddings")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# What the cache is keyed by
+# ----------------------------------------------------------------------------------------------------------
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A short digest of the weights, so two checkpoints with the same name (or none) never share a cache.
+
+    Hashing every parameter of a ViT-L would take seconds; a strided sample of each tensor plus its sum
+    separates any two checkpoints that differ in training, at a cost of milliseconds.
+    """
+    digest = hashlib.sha256(str(getattr(model.config, "_name_or_path", "")).encode())
+    digest.update(model.config.to_json_string(use_diff=False).encode())
+    with torch.no_grad():
+        for name, param in model.state_dict().items():
+            flat = param.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 256)][:256].float().cpu()
+            digest.update(name.encode())
+            digest.update(sample.numpy().tobytes())
+            digest.update(np.float64(flat.double().sum().item()).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def dataset_fingerprint(dataset, spec: str | None = None, split: str | None = None) -> str:
+    """Identify a pool: its spec (+ split) when it was named, else the `datasets` fingerprint.
+
+    A spec identifies the rows whether they are streamed or not, so a streamed and a downloaded copy of the
+    same pool share one cache. Local paths are made absolute so the working directory does not matter.
+    """
+    if spec is not None:
+        name = os.path.abspath(spec) if os.path.exists(spec) else spec
+        return f"{name}:{split}"
+    fingerprint = getattr(dataset, "_fingerprint", None)
+    if fingerprint:
+        return f"fingerprint:{fingerprint}"
+    # An IterableDataset built in memory has no fingerprint; its description is the best we have.
+    logger.warning(
+        "The pool is an IterableDataset without a fingerprint; its embedding cache is keyed by its features "
+        "and name only. Pass `pool_id=` to key it explicitly."
+    )
+    info = getattr(dataset, "info", None)
+    description = repr((getattr(info, "dataset_name", None), dataset.features))
+    return "iterable:" + hashlib.sha256(description.encode()).hexdigest()
+
+
+def cache_key(kind: str, model_id: str, pool_id: str, column: str, preprocessing: str, precision: str) -> dict:
+    return {
+        "version": CACHE_FORMAT_VERSION,
+        "kind": kind,
+        "model": model_id,
+        "pool": pool_id,
+        "column": column,
+        "preprocessing": preprocessing,
+        "precision": precision,
+    }
+
+
+def cache_path(cache_dir: str, key: dict) -> str:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return os.path.join(cache_dir, f"{key['kind']}-{digest}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The embeddings, as read back from disk
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EmbeddingStore:
+    """Row-aligned, L2-normalised embeddings of one pool column, memory-mapped from their shards.
+
+    Row `i` is the embedding of pool row `i`; `valid[i]` is False where the cell could not be embedded
+    (undecodable image, missing caption) and the row is all zeros.
+    """
+
+    path: str
+    shards: list[np.ndarray]
+    offsets: np.ndarray  # offsets[s] is the first row of shard s; offsets[-1] == num_rows
+    valid: np.ndarray
+
+    @classmethod
+    def from_arrays(cls, embeddings: np.ndarray, path: str = "<memory>") -> EmbeddingStore:
+        embeddings = np.asarray(embeddings)
+        valid = np.linalg.norm(embeddings.astype(np.float32), axis=1) > 0.5
+        return cls(path, [embeddings], np.array([0, len(embeddings)]), valid)
+
+    @classmethod
+    def load(cls, path: str) -> EmbeddingStore:
+        with open(os.path.join(path, "meta.json")) as file:
+            meta = json.load(file)
+        num_shards = _num_shards(meta["num_rows"], meta["shard_size"])
+        shards = [np.load(_shard_file(path, s), mmap_mode="r") for s in range(num_shards)]
+        offsets = np.concatenate([[0], np.cumsum([len(shard) for shard in shards])]).astype(np.int64)
+        if offsets[-1] != meta["num_rows"]:
+            raise RuntimeError(f"Embedding cache {path} is inconsistent ({offsets[-1]} rows, expected "
+                               f"{meta['num_rows']}); delete the folder to recompute it.")
+        valid = np.concatenate([np.linalg.norm(np.asarray(s, np.float32), axis=1) > 0.5 for s in shards]) \
+            if shards else np.zeros(0, bool)
+        return cls(path, shards, offsets, valid)
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def dim(self) -> int:
+        return int(self.shards[0].shape[1]) if self.shards else 0
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def chunks(self, rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
+        """`(first_row, float32 block)` pairs covering the store, so nothing needs all rows in memory."""
+        for start_of_shard, shard in zip(self.offsets[:-1], self.shards):
+            for start in range(0, len(shard), rows):
+                yield int(start_of_shard) + start, np.asarray(shard[start : start + rows], dtype=np.float32)
+
+    def gather(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The float32 embeddings of the given rows, in the given order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.zeros((len(rows), self.dim), dtype=np.float32)
+        shard_of = np.searchsorted(self.offsets, rows, side="right") - 1
+        for shard in np.unique(shard_of):
+            where = np.nonzero(shard_of == shard)[0]
+            out[where] = self.shards[shard][rows[where] - self.offsets[shard]]
+        return out
+
+    def to_numpy(self) -> np.ndarray:
+        return np.concatenate([np.asarray(s, dtype=np.float32) for s in self.shards]) if self.shards else \
+            np.zeros((0, self.dim), np.float32)
+
+
+def _num_shards(num_rows: int, shard_size: int) -> int:
+    return (num_rows + shard_size - 1) // shard_size
+
+
+def _shard_file(path: str, shard: int) -> str:
+    return os.path.join(path, f"shard-{shard:06d}.npy")
+
+
+def _save_atomic(path: str, array: np.ndarray) -> None:
+    # Written under a temporary name and renamed: a run killed mid-write leaves no truncated shard behind.
+    tmp = f"{path}.tmp-{os.getpid()}.npy"
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def _write_json(path: str, content: dict) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as file:
+        json.dump(content, file, indent=2)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Encoders: a batch of cells -> normalised float16 rows (+ which rows were valid)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _features(output) -> torch.Tensor:
+    # transformers >= 5 returns a model output whose `pooler_output` holds the projected features;
+    # older versions returned the tensor itself.
+    return output.pooler_output if hasattr(output, "pooler_output") else output
+
+
+class ImageEncoder:
+    """Decode, preprocess (the CLIP processor's resize/crop/normalise) and embed a batch of image cells."""
+
+    def __init__(self, model, image_processor, device: torch.device, num_workers: int = 0, autocast=None):
+        self.model, self.device, self.autocast = model, device, autocast
+        self.transform = ImageTransform.from_image_processor(image_processor)
+        # PIL releases the GIL while decoding and resampling, so threads give real parallelism here.
+        self.pool = ThreadPoolExecutor(num_workers) if num_workers > 0 else None
+
+    @property
+    def preprocessing(self) -> str:
+        return repr(self.transform)
+
+    def _load(self, cell) -> torch.Tensor | None:
+        image = decode_image(cell)
+        return None if image is None else self.transform(image)
+
+    def __call__(self, cells: list) -> tuple[np.ndarray, np.ndarray]:
+        tensors = list(self.pool.map(self._load, cells)) if self.pool else [self._load(cell) for cell in cells]
+        valid = np.array([tensor is not None for tensor in tensors], dtype=bool)
+        out = np.zeros((len(cells), self.model.config.projection_dim), dtype=np.float16)
+        if valid.any():
+            pixel_values = torch.stack([tensor for tensor in tensors if tensor is not None]).to(self.device)
+            with torch.inference_mode(), self.autocast():
+                features = _features(self.model.get_image_features(pixel_values=pixel_values)).float()
+            out[valid] = torch.nn.functional.normalize(features, dim=-1).cpu().numpy()
+        return out, valid
+
+
+class TextEncoder:
+    """Tokenise and embed a batch of strings (captions or prompts)."""
+
+    def __init__(self, model, tokenizer, device: torch.device, max_length: int | None = None, autocast=None):
+        self.model, self.tokenizer, self.device, self.autocast = model, tokenizer, device, autocast
+        limit = model.config.text_config.max_position_embeddings
+        self.max_length = min(max_length or limit, limit)
+
+    @property
+    def preprocessing(self) -> str:
+        return f"{type(self.tokenizer).__name__}(vocab={len(self.tokenizer)}, max_length={self.max_length})"
+
+    def __call__(self, cells: list) -> tuple[np.ndarray, np.ndarray]:
+        valid = np.array([isinstance(cell, str) and bool(cell.strip()) for cell in cells], dtype=bool)
+        out = np.zeros((len(cells), self.model.config.projection_dim), dtype=np.float16)
+        if valid.any():
+            out[valid] = self.encode([cell for cell, ok in zip(cells, valid) if ok]).astype(np.float16)
+        return out, valid
+
+    def encode(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
+        """Float32 normalised embeddings of `texts` (no cache: prompts are few)."""
+        blocks = []
+        for start in range(0, len(texts), batch_size):
+            inputs = self.tokenizer(texts[start : start + batch_size], padding=True, truncation=True,
+                                    max_length=self.max_length, return_tensors="pt").to(self.device)
+            inputs.pop("token_type_ids", None)
+            with torch.inference_mode(), self.autocast():
+                features = _features(self.model.get_text_features(**inputs)).float()
+            blocks.append(torch.nn.functional.normalize(features, dim=-1).cpu().numpy())
+        return np.concatenate(blocks) if blocks else np.zeros((0, self.model.config.projection_dim), np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Embedding a whole column, shard by shard
+# ----------------------------------------------------------------------------------------------------------
+
+
+def embed_column(
+    dataset,
+    column: str,
+    encoder,
+    *,
+    kind: str,
+    key: dict,
+    cache_dir: str,
+    shard_size: int = 4096,
+    batch_size: int = 256,
+    accelerator=None,
+    description: str = "Embedding",
+) -> EmbeddingStore:
+    """Embed `dataset[column]` into the shard cache at `cache_path(cache_dir, key)` and return its store."""
+    from accelerate import Accelerator
+
+    accelerator = accelerator or Accelerator()
+    path = cache_path(cache_dir, key)
+    meta_file = os.path.join(path, "meta.json")
+    if accelerator.is_main_process:
+        os.makedirs(path, exist_ok=True)
+        if not os.path.exists(os.path.join(path, "key.json")):
+            _write_json(os.path.join(path, "key.json"), key)
+    accelerator.wait_for_everyone()
+
+    meta = {"shard_size": shard_size, "num_rows": None}
+    if os.path.exists(meta_file):
+        with open(meta_file) as file:
+            meta = json.load(file)
+        if meta["shard_size"] != shard_size:  # shards already on disk decide the layout
+            logger.info("Reusing the cache's shard size %d (asked for %d).", meta["shard_size"], shard_size)
+    shard_size = meta["shard_size"]
+    # A batch never straddles two shards, so the shard size is rounded down to a multiple of the batch.
+    batch_size = max(1, min(batch_size, shard_size))
+    if shard_size % batch_size:
+        batch_size = max(d for d in range(1, batch_size + 1) if shard_size % d == 0)
+
+    num_rows = len(dataset) if isinstance(dataset, datasets.Dataset) else meta["num_rows"]
+    if meta["num_rows"] is not None and num_rows != meta["num_rows"]:
+        raise RuntimeError(f"The embedding cache {path} holds {meta['num_rows']} rows but the pool has {num_rows}; "
+                           "the pool changed under the same name. Delete that folder (or pass another pool_id).")
+    if num_rows == 0:
+        raise ValueError("The pool is empty: there is nothing to embed or retrieve from.")
+
+    def mine(shard: int) -> bool:
+        return shard % accelerator.num_processes == accelerator.process_index
+
+    def done(shard: int) -> bool:
+        return os.path.exists(_shard_file(path, shard))
+
+    complete = num_rows is not None and all(done(s) for s in range(_num_shards(num_rows, shard_size)))
+    if not complete:
+        num_rows = _embed_missing(dataset, column, encoder, path, shard_size, batch_size, num_rows,
+                                  mine, done, accelerator, description)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            _write_json(meta_file, {"shard_size": shard_size, "num_rows": num_rows, "dim": encoder.model.config.
+                                    projection_dim, "kind": kind})
+        accelerator.wait_for_everyone()
+    else:
+        logger.info("%s: all %d rows are cached in %s.", description, num_rows, path)
+    store = EmbeddingStore.load(path)
+    invalid = int((~store.valid).sum())
+    if invalid:
+        logger.warning("%s: %d of %d %s cells could not be embedded (skipped).", description, invalid,
+                       store.num_rows, kind)
+    return store
+
+
+def _embed_missing(dataset, column, encoder, path, shard_size, batch_size, num_rows, mine, done, accelerator,
+                   description) -> int:
+    """Embed the shards this process owns and that are not on disk; return the pool's row count."""
+    dataset = with_raw_images(dataset.select_columns([column]), column)
+    todo_rows = None
+    if num_rows is not None:
+        todo = [s for s in range(_num_shards(num_rows, shard_size)) if mine(s) and not done(s)]
+        todo_rows = sum(min(shard_size, num_rows - s * shard_size) for s in todo)
+    progress = tqdm(total=todo_rows, unit="img" if isinstance(encoder, ImageEncoder) else "txt", unit_scale=True,
+                    desc=description, disable=not accelerator.is_local_main_process, smoothing=0.1)
+    computed, rows_read = 0, 0
+    started = time.perf_counter()
+    buffer: list[np.ndarray] = []
+    current = None
+    for shard, size, cells in _batches(dataset, column, shard_size, batch_size, num_rows, mine, done):
+        rows_read += size
+        if shard != current:
+            if buffer:
+                _save_atomic(_shard_file(path, current), np.concatenate(buffer))
+            buffer, current = [], shard
+        if cells is None:  # a stream's batch in a shard done earlier or owned by another process
+            continue
+        embeddings, _ = encoder(cells)
+        buffer.append(embeddings)
+        computed += size
+        progress.update(size)
+    if buffer:
+        _save_atomic(_shard_file(path, current), np.concatenate(buffer))
+    progress.close()
+    elapsed = time.perf_counter() - started
+    if computed:
+        logger.info("%s: embedded %d rows in %.1fs (%.1f rows/s) on process %d.", description, computed, elapsed,
+                    computed / max(elapsed, 1e-9), accelerator.process_index)
+    if num_rows is None:  # a stream's length is known only once it has been read through
+        num_rows = rows_read
+        if num_rows == 0:
+            raise ValueError("The pool is empty: there is nothing to embed or retrieve from.")
+    return num_rows
+
+
+def _batches(dataset, column, shard_size, batch_size, num_rows, mine, done) -> Iterator[tuple[int, int, list | None]]:
+    """Yield `(shard, rows, cells or None)` batches aligned to shards; None marks a batch that needs no work.
+
+    A map-style pool is sliced directly, so shards that need no work cost nothing. A stream can only be
+    read in order: its skipped batches are read but never decoded.
+    """
+    if isinstance(dataset, datasets.Dataset):
+        for shard in range(_num_shards(num_rows, shard_size)):
+            if not mine(shard) or done(shard):
+                continue
+            start, stop = shard * shard_size, min((shard + 1) * shard_size, num_rows)
+            for first in range(start, stop, batch_size):
+                last = min(first + batch_size, stop)
+                yield shard, last - first, dataset[first:last][column]
+        return
+    row = 0
+    for batch in dataset.iter(batch_size=batch_size):
+        cells = batch[column]
+        shard = row // shard_size
+        yield shard, len(cells), (cells if mine(shard) and not done(shard) else None)
+        row += len(cells)

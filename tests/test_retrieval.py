@@ -1,0 +1,260 @@
+"""`anchorclip.retrieval`: search, selection rules, embedding cache and the `anchorclip retrieve` CLI.
+
+Everything runs on a tiny random CLIP and pools of a few dozen noise images (conftest.py), in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from conftest import CLASS_NAMES, corrupt_bytes, make_config, make_images, make_pair_dataset, make_processor
+from transformers import CLIPModel
+
+from anchorclip import retrieval
+from anchorclip._embedding import EmbeddingStore
+from anchorclip.data import ColumnError
+from anchorclip.retrieval import (
+    Candidates,
+    build_index,
+    deduplicate,
+    embed_pool,
+    exact_topk,
+    retrieve_anchors,
+    search,
+    select_anchors,
+)
+
+POOL_SIZE = 40
+
+
+def _normalized(rng, n, d=16):
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny CLIP checkpoint on disk, as `retrieve_anchors` and the CLI load one."""
+    path = str(tmp_path_factory.mktemp("clip"))
+    torch.manual_seed(0)
+    CLIPModel(make_config()).save_pretrained(path)
+    make_processor().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return make_pair_dataset(POOL_SIZE, seed=1)
+
+
+def _retrieve(pool, checkpoint, tmp_path, **kwargs):
+    kwargs.setdefault("cache_dir", str(tmp_path / "cache"))
+    kwargs.setdefault("shard_size", 16)
+    kwargs.setdefault("batch_size", 8)
+    return retrieve_anchors(pool, kwargs.pop("class_names", CLASS_NAMES), checkpoint, str(tmp_path / "anchors"),
+                            **kwargs)
+
+
+# ---------------------------------------------------------------- search
+
+
+def test_exact_search_equals_numpy_topk():
+    rng = np.random.default_rng(0)
+    pool, queries = _normalized(rng, 500), _normalized(rng, 7)
+    index = build_index(pool)
+    scores, ids = search(index, queries, 10)
+    brute = queries @ pool.T
+    expected = np.argsort(-brute, axis=1)[:, :10]
+    np.testing.assert_array_equal(ids, expected)
+    np.testing.assert_allclose(scores, np.take_along_axis(brute, expected, 1), rtol=1e-5, atol=1e-5)
+    # The chunked exact search used to measure approximate indexes agrees too.
+    chunked = EmbeddingStore(path="", shards=[pool[:123], pool[123:]], offsets=np.array([0, 123, 500]),
+                             valid=np.ones(500, bool))
+    np.testing.assert_array_equal(exact_topk(chunked, queries, 10)[1], expected)
+
+
+def test_ivf_index_recall_is_measured():
+    rng = np.random.default_rng(0)
+    store = EmbeddingStore.from_arrays(_normalized(rng, 2000))
+    index = build_index(store, "IVF16,Flat", index_params="nprobe=16")  # probing every list: exact
+    assert retrieval.measure_recall(index, store, _normalized(rng, 20), 10) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- selection rules
+
+
+def test_per_class_k_and_global_budget():
+    rng = np.random.default_rng(0)
+    candidates = Candidates(label=np.repeat(np.arange(4), 25), row=np.arange(100),
+                            score=rng.random(100).astype(np.float32))
+    selected = select_anchors(candidates, 4, k_per_class=5, budget=None)
+    assert np.bincount(selected.label).tolist() == [5, 5, 5, 5]
+    for label in range(4):  # the top 5 of each class, by score
+        mine = candidates.score[candidates.label == label]
+        assert sorted(selected.score[selected.label == label]) == sorted(np.sort(mine)[-5:])
+    budgeted = select_anchors(candidates, 4, k_per_class=5, budget=10)
+    assert len(budgeted) == 10
+    assert sorted(np.bincount(budgeted.label).tolist()) == [2, 2, 3, 3]  # balanced: round-robin by rank
+
+
+def test_deduplication_collapses_planted_duplicates():
+    rng = np.random.default_rng(0)
+    embeddings = _normalized(rng, 30)
+    embeddings[10] = embeddings[3]  # exact copy
+    noisy = embeddings[3] + 0.01 * rng.standard_normal(16).astype(np.float32)
+    embeddings[20] = noisy / np.linalg.norm(noisy)  # near copy
+    candidates = Candidates(label=np.zeros(30, np.int64), row=np.arange(30), score=np.linspace(1, 0, 30))
+    kept = deduplicate(candidates, embeddings, threshold=0.95)
+    assert set(range(30)) - set(kept.row.tolist()) == {10, 20}  # the best-scoring copy (row 3) survives
+
+
+def test_end_to_end_k_budget_one_class_per_item_and_dedup(pool, checkpoint, tmp_path):
+    planted = datasets.concatenate_datasets([pool, pool.select([0, 1, 2])])  # rows 40-42 copy rows 0-2
+    anchors = _retrieve(planted, checkpoint, tmp_path, k_per_class=100, dedup_threshold=0.999)
+    rows = set(anchors["pool_index"])
+    assert len(rows) == len(anchors) == POOL_SIZE  # each item once; each planted pair collapsed to one
+    assert all(len({r, r + POOL_SIZE} & rows) == 1 for r in range(3))
+    provenance = json.loads((tmp_path / "anchors" / "anchorclip_provenance.json").read_text())
+    assert provenance["counts"]["near_duplicates_removed"] >= 3
+
+    anchors = _retrieve(pool, checkpoint, tmp_path, k_per_class=4, dedup_threshold=None)
+    assert 0 < np.bincount(anchors["class_index"]).max() <= 4
+    anchors = _retrieve(pool, checkpoint, tmp_path, k_per_class=20, budget=10, dedup_threshold=None)
+    assert len(anchors) == 10 and np.bincount(anchors["class_index"]).max() <= 20
+    assert anchors.features["class_index"].names == CLASS_NAMES
+    assert set(anchors.column_names) == {"image", "caption", "class_name", "class_index", "score", "pool_index"}
+    for item in anchors:  # the original caption travels with its image
+        assert item["caption"] == pool[item["pool_index"]]["caption"]
+        assert item["class_name"] == CLASS_NAMES[item["class_index"]]
+
+
+def test_leakage_guard_removes_eval_duplicates(pool, checkpoint, tmp_path):
+    evaluation = datasets.Dataset.from_dict(
+        {"image": [pool[5]["image"], *make_images(3, seed=99)], "label": [0, 1, 2, 3]},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}),
+    )
+    kwargs = dict(k_per_class=100, dedup_threshold=None, leakage_threshold=0.999)
+    clean = _retrieve(pool, checkpoint, tmp_path, leakage_sets=[evaluation], **kwargs)
+    assert 5 not in clean["pool_index"] and len(clean) == POOL_SIZE - 1
+    provenance = json.loads((tmp_path / "anchors" / "anchorclip_provenance.json").read_text())
+    assert provenance["counts"]["leakage_removed_pool_items"] == 1
+    assert 5 in _retrieve(pool, checkpoint, tmp_path, **kwargs)["pool_index"]  # without the guard it is there
+
+
+@pytest.mark.parametrize("rule, query_mode", [("text2text", "each"), ("image2image", "ensemble")])
+def test_other_rules(pool, checkpoint, tmp_path, rule, query_mode):
+    from conftest import make_classification_dataset
+
+    finetune = make_classification_dataset(8) if rule == "image2image" else None
+    anchors = _retrieve(pool, checkpoint, tmp_path, class_names=None if finetune else CLASS_NAMES, rule=rule,
+                        query_mode=query_mode, finetune=finetune, k_per_class=3, dedup_threshold=None)
+    assert 0 < len(anchors) <= 3 * len(CLASS_NAMES)
+    assert json.loads((tmp_path / "anchors" / "anchorclip_provenance.json").read_text())["rule"] == rule
+
+
+# ---------------------------------------------------------------- embedding cache
+
+
+def test_embedding_cache_resumes_after_interrupt(pool, tmp_path):
+    torch.manual_seed(0)
+    model, processor = CLIPModel(make_config()).eval(), make_processor()
+    original = model.get_image_features
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        if calls["n"] == 1:
+            raise KeyboardInterrupt  # dies while embedding the second shard
+        calls["n"] += 1
+        return original(*args, **kwargs)
+
+    cache = str(tmp_path / "cache")
+    kwargs = dict(cache_dir=cache, shard_size=8, batch_size=8, pool_id="pool")
+    model.get_image_features = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        embed_pool(pool, model, processor, **kwargs)
+    (folder,) = os.listdir(cache)
+    shards = sorted(f for f in os.listdir(os.path.join(cache, folder)) if f.startswith("shard-"))
+    assert shards == ["shard-000000.npy"]
+    first_shard_mtime = os.path.getmtime(os.path.join(cache, folder, shards[0]))
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return original(*args, **kwargs)
+
+    calls["n"] = 0
+    model.get_image_features = counting
+    resumed = embed_pool(pool, model, processor, **kwargs)
+    assert calls["n"] == POOL_SIZE // 8 - 1  # every shard but the finished one
+    assert os.path.getmtime(os.path.join(cache, folder, shards[0])) == first_shard_mtime
+
+    fresh = embed_pool(pool, model, processor, **{**kwargs, "cache_dir": str(tmp_path / "fresh")})
+    np.testing.assert_array_equal(resumed.to_numpy(), fresh.to_numpy())
+    calls["n"] = 0
+    embed_pool(pool, model, processor, **kwargs)
+    assert calls["n"] == 0  # complete: nothing recomputed
+
+    torch.manual_seed(1)
+    other = embed_pool(pool, CLIPModel(make_config()).eval(), processor, **kwargs)
+    assert other.path != resumed.path  # another model never reads these embeddings
+
+
+def test_undecodable_images_are_skipped_and_counted(tmp_path):
+    pool = make_pair_dataset(6).cast_column("image", datasets.Image(decode=False))
+    cells = list(pool["image"])
+    cells[2] = corrupt_bytes()
+    pool = datasets.Dataset.from_dict({"image": cells, "caption": pool["caption"]},
+                                      features=datasets.Features({"image": datasets.Image(decode=False),
+                                                                  "caption": datasets.Value("string")}))
+    torch.manual_seed(0)
+    store = embed_pool(pool, CLIPModel(make_config()), make_processor(), cache_dir=str(tmp_path), batch_size=4)
+    assert store.valid.tolist() == [True, True, False, True, True, True]
+
+
+# ---------------------------------------------------------------- bad inputs
+
+
+def test_bad_inputs_give_clear_errors(pool, checkpoint, tmp_path):
+    no_image = datasets.Dataset.from_dict({"picture": ["x"], "caption": ["a cat"]})
+    with pytest.raises(ColumnError, match=r"image.*\['picture', 'caption'\]"):
+        _retrieve(no_image, checkpoint, tmp_path)
+    with pytest.raises(ColumnError, match="'photo' is missing"):
+        _retrieve(pool, checkpoint, tmp_path, image_column="photo")
+    with pytest.raises(ValueError, match="empty"):
+        _retrieve(pool.select([]), checkpoint, tmp_path)
+    with pytest.raises(ValueError, match="No class names"):
+        _retrieve(pool, checkpoint, tmp_path, class_names=[])
+    with pytest.raises(ValueError, match="image2image"):
+        _retrieve(pool, checkpoint, tmp_path, rule="image2image")
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_end_to_end_with_streaming(pool, checkpoint, tmp_path):
+    from anchorclip.cli import main
+
+    pool.save_to_disk(str(tmp_path / "pool"))
+    common = ["--pool", str(tmp_path / "pool"), "--model_name_or_path", checkpoint, "--cache_dir",
+              str(tmp_path / "cache"), "--shard_size", "16", "--batch_size", "8", "--k_per_class", "3",
+              "--class_names", *CLASS_NAMES, "--templates", "a photo of a {}.", "a sketch of a {}."]
+    assert main(["retrieve", *common, "--output_dir", str(tmp_path / "out")]) == 0
+    anchors = datasets.load_from_disk(str(tmp_path / "out"))
+    assert 0 < len(anchors) <= 12
+    keys = list(zip(anchors["class_index"], [-score for score in anchors["score"]]))
+    assert keys == sorted(keys)  # by class, best first
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert report.count("data:image/png;base64,") == len(anchors)
+    provenance = json.loads((tmp_path / "out" / "anchorclip_provenance.json").read_text())
+    assert provenance["rule"] == "text2image" and provenance["k_per_class"] == 3
+    assert provenance["templates"] == ["a photo of a {}.", "a sketch of a {}."]
+
+    # Streaming the same pool reads the same cache and gives the same anchors.
+    assert main(["retrieve", *common, "--streaming", "--output_dir", str(tmp_path / "streamed")]) == 0
+    streamed = datasets.load_from_disk(str(tmp_path / "streamed"))
+    assert streamed["pool_index"] == anchors["pool_index"]
+    assert len(os.listdir(tmp_path / "cache")) == 1
