@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -102,9 +103,9 @@ class CaptionPreprocessor:
                 # GIT's BERT tokenizer ends the prompt with [SEP]; generation must continue the prompt instead.
                 sep = getattr(self.tokenizer, "sep_token_id", None)
                 if sep is not None and bool((inputs["input_ids"][:, -1] == sep).all()):
-                    inputs["input_ids"] = inputs["input_ids"][:, :-1]
-                    if "attention_mask" in inputs:
-                        inputs["attention_mask"] = inputs["attention_mask"][:, :-1]
+                    for key in ("input_ids", "attention_mask", "token_type_ids"):
+                        if key in inputs:
+                            inputs[key] = inputs[key][:, :-1]
             return inputs
 
         inputs = {"pixel_values": self.image_processor(images, return_tensors="pt")["pixel_values"]}
@@ -201,6 +202,8 @@ class Captioner:
             else value
             for key, value in inputs.items()
         }
+        if "token_type_ids" in inputs and "token_type_ids" not in inspect.signature(self.model.forward).parameters:
+            inputs.pop("token_type_ids")  # BERT-style tokenizers (GIT, BLIP) add it; generate() rejects unused inputs
         kwargs = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams, "do_sample": False}
         outputs = self.model.generate(**inputs, **{**kwargs, **self.generation_kwargs})
         outputs = outputs.sequences if hasattr(outputs, "sequences") else outputs
