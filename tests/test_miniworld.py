@@ -141,6 +141,6 @@ def test_shipped_captioner_generates():
     image_processor = AutoImageProcessor.from_pretrained(MINICAPTIONER_PATH)
     image = make_example(SPLITS["test_photo"].seed, 1, SEEN_SHAPES, ("photo",))["image"]
     pixel_values = image_processor(images=[image], return_tensors="pt").pixel_values
-    output = model.generate(pixel_values=pixel_values, max_new_tokens=MAX_LENGTH)
+    output = model.generate(pixel_values=pixel_values)  # greedy, up to 24 tokens (generation_config.json)
     caption = tokenizer.batch_decode(output, skip_special_tokens=True)[0]
     assert caption.strip() and "<|" not in caption
