@@ -73,6 +73,9 @@ class DataArguments:
         default_factory=list,
         metadata={"help": "Evaluation sets as NAME@GROUP=SPEC (GROUP: id, domain_shift, zero_shot)."},
     )
+    auto_resume: bool = field(
+        default=True, metadata={"help": "Continue from the last checkpoint in output_dir when there is one."}
+    )
     wise_alphas: list[float] = field(
         default_factory=list, metadata={"help": "Also evaluate WiSE-FT interpolations at these alphas."}
     )
@@ -126,7 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
         results["zeroshot"] = summarize(trainer.evaluate(metric_key_prefix="zeroshot"), "zeroshot")
     start = time.time()
     if training_args.method != "zeroshot":
-        train_result = trainer.train(resume_from_checkpoint=_checkpoint_to_resume(training_args))
+        checkpoint = _checkpoint_to_resume(training_args, data_args.auto_resume)
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
         results["train"] = train_result.metrics
         results["train_seconds"] = round(time.time() - start, 1)
         trainer.save_model()
@@ -138,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 6. Report.
     if state.is_main_process:
-        results["hardware"] = _hardware()
+        results["hardware"] = {**_hardware(), "num_processes": state.num_processes}
         results["args"] = {
             "model": asdict(model_args),
             "data": asdict(data_args),
@@ -297,13 +301,13 @@ def _eval_sets(data_args, default_world) -> dict[str, EvalSet]:
     return eval_sets
 
 
-def _checkpoint_to_resume(training_args) -> str | None:
+def _checkpoint_to_resume(training_args, auto_resume: bool) -> str | None:
     if training_args.resume_from_checkpoint is not None:
         return training_args.resume_from_checkpoint
-    if os.path.isdir(training_args.output_dir) and not training_args.overwrite_output_dir:
+    if auto_resume and os.path.isdir(training_args.output_dir):
         last = get_last_checkpoint(training_args.output_dir)
         if last is not None:
-            logger.info("Resuming from %s (pass --overwrite_output_dir to start over).", last)
+            logger.warning("Resuming from %s (pass --auto_resume false to start over).", last)
         return last
     return None
 
