@@ -1,0 +1,78 @@
+"""Shared pieces of the benchmarks: model configs built from scratch (no download) and synthetic batches."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+
+import torch
+from transformers import CLIPConfig
+
+from anchorclip import AnchorCLIPModel
+
+CONFIGS = {
+    # CLIP ViT-B/16 as published (openai/clip-vit-base-patch16), random weights.
+    "vit-b-16": dict(
+        text=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
+                  max_position_embeddings=77, vocab_size=49408),
+        vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                    image_size=224, patch_size=16),
+        projection_dim=512, caption_tokens=32, prompt_tokens=12,
+    ),
+    # A CPU-sized model with the same structure, for smoke runs.
+    "tiny": dict(
+        text=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
+                  max_position_embeddings=32, vocab_size=1000),
+        vision=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                    image_size=64, patch_size=8),
+        projection_dim=128, caption_tokens=24, prompt_tokens=8,
+    ),
+}  # fmt: skip
+
+
+def build_model(name: str, attn_implementation: str = "sdpa") -> tuple[AnchorCLIPModel, dict]:
+    spec = CONFIGS[name]
+    text = dict(spec["text"], bos_token_id=0, eos_token_id=2 if name == "vit-b-16" else 3, pad_token_id=1)
+    config = CLIPConfig(text_config=text, vision_config=spec["vision"], projection_dim=spec["projection_dim"])
+    config._attn_implementation = attn_implementation
+    torch.manual_seed(0)
+    return AnchorCLIPModel(config), spec
+
+
+def synthetic_batch(spec: dict, batch: int, pairs_per_image: int, captions: bool, device) -> dict:
+    """An ARF batch as `AnchorCollator` builds it: [images; pair images] and [prompts; captions; pair captions]."""
+    size = spec["vision"]["image_size"]
+    num_pairs = batch * pairs_per_image
+    num_captions = batch if captions else 0
+    length = spec["caption_tokens"] if (captions or num_pairs) else spec["prompt_tokens"]
+    num_texts = batch + num_captions + num_pairs
+    input_ids = torch.randint(3, spec["text"]["vocab_size"], (num_texts, length))
+    input_ids[:, -1] = 2 if spec["text"]["vocab_size"] > 10_000 else 3  # EOS last: pooled token
+    return {
+        "pixel_values": torch.randn(batch + num_pairs, 3, size, size, device=device),
+        "input_ids": input_ids.to(device),
+        "attention_mask": torch.ones(num_texts, length, dtype=torch.long, device=device),
+        "labels": torch.randint(0, 1000, (batch,), device=device),
+        "num_captions": num_captions,
+        "num_pairs": num_pairs,
+    }
+
+
+def median_time(fn, steps: int, warmup: int, sync) -> tuple[float, list[float]]:
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

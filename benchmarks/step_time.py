@@ -1,0 +1,86 @@
+"""Median training-step time of ARF vs FLYP at equal finetune batch: same process, model and optimizer.
+
+    python benchmarks/step_time.py                       # tiny config, CPU smoke run
+    python benchmarks/step_time.py --config vit-b-16 --batch 128 --bf16   # on a GPU
+
+Each variant runs `AnchorCLIPTrainer.compute_loss` + backward + AdamW step on synthetic batches shaped
+exactly as the trainer's collator builds them. The ratio ARF / FLYP is the cost of the anchors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+
+import torch
+from common import build_model, machine, median_time, synthetic_batch
+from tokenizers import Tokenizer, models
+from transformers import CLIPImageProcessor, CLIPProcessor, PreTrainedTokenizerFast
+
+from anchorclip import AnchorCLIPTrainer, AnchorTrainingArguments
+
+VARIANTS = {  # name: (method, captions, pairs per image)
+    "flyp": ("flyp", False, 0),
+    "arf, captions only": ("arf", True, 0),
+    "arf, 1 pair/image": ("arf", True, 1),
+    "arf, 2 pairs/image": ("arf", True, 2),
+}
+
+
+def _trainer(model, method: str, captions: bool, pairs: int, bf16: bool) -> AnchorCLIPTrainer:
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0}, "[UNK]")))
+    args = AnchorTrainingArguments(
+        output_dir=tempfile.mkdtemp(), method=method, lambda_caption=1.0 if captions else 0.0,
+        lambda_pairs=1.0 if pairs else 0.0, pair_anchors_per_image=max(pairs, 1), report_to="none", bf16=bf16,
+        use_cpu=not torch.cuda.is_available(),
+    )  # fmt: skip
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tokenizer)
+    return AnchorCLIPTrainer(model=model, args=args, processing_class=processor)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="tiny", choices=["tiny", "vit-b-16"])
+    parser.add_argument("--batch", type=int, default=32, help="Finetune images per step.")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--output", default="docs/results/step_time.json")
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    model, spec = build_model(args.config)
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
+    results = {}
+    for name, (method, captions, pairs) in VARIANTS.items():
+        trainer = _trainer(model, method, captions, pairs, args.bf16)
+        batch = synthetic_batch(spec, args.batch, pairs, captions, device)
+
+        def step(trainer=trainer, batch=batch):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                loss = trainer.compute_loss(model, dict(batch))
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        median, _ = median_time(step, args.steps, args.warmup, sync)
+        results[name] = {"median_s": median, "images_per_s": args.batch / median, "pair_batch": args.batch * pairs}
+        print(f"{name:<22} median {median * 1000:8.1f} ms   {args.batch / median:8.1f} finetune images/s")
+    base = results["flyp"]["median_s"]
+    for entry in results.values():
+        entry["ratio_to_flyp"] = entry["median_s"] / base
+    report = {"config": args.config, "batch": args.batch, "steps": args.steps, "bf16": args.bf16,
+              "machine": machine(), "torch": torch.__version__, "variants": results}
+    os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    with open(args.output, "w") as handle:
+        json.dump(report, handle, indent=2)
+    print(f"\nARF (1 pair/image) / FLYP step time: {results['arf, 1 pair/image']['ratio_to_flyp']:.2f}x "
+          f"(target <= 1.6x); written to {args.output}")
+
+
+if __name__ == "__main__":
+    main()
