@@ -16,6 +16,7 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPProcessor, PreTrain
 from anchorclip import AnchorCLIPModel
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub: fail fast instead of retrying
 torch.set_num_threads(2)
 
 CLASS_NAMES = ["circle", "square", "star", "heart"]
