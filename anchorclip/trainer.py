@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback
 
-from .batching import AnchorCollator, AnchoredDataset
+from .batching import AnchorCollator, AnchoredDataset, tokenize_column, tokenize_prompts
 from .data import (
     CAPTION_COLUMNS,
     IMAGE_COLUMNS,
@@ -139,10 +139,13 @@ class AnchorCLIPTrainer(Trainer):
                 f"Label ids {sorted(set(bad.tolist()))[:10]} in column {label_column!r} are outside the "
                 f"{len(self.class_names)} class names (valid ids: 0..{len(self.class_names) - 1})."
             )
-        caption_column = None
+        tokenizer = processing_class.tokenizer
+        max_length = min(args.max_text_length, model.config.text_config.max_position_embeddings)
+        caption_ids = pair_caption_ids = None
         if args.uses_captions:
             caption_column = find_column(train_dataset, args.caption_column, CAPTION_COLUMNS, "caption")
-        pair_image_column = pair_caption_column = None
+            caption_ids = tokenize_column(train_dataset, caption_column, tokenizer, max_length, "Tokenizing captions")
+        pair_image_column = None
         if args.uses_pairs:
             if pair_anchors is None or len(pair_anchors) == 0:
                 raise ValueError(
@@ -151,6 +154,9 @@ class AnchorCLIPTrainer(Trainer):
                 )
             pair_image_column = find_column(pair_anchors, None, IMAGE_COLUMNS, "pair-anchor image")
             pair_caption_column = find_column(pair_anchors, None, CAPTION_COLUMNS, "pair-anchor caption")
+            pair_caption_ids = tokenize_column(
+                pair_anchors, pair_caption_column, tokenizer, max_length, "Tokenizing pair captions"
+            )
             pair_anchors = with_raw_images(pair_anchors, pair_image_column)
         else:
             pair_anchors = None
@@ -160,18 +166,21 @@ class AnchorCLIPTrainer(Trainer):
             transform=ImageTransform.from_image_processor(processing_class.image_processor, train=True),
             image_column=image_column,
             label_column=label_column,
-            caption_column=caption_column,
+            caption_ids=caption_ids,
             pairs=pair_anchors,
             pair_image_column=pair_image_column,
-            pair_caption_column=pair_caption_column,
+            pair_caption_ids=pair_caption_ids,
             pairs_per_item=args.pair_anchors_per_image if args.uses_pairs else 0,
             num_templates=len(templates),
             seed=args.data_seed if args.data_seed is not None else args.seed,
             strict_images=args.strict_images,
         )
-        max_length = min(args.max_text_length, model.config.text_config.max_position_embeddings)
+        pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         collator = AnchorCollator(
-            processing_class.tokenizer, self.class_names, templates, max_length, with_prompts=args.is_contrastive
+            prompt_ids=tokenize_prompts(tokenizer, self.class_names, templates, max_length),
+            num_templates=len(templates),
+            pad_token_id=pad_token_id,
+            with_prompts=args.is_contrastive,
         )
         model.config.class_names = list(self.class_names)
         model.config.templates = resolve_templates(args.eval_templates)
