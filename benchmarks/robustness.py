@@ -1,0 +1,290 @@
+"""The paper's table in miniature: every method from the same pretrained mini-CLIP, same budget, 3 seeds.
+
+    python benchmarks/robustness.py                                  # full table (~40 min on 2 CPU cores)
+    python benchmarks/robustness.py --seeds 0 --steps 20 --quick     # smoke run
+
+Protocol (what a reviewer would ask for):
+- every method starts from the shipped mini-CLIP and trains the same number of steps at the same batch;
+- the learning rate of each method family (FT, LP-FT, FLYP, ARF) is chosen from `--lr_grid` on the
+  `finetune_val` split (ID validation images, never a test set), with seed 0; the ARF ablations and
+  variants use ARF's learning rate;
+- the chosen configuration is then run with every seed (seeds change data order, augmentation and
+  anchor order); the table reports the mean ± std over seeds of each group mean and every per-set number;
+- WiSE-FT rows use α = 0.5 (the WiSE-FT paper's default, not tuned); the plot shows the α sweep.
+
+Anchors are built once through the same code paths users run: captions of the finetune images by the
+shipped mini-captioner (`anchorclip.captioning`), pairs retrieved from the world's pool by the pretrained
+mini-CLIP (`anchorclip.retrieval`). "oracle captions" uses the world's ground-truth captions instead.
+Each run's result is written to `<workdir>/runs/` as it finishes, so an interrupted benchmark resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+from transformers import CLIPProcessor
+
+from anchorclip import AnchorCLIPModel, AnchorCLIPTrainer, AnchorTrainingArguments, EvalSet, wise_ft
+from anchorclip.captioning import caption_dataset
+from anchorclip.evaluation import GROUPS
+from anchorclip.miniworld import MINICAPTIONER_PATH, MINICLIP_PATH, load_miniworld_split, miniworld_eval_sets
+from anchorclip.miniworld.prompts import SHAPE_TEMPLATES
+from anchorclip.reporting import summarize
+from anchorclip.retrieval import retrieve_anchors
+
+# name: (family whose learning rate it uses, trainer arguments, caption source, pair source)
+METHODS = {
+    "FT": ("ft", {"method": "ft"}, None, None),
+    "LP-FT": ("lp_ft", {"method": "lp_ft"}, None, None),
+    "FLYP": ("flyp", {"method": "flyp"}, None, None),
+    "ARF": ("arf", {"method": "arf"}, "captioner", "photo"),
+    "ARF w/o caption anchors": ("arf", {"method": "arf", "lambda_caption": 0.0}, None, "photo"),
+    "ARF w/o pair anchors": ("arf", {"method": "arf", "lambda_pairs": 0.0}, "captioner", None),
+    "ARF, oracle captions": ("arf", {"method": "arf"}, "oracle", "photo"),
+    "ARF, style-diverse retrieval": ("arf", {"method": "arf"}, "captioner", "diverse"),
+}
+WISE_OF = {"WiSE-FT (FT, α=0.5)": "FT", "FLYP + WiSE-FT (α=0.5)": "FLYP", "ARF + WiSE-FT (α=0.5)": "ARF"}
+WISE_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def build_anchors(workdir: str, k_per_class: int) -> dict:
+    """Caption and pair anchor sets, built once and cached under `workdir/anchors`."""
+    finetune = load_miniworld_split("finetune")
+    class_names = finetune.features["label"].names
+    images_only = finetune.remove_columns("caption")
+    captioned = caption_dataset(
+        images_only, MINICAPTIONER_PATH, os.path.join(workdir, "anchors", "captions"), batch_size=128
+    )
+    pool = load_miniworld_split("pool")
+    pairs = {}
+    for name, (templates, query_mode) in {
+        "photo": ("photo", "ensemble"),
+        "diverse": (list(SHAPE_TEMPLATES), "each"),
+    }.items():
+        output = os.path.join(workdir, "anchors", f"pairs_{name}")
+        pairs[name] = retrieve_anchors(
+            pool,
+            class_names,
+            MINICLIP_PATH,
+            output,
+            templates=templates,
+            query_mode=query_mode,
+            k_per_class=k_per_class,
+            pool_id="miniworld-pool",
+        )
+    return {"captioner": captioned, "oracle": finetune, "pairs": pairs, "class_names": class_names}
+
+
+def train_one(name: str, lr: float, seed: int, anchors: dict, args, eval_sets: dict, workdir: str) -> dict:
+    """Train one configuration and evaluate it (and its WiSE-FT sweep); cached as JSON."""
+    path = os.path.join(workdir, "runs", f"{name.replace(' ', '_').replace('/', '')}-lr{lr:g}-s{seed}.json")
+    if os.path.isfile(path):
+        return json.load(open(path))
+    family, overrides, captions, pairs = METHODS[name]
+    train = anchors[captions] if captions else anchors["oracle"]
+    training_args = AnchorTrainingArguments(
+        output_dir=os.path.join(workdir, "scratch"), max_steps=args.steps, per_device_train_batch_size=args.batch,
+        learning_rate=lr, warmup_steps=max(1, args.steps // 10), lr_scheduler_type="cosine", weight_decay=0.1,
+        seed=seed, save_strategy="no", report_to="none", logging_steps=max(1, args.steps // 5), disable_tqdm=True,
+        dataloader_num_workers=args.workers, use_cpu=not torch.cuda.is_available(),
+        eval_templates=list(SHAPE_TEMPLATES), **overrides,
+    )  # fmt: skip
+    model = AnchorCLIPModel.from_pretrained(MINICLIP_PATH)
+    trainer = AnchorCLIPTrainer(
+        model=model, args=training_args, train_dataset=train,
+        processing_class=CLIPProcessor.from_pretrained(MINICLIP_PATH), class_names=anchors["class_names"],
+        pair_anchors=anchors["pairs"][pairs] if pairs else None,
+    )  # fmt: skip
+    start = time.time()
+    trainer.train()
+    result = {"name": name, "lr": lr, "seed": seed, "train_seconds": round(time.time() - start, 1)}
+    result["val"] = trainer.evaluate({"val": eval_sets["val"]})["eval_val_top1"]
+    result["test"] = summarize(trainer.evaluate(_tests(eval_sets)))
+    if name in WISE_OF.values():
+        zero_shot = AnchorCLIPModel.from_pretrained(MINICLIP_PATH)
+        finetuned, result["wise"] = trainer.model, {}
+        head = zero_shot_head(zero_shot, trainer) if finetuned.finetune_head is not None else None
+        for alpha in WISE_ALPHAS:
+            trainer.model = wise_ft(zero_shot, finetuned, alpha, zero_shot_head=head)
+            result["wise"][str(alpha)] = summarize(
+                trainer.evaluate(_tests(eval_sets), metric_key_prefix="wise"), "wise"
+            )
+        trainer.model = finetuned
+    return _save(path, result)
+
+
+def zero_shot_head(zero_shot: AnchorCLIPModel, trainer: AnchorCLIPTrainer) -> torch.Tensor:
+    """The FT head's starting point: the zero-shot head times the temperature (as the trainer initialises it)."""
+    head = zero_shot.build_zero_shot_head(
+        trainer.class_names, trainer.args.eval_templates, trainer.processing_class.tokenizer
+    )
+    return head * zero_shot.logit_scale.exp().detach()
+
+
+def _tests(eval_sets: dict) -> dict:
+    return {name: eval_set for name, eval_set in eval_sets.items() if name != "val"}
+
+
+def _save(path: str, result: dict) -> dict:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as handle:
+        json.dump(result, handle, indent=2)
+    os.replace(path + ".tmp", path)
+    return result
+
+
+def mean_std(summaries: list[dict]) -> dict:
+    """Mean and std over seeds of every group mean and every per-set number."""
+    out = {}
+    for kind in ("groups", "sets"):
+        out[kind] = {}
+        for key in summaries[0][kind]:
+            values = [100 * s[kind][key] for s in summaries]
+            out[kind][key] = {
+                "mean": statistics.mean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "values": values,
+            }
+    return out
+
+
+def markdown_table(table: dict) -> str:
+    groups = [g for g in GROUPS if g in next(iter(table.values()))["groups"]]
+    titles = {"id": "ID", "domain_shift": "domain-shift avg", "zero_shot": "zero-shot avg"}
+    sets = list(next(iter(table.values()))["sets"])
+    lines = [
+        "| method | " + " | ".join([titles[g] for g in groups] + sets) + " |",
+        "|---" * (1 + len(groups) + len(sets)) + "|",
+    ]
+    for name, row in table.items():
+        cells = [f"{row['groups'][g]['mean']:.1f} ± {row['groups'][g]['std']:.1f}" for g in groups]
+        cells += [f"{row['sets'][s]['mean']:.1f}" for s in sets]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(table: dict, curves: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for axis, group, title in ((axes[0], "domain_shift", "domain-shift avg"), (axes[1], "zero_shot", "zero-shot avg")):
+        for name, row in table.items():
+            axis.scatter(row["groups"]["id"]["mean"], row["groups"][group]["mean"], label=name, s=25)
+        for name, points in curves.items():
+            xs = [p["id"] for p in points]
+            ys = [p[group] for p in points]
+            axis.plot(xs, ys, "--", linewidth=1, label=f"{name} WiSE-FT α∈{list(WISE_ALPHAS)}")
+        axis.set_xlabel("ID accuracy (%)")
+        axis.set_ylabel(f"{title} (%)")
+        axis.grid(alpha=0.3)
+    axes[1].legend(fontsize=6, loc="lower left")
+    figure.suptitle("miniworld: ID vs OOD accuracy (mean over seeds)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--lr_grid", type=float, nargs="+", default=[3e-4, 1e-3])
+    parser.add_argument("--k_per_class", type=int, default=600)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--workdir", default="outputs/robustness")
+    parser.add_argument("--output", default="docs/results/robustness")
+    parser.add_argument("--eval_size", type=int, default=None, help="images per evaluation set (default: 1000)")
+    parser.add_argument("--quick", action="store_true", help="small eval sets and anchors for a smoke run")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, (os.cpu_count() or 2)))
+    eval_size = args.eval_size or (100 if args.quick else None)
+    eval_sets = miniworld_eval_sets(size_per_set=eval_size)
+    eval_sets["val"] = EvalSet(
+        load_miniworld_split("finetune_val", size=eval_size), group="id", templates=list(SHAPE_TEMPLATES)
+    )
+    anchors = build_anchors(args.workdir, 50 if args.quick else args.k_per_class)
+
+    # 1. Learning rate per family on the validation split (seed 0).
+    chosen = {}
+    for family in sorted({METHODS[name][0] for name in args.methods}):
+        representative = next(name for name in METHODS if METHODS[name][0] == family)
+        scores = {}
+        for lr in args.lr_grid:
+            scores[lr] = train_one(representative, lr, args.seeds[0], anchors, args, eval_sets, args.workdir)["val"]
+        chosen[family] = max(scores, key=scores.get)
+        print(f"{family}: validation top-1 by lr {scores} -> lr {chosen[family]:g}")
+
+    # 2. Every method with its chosen learning rate and every seed.
+    processor = CLIPProcessor.from_pretrained(MINICLIP_PATH)
+    zs_args = AnchorTrainingArguments(
+        output_dir=os.path.join(args.workdir, "scratch"),
+        method="zeroshot",
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+    )
+    zs_trainer = AnchorCLIPTrainer(
+        model=AnchorCLIPModel.from_pretrained(MINICLIP_PATH), args=zs_args, processing_class=processor
+    )
+    table = {"zero-shot": mean_std([summarize(zs_trainer.evaluate(_tests(eval_sets)))])}
+    runs = {
+        name: [
+            train_one(name, chosen[METHODS[name][0]], seed, anchors, args, eval_sets, args.workdir)
+            for seed in args.seeds
+        ]
+        for name in args.methods
+    }
+    for name in args.methods:
+        table[name] = mean_std([run["test"] for run in runs[name]])
+    curves = {}
+    for label, base in WISE_OF.items():
+        if base in runs:
+            table[label] = mean_std([run["wise"]["0.5"] for run in runs[base]])
+            curves[base] = [
+                {
+                    group: statistics.mean(100 * run["wise"][str(a)]["groups"][group] for run in runs[base])
+                    for group in GROUPS
+                }
+                for a in WISE_ALPHAS
+            ]
+
+    report = {
+        "command": "python benchmarks/robustness.py " + " ".join(sys.argv[1:]),
+        "protocol": __doc__.split("Protocol")[1].split("Anchors are")[0].strip(),
+        "steps": args.steps, "batch": args.batch, "seeds": args.seeds, "lr_grid": args.lr_grid,
+        "chosen_lr": chosen, "k_per_class": args.k_per_class,
+        "machine": f"{os.cpu_count()} CPU cores" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
+        "date": time.strftime("%Y-%m-%d"),
+        "methods": {name: {"id": row["groups"]["id"], "domain_shift": row["groups"]["domain_shift"],
+                           "zero_shot": row["groups"]["zero_shot"], "sets": row["sets"]}
+                    for name, row in table.items()},
+        "wise_curves": {name: dict(zip(map(str, WISE_ALPHAS), points)) for name, points in curves.items()},
+        "train_seconds": {name: [run["train_seconds"] for run in runs[name]] for name in runs},
+    }  # fmt: skip
+    os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    with open(args.output + ".json", "w") as handle:
+        json.dump(report, handle, indent=2)
+    markdown = markdown_table(table)
+    with open(args.output + ".md", "w") as handle:
+        handle.write(
+            f"# Robustness in the miniature world\n\nCommand: `{report['command']}`  \n"
+            f"Machine: {report['machine']}, {report['date']}. Steps {args.steps} × batch {args.batch}, "
+            f"seeds {args.seeds}, learning rates chosen on finetune_val: {chosen}.\n\n"
+            f"Accuracy in % (mean ± std over seeds for group means; per-set columns are means).\n\n"
+            f"{markdown}\n\n![ID vs OOD](robustness.png)\n"
+        )
+    plot(table, curves, args.output + ".png")
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
