@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -170,10 +171,10 @@ def default_index_factory(num_rows: int, dim: int) -> str:
 
 def default_index_params(index_factory: str) -> str | None:
     """`nprobe` for IVF indexes (a ~1.5% probe of the lists: the benchmark's recall >= 0.95 point)."""
-    if "IVF" not in index_factory:
+    match = re.search(r"IVF(\d+)", index_factory)
+    if match is None:
         return None
-    nlist = int("".join(ch for ch in index_factory.split("IVF", 1)[1] if ch.isdigit()) or 1024)
-    return f"nprobe={max(8, nlist // 64)}"
+    return f"nprobe={max(8, int(match.group(1)) // 64)}"
 
 
 def build_index(
@@ -502,13 +503,18 @@ def retrieve_anchors(
     if image_store is not None:
         counts["pool_undecodable_images"] = int((~image_store.valid).sum())
 
+    # Every process takes part in each embedding (they synchronise); only the main process searches and writes.
+    finetune_store = None
+    if rule == "image2image":
+        finetune_store = embed_pool(finetune_data, model, processor, kind="image", column=finetune_image_column,
+                                    **embed_kwargs)
+    evaluation = _evaluation_embeddings(leakage_sets, model, processor, embed_kwargs) if leakage_sets else None
+
     anchors = None
     provenance = None
     if accelerator.is_main_process:
         # 2. Queries.
         if rule == "image2image":
-            finetune_store = embed_pool(finetune_data, model, processor, kind="image",
-                                        column=finetune_image_column, **embed_kwargs)
             finetune_labels = np.asarray(finetune_data[finetune_label_column])
             queries, query_class = image_queries(finetune_store, finetune_labels, len(class_names), query_mode,
                                                  max_image_queries_per_class, seed)
@@ -540,8 +546,7 @@ def retrieve_anchors(
         counts["candidate_pool_items"] = len(np.unique(candidates.row))
         leaked = np.zeros(0, dtype=np.int64)
         if leakage_sets:
-            leaked = _leaked_rows(candidates, image_store, leakage_sets, leakage_threshold, model, processor,
-                                  embed_kwargs)
+            leaked = _leaked_rows(candidates, image_store, evaluation, leakage_threshold)
             candidates = candidates.take(~np.isin(candidates.row, leaked))
         counts["leakage_removed_pool_items"] = len(leaked)
         assigned = best_class_only(candidates)
@@ -592,9 +597,8 @@ def retrieve_anchors(
     return anchors if anchors is not None else datasets.load_from_disk(output_dir)
 
 
-def _leaked_rows(candidates, image_store, leakage_sets, threshold, model, processor, embed_kwargs) -> np.ndarray:
-    """Pool rows among the candidates whose image has cosine >= threshold to an evaluation image."""
-    faiss = _faiss()
+def _evaluation_embeddings(leakage_sets, model, processor, embed_kwargs) -> np.ndarray:
+    """The valid image embeddings of all evaluation sets (cached like the pool)."""
     evaluation = []
     for entry in leakage_sets:
         # A spec without ":split" means its test split; "imagenet-1k:validation" names another.
@@ -602,7 +606,13 @@ def _leaked_rows(candidates, image_store, leakage_sets, threshold, model, proces
         evaluation.append(store.to_numpy()[store.valid])
         logger.info("Leakage guard: %d images from %s.", int(store.valid.sum()),
                     entry if isinstance(entry, str) else "a dataset")
-    evaluation = np.concatenate(evaluation)
+    return np.concatenate(evaluation)
+
+
+def _leaked_rows(candidates: Candidates, image_store: EmbeddingStore, evaluation: np.ndarray,
+                 threshold: float) -> np.ndarray:
+    """Pool rows among the candidates whose image has cosine >= threshold to an evaluation image."""
+    faiss = _faiss()
     rows = np.unique(candidates.row)
     if len(evaluation) == 0 or len(rows) == 0:
         return np.zeros(0, dtype=np.int64)

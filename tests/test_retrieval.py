@@ -151,10 +151,14 @@ def test_other_rules(pool, checkpoint, tmp_path, rule, query_mode):
     from conftest import make_classification_dataset
 
     finetune = make_classification_dataset(8) if rule == "image2image" else None
+    # An approximate index on the way: its recall against exact search is measured and recorded.
     anchors = _retrieve(pool, checkpoint, tmp_path, class_names=None if finetune else CLASS_NAMES, rule=rule,
-                        query_mode=query_mode, finetune=finetune, k_per_class=3, dedup_threshold=None)
+                        query_mode=query_mode, finetune=finetune, k_per_class=3, dedup_threshold=None,
+                        index_factory="IVF2,Flat", index_params="nprobe=1")
     assert 0 < len(anchors) <= 3 * len(CLASS_NAMES)
-    assert json.loads((tmp_path / "anchors" / "anchorclip_provenance.json").read_text())["rule"] == rule
+    provenance = json.loads((tmp_path / "anchors" / "anchorclip_provenance.json").read_text())
+    assert provenance["rule"] == rule and provenance["index_factory"] == "IVF2,Flat"
+    assert 0.0 < provenance["index_recall"] <= 1.0
 
 
 # ---------------------------------------------------------------- embedding cache
