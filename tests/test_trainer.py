@@ -277,3 +277,17 @@ def test_lp_ft_probes_before_finetuning(tmp_path):
 def test_zeroshot_method_refuses_to_train(tmp_path):
     with pytest.raises(ValueError, match="trains nothing"):
         make_trainer(tmp_path, method="zeroshot").train()
+
+
+def test_bf16_autocast_keeps_loss_in_fp32(tmp_path):
+    trainer = make_trainer(tmp_path, bf16=True, max_steps=1)
+    trainer.train()
+    entry = next(e for e in trainer.state.log_history if "loss" in e)
+    assert math.isfinite(entry["loss"]) and math.isfinite(entry["loss_pairs"])
+    assert trainer.model.logit_scale.dtype == torch.float32
+
+
+def test_remove_unused_columns_cannot_drop_image_columns(tmp_path):
+    trainer = make_trainer(tmp_path, remove_unused_columns=True, max_steps=1)
+    trainer.train()  # anchorclip builds its own batches: nothing for Trainer to drop
+    assert any("loss_caption" in e for e in trainer.state.log_history)

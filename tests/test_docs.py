@@ -1,0 +1,32 @@
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_api_reference_matches_docstrings():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_api_docs.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_readme_first_screen_has_install_run_and_test_commands():
+    first_screen = "\n".join((ROOT / "README.md").read_text().splitlines()[:20])
+    assert "accelerate launch examples/run_anchor_ft.py" in first_screen
+    assert "pip install" in first_screen
+    assert "python -m pytest -q tests" in first_screen
+    assert "python -m pytest -q tests" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_docs_links_resolve():
+    for page in (ROOT / "docs").glob("*.md"):
+        for line in page.read_text().splitlines():
+            for target in [part.split(")")[0] for part in line.split("](")[1:]]:
+                if target.startswith(("http", "#")) or not target:
+                    continue
+                assert (page.parent / target.split("#")[0]).exists(), f"{page.name} links to missing {target}"
