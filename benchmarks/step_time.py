@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
+import time
 
 import torch
 from common import build_model, machine, median_time, synthetic_batch
@@ -78,6 +80,17 @@ def main() -> None:
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w") as handle:
         json.dump(report, handle, indent=2)
+    rows = [f"| {name} | {entry['pair_batch']} | {entry['median_s'] * 1000:.1f} | {entry['images_per_s']:.1f} | "
+            f"{entry['ratio_to_flyp']:.2f}× |" for name, entry in results.items()]
+    with open(args.output.removesuffix(".json") + ".md", "w") as handle:
+        handle.write(
+            f"# ARF vs FLYP step time\n\nCommand: `python benchmarks/step_time.py {' '.join(sys.argv[1:])}`  \n"
+            f"Machine: {report['machine']}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}. Config "
+            f"`{args.config}`, finetune batch {args.batch}, median of {args.steps} steps after {args.warmup} "
+            f"warm-up steps (forward, backward and AdamW step).\n\n"
+            "| variant | pair-anchor batch | median step ms | finetune images/s | step time / FLYP |\n"
+            "|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+        )
     print(f"\nARF (1 pair/image) / FLYP step time: {results['arf, 1 pair/image']['ratio_to_flyp']:.2f}x "
           f"(target <= 1.6x); written to {args.output}")
 
