@@ -43,6 +43,7 @@ from .data import (
     with_raw_images,
 )
 from .evaluation import GROUPS, EvalSet
+from .lora import apply_lora_from_args, is_lora_model, save_lora_extras
 from .loss import ContrastiveLoss
 from .modeling_anchorclip import AnchorCLIPModel
 from .templates import resolve_templates
@@ -106,6 +107,9 @@ class AnchorCLIPTrainer(Trainer):
         if train_dataset is not None:
             train_data, collator = self._build_train_data(train_dataset, pair_anchors, args, processing_class, model)
         callbacks = [_ClampLogitScale(), _SetEpoch(), *(callbacks or [])]
+        # LoRA (anchorclip/lora.py): wrap in a PeftModel before Trainer builds the optimizer.
+        if args.lora_r > 0 and not is_lora_model(model):
+            model = apply_lora_from_args(model, args)
         super().__init__(
             model=model,
             args=args,
@@ -363,6 +367,35 @@ class AnchorCLIPTrainer(Trainer):
             predictions, labels = self.accelerator.gather_for_metrics((predictions, labels))
             metric.add_batch(predictions=predictions.cpu(), references=labels.cpu())
         return float(metric.compute()["accuracy"])
+
+    # ------------------------------------------------------------------- hub
+    # Push / model card delegate to anchorclip/hub.py (offline: writes <output_dir>/hub_upload/ and logs it).
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        from .hub import init_hf_repo
+
+        init_hf_repo(self, token=token, private=private)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """No mid-training pushes: output_dir also holds anchor caches; push_to_hub() uploads a clean folder."""
+
+    def create_model_card(self, **kwargs) -> None:
+        from .hub import write_model_card
+
+        if self.is_world_process_zero():
+            write_model_card(self, **kwargs)
+
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, **kwargs):
+        """Upload a plain CLIP checkpoint + model card (see anchorclip/hub.py); pass `results=` for the card's
+        evaluation table (default: `<output_dir>/results.json`). Offline, returns the folder it wrote."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, commit_message=commit_message, blocking=blocking, **kwargs)
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        super()._save(output_dir, state_dict=state_dict)
+        if self.args.should_save and is_lora_model(self.model):  # class names/templates beside the adapters
+            save_lora_extras(self.model, output_dir if output_dir is not None else self.args.output_dir)
 
 
 class _EvalImages(Dataset):

@@ -49,6 +49,14 @@ class AnchorTrainingArguments(TrainingArguments):
         default=False, metadata={"help": "Raise on an undecodable image instead of skipping it (with a count)."}
     )
     max_text_length: int = field(default=77, metadata={"help": "Token budget of prompts and captions."})
+    # LoRA (peft) on both towers; see anchorclip/lora.py. 0 = full finetune.
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank; > 0 trains LoRA adapters instead of all weights."})
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA scaling alpha (default: 2 * lora_r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"],
+        metadata={"help": "Module names given LoRA adapters (default: attention projections of both towers)."},
+    )
     # Contrastive batches must be full on every process for the gathered loss; images columns are not
     # model-forward arguments, so Trainer must not drop them.
     dataloader_drop_last: bool = field(default=True, metadata={"help": "Drop the last incomplete batch."})
@@ -64,6 +72,10 @@ class AnchorTrainingArguments(TrainingArguments):
             raise ValueError("lambda_caption and lambda_pairs must be >= 0.")
         if not 0.0 <= self.lp_fraction <= 1.0:
             raise ValueError("lp_fraction must be in [0, 1].")
+        if self.lora_r < 0:
+            raise ValueError("lora_r must be >= 0 (0 = full finetune).")
+        if self.lora_r > 0 and self.method not in ("arf", "flyp"):
+            raise ValueError(f"LoRA (lora_r > 0) supports the contrastive methods arf and flyp, not {self.method!r}.")
 
     @property
     def uses_captions(self) -> bool:

@@ -23,6 +23,9 @@ def wise_ft(
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
+    from .lora import merge_lora  # a LoRA finetune (PeftModel) is interpolated through its merged weights
+
+    finetuned = merge_lora(finetuned)
     zero_state, fine_state = _clip_state(zero_shot), _clip_state(finetuned)
     if zero_state.keys() != fine_state.keys():
         missing = sorted(set(zero_state) ^ set(fine_state))[:5]

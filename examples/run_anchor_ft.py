@@ -30,6 +30,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from anchorclip import AnchorCLIPModel, AnchorCLIPTrainer, AnchorTrainingArguments, EvalSet, wise_ft
 from anchorclip.data import LABEL_COLUMNS, class_names_from_features, find_column, load_dataset_any
+from anchorclip.lora import save_merged
 from anchorclip.reporting import format_results_table, result_rows, summarize, write_results
 
 logger = logging.getLogger(__name__)
@@ -133,8 +134,11 @@ def main(argv: list[str] | None = None) -> dict:
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
         results["train"] = train_result.metrics
         results["train_seconds"] = round(time.time() - start, 1)
-        trainer.save_model()
+        # With --push_to_hub, the push happens once at the end (step 7), when the card can carry the results.
+        trainer.save_model(_internal_call=training_args.push_to_hub)
         trainer.save_state()
+        if training_args.lora_r > 0 and state.is_main_process:  # LoRA: adapters above, merged CLIP checkpoint here
+            save_merged(trainer.model, os.path.join(training_args.output_dir, "merged"), processor)
     if eval_sets:
         results["finetuned"] = summarize(trainer.evaluate())
         if data_args.wise_alphas:
@@ -152,6 +156,10 @@ def main(argv: list[str] | None = None) -> dict:
         if eval_sets:
             print("\n" + format_results_table(result_rows(results)))
         print(f"\nSaved the model, results.json and provenance to {training_args.output_dir}")
+
+    # 7. Hub: a plain CLIP checkpoint + model card; offline, <output_dir>/hub_upload/ (see anchorclip/hub.py).
+    if training_args.push_to_hub:
+        trainer.push_to_hub(results=results)
     return results
 
 

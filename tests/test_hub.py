@@ -1,0 +1,190 @@
+"""Push to the Hub: the upload folder (plain CLIP checkpoint + model card), offline dry run, card contents."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import huggingface_hub
+import pytest
+import yaml
+from conftest import CLASS_NAMES, make_classification_dataset, make_images, make_model, make_pair_dataset
+from conftest import make_processor as make_clip_processor
+from huggingface_hub import HfApi, ModelCard
+from huggingface_hub.utils import httpx
+from test_modeling import _PLAIN_TRANSFORMERS
+from test_trainer import make_trainer
+
+from anchorclip import AnchorCLIPModel, EvalSet
+from anchorclip.hub import UPLOAD_DIR, build_model_card, validate_card_locally
+
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "run_anchor_ft.py")
+REPO = "someone/tiny-arf"
+
+
+@pytest.fixture(scope="module")
+def pushed_run(tmp_path_factory):
+    """The example with --push_to_hub under HF_HUB_OFFLINE=1 (set by conftest): writes hub_upload/."""
+    root = tmp_path_factory.mktemp("hubworld")
+    make_model().save_pretrained(root / "clip")
+    make_clip_processor().save_pretrained(root / "clip")
+    make_classification_dataset(32, with_captions=True).save_to_disk(str(root / "train"))
+    make_pair_dataset(40).save_to_disk(str(root / "pairs"))
+    make_classification_dataset(12, seed=9).save_to_disk(str(root / "test"))
+    out = root / "out"
+    args = [
+        "--model_name_or_path", str(root / "clip"), "--dataset_name", str(root / "train"),
+        "--caption_anchors", str(root / "train"), "--pair_anchors", str(root / "pairs"),
+        "--eval_datasets", f"photo@id={root / 'test'}", f"sketch@domain_shift={root / 'test'}",
+        f"unseen@zero_shot={root / 'test'}",
+        "--method", "arf", "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "8",
+        "--report_to", "none", "--use_cpu", "--eval_templates", "simple", "--save_strategy", "no",
+        "--push_to_hub", "--hub_model_id", REPO, "--lambda_caption", "0.5",
+    ]  # fmt: skip
+    sys.path.insert(0, os.path.dirname(EXAMPLE))
+    try:
+        import run_anchor_ft
+    finally:
+        sys.path.pop(0)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("anchorclip.hub").addHandler(handler)
+    try:
+        results = run_anchor_ft.main(args)
+    finally:
+        logging.getLogger("anchorclip.hub").removeHandler(handler)
+    return out, results, [record.getMessage() for record in records]
+
+
+def test_offline_push_writes_upload_folder_and_says_so(pushed_run):
+    out, _, messages = pushed_run
+    folder = out / UPLOAD_DIR
+    assert any("nothing was uploaded" in m and str(folder) in m and f"hf upload {REPO}" in m for m in messages)
+    files = set(os.listdir(folder))
+    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "README.md"} <= files
+    assert {"preprocessor_config.json", "processor_config.json"} & files  # the image processor
+    assert "results.json" in files
+    assert not {"training_args.bin", "adapter_config.json", "trainer_state.json", "anchors"} & files
+    assert json.load(open(folder / "config.json"))["model_type"] == "clip"
+
+
+def test_card_validates_and_carries_the_run_metrics(pushed_run):
+    out, results, _ = pushed_run
+    saved = json.load(open(out / "results.json"))
+    card = ModelCard.load(out / UPLOAD_DIR / "README.md")
+    data, evals = validate_card_locally(card)
+    assert data.library_name == "transformers" and data.pipeline_tag == "zero-shot-image-classification"
+    assert "anchorclip" in data.tags and data.license
+    card_metrics = {e.dataset_type: e.metric_value for e in evals}
+    assert card_metrics == saved["finetuned"]["sets"] == results["finetuned"]["sets"]
+    groups = {e.dataset_type: e.dataset_args["anchorclip_group"] for e in evals}
+    assert groups == {"photo": "id", "sketch": "domain_shift", "unseen": "zero_shot"}
+    assert all(e.metric_type == "accuracy" and e.task_type == "zero-shot-image-classification" for e in evals)
+    text = card.text
+    for name, value in saved["zeroshot"]["sets"].items():  # the zero-shot start beside the finetuned numbers
+        assert f"| {name} |" in text and f"{100 * value:.1f}" in text
+    assert "λ1 (caption anchors, `lambda_caption`) | 0.5 |" in text
+    assert "retrieved pairs per finetune image | 1 |" in text
+    assert 'pipeline("zero-shot-image-classification", model="someone/tiny-arf")' in text
+    assert "model.classify(" in text and "Training time:" in text and "CPU" in text
+
+
+def test_upload_folder_restores_class_names_and_classifies(pushed_run):
+    model = AnchorCLIPModel.from_pretrained(str(pushed_run[0] / UPLOAD_DIR))
+    assert model.config.class_names == CLASS_NAMES and model.config.templates
+    assert model.classify(make_images(2)).shape == (2, len(CLASS_NAMES))
+
+
+def test_upload_folder_loads_in_plain_transformers(pushed_run):
+    result = subprocess.run(
+        [sys.executable, "-c", _PLAIN_TRANSFORMERS, str(pushed_run[0] / UPLOAD_DIR)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "CLIPModel ['circle', 'star']" in result.stdout
+
+
+def _online(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+
+def test_failed_connection_is_a_dry_run(tmp_path, monkeypatch, caplog):
+    _online(monkeypatch)
+
+    def no_network(self, *args, **kwargs):
+        raise httpx.ConnectError("[Errno -2] Name or service not known")
+
+    def must_not_upload(self, *args, **kwargs):
+        raise AssertionError("upload_folder called although the Hub is unreachable")
+
+    monkeypatch.setattr(HfApi, "create_repo", no_network)
+    monkeypatch.setattr(HfApi, "upload_folder", must_not_upload)
+    trainer = make_trainer(tmp_path, max_steps=1, push_to_hub=True, hub_model_id=REPO)
+    trainer.train()
+    with caplog.at_level(logging.WARNING, logger="anchorclip.hub"):
+        folder = trainer.push_to_hub()
+    assert folder == os.path.join(trainer.args.output_dir, UPLOAD_DIR)
+    assert "cannot reach the Hub (ConnectError" in caplog.text
+    validate_card_locally(ModelCard.load(os.path.join(folder, "README.md")))
+
+
+def test_online_push_uploads_exactly_the_folder(tmp_path, monkeypatch):
+    _online(monkeypatch)
+    calls = {}
+    monkeypatch.setattr(
+        HfApi, "create_repo", lambda self, repo_id, **kw: huggingface_hub.RepoUrl(f"https://hf.co/{repo_id}")
+    )
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.update(kw) or "commit")
+    trainer = make_trainer(tmp_path, max_steps=1, push_to_hub=True, hub_model_id=REPO)
+    trainer.train()
+    eval_sets = {"photo": EvalSet(make_classification_dataset(8, seed=3))}
+    trainer.evaluate(eval_sets)  # no results.json: the card falls back to the last evaluation in the logs
+    assert trainer.push_to_hub(commit_message="ARF run") == "commit"
+    assert calls["repo_id"] == REPO and calls["commit_message"] == "ARF run"
+    assert calls["folder_path"] == os.path.join(trainer.args.output_dir, UPLOAD_DIR)
+    _, evals = validate_card_locally(ModelCard.load(os.path.join(calls["folder_path"], "README.md")))
+    assert [e.dataset_type for e in evals] == ["photo"]
+
+
+def test_card_records_anchor_provenance_and_lora():
+    results = {
+        "method": "arf",
+        "finetuned": {"groups": {"id": 0.8}, "sets": {"imagenet": 0.8}},
+        "zeroshot": {"groups": {"id": 0.68}, "sets": {"imagenet": 0.683}},
+        "provenance": {
+            "caption_anchors": {"captioner": "Salesforce/blip2-opt-2.7b", "generation": {"num_beams": 3}},
+            "pair_anchors": {"pool": "cc3m", "rule": "text2image", "k_per_class": 600, "query_mode": "ensemble"},
+        },
+        "train_seconds": 3600.0,
+        "hardware": {"device": "NVIDIA H100", "num_processes": 8},
+    }
+    training_args = {"method": "arf", "lambda_caption": 1.0, "lambda_pairs": 1.0, "per_device_train_batch_size": 64}
+    card = build_model_card(
+        results,
+        training_args,
+        repo_id="me/clip-arf",
+        base_model="openai/clip-vit-base-patch16",
+        finetune_dataset="imagenet-1k/x",
+        lora={"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+    )
+    data, evals = validate_card_locally(card)
+    assert data.base_model == "openai/clip-vit-base-patch16" and data.license == "mit"
+    assert "lora" in data.tags and evals[0].metric_value == 0.8
+    metadata = yaml.safe_load(card.content.split("---")[1])
+    assert metadata["model-index"][0]["name"] == "clip-arf"
+    for fragment in ("Salesforce/blip2-opt-2.7b", "`cc3m`", "rule `text2image`", "k = 600 per class", "r=16",
+                     "60.0 min", "8 × NVIDIA H100", "= 512", "| imagenet | ID | 68.3 | 80.0 | +11.7 |"):  # fmt: skip
+        assert fragment in card.text, fragment
+
+
+def test_local_validation_rejects_a_broken_model_index():
+    card = ("---\nlibrary_name: transformers\npipeline_tag: zero-shot-image-classification\n"
+            "license: mit\nmodel-index:\n- name: x\n  results:\n  - task: {}\n---\n\n# x\n")  # fmt: skip
+    with pytest.raises(ValueError):
+        validate_card_locally(card)
