@@ -9,6 +9,7 @@ from transformers import TrainingArguments
 from .loss import DUPLICATE_MODES
 
 METHODS = ("arf", "flyp", "ft", "lp_ft", "zeroshot")
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")  # attention projections, both towers
 
 
 @dataclass
@@ -53,8 +54,8 @@ class AnchorTrainingArguments(TrainingArguments):
     lora_r: int = field(default=0, metadata={"help": "LoRA rank; > 0 trains LoRA adapters instead of all weights."})
     lora_alpha: float | None = field(default=None, metadata={"help": "LoRA scaling alpha (default: 2 * lora_r)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"],
+    lora_target_modules: list[str] = field(  # a tuple default (not default_factory): shows in the API docs
+        default=DEFAULT_LORA_TARGETS,
         metadata={"help": "Module names given LoRA adapters (default: attention projections of both towers)."},
     )
     # Contrastive batches must be full on every process for the gathered loss; images columns are not
@@ -72,6 +73,8 @@ class AnchorTrainingArguments(TrainingArguments):
             raise ValueError("lambda_caption and lambda_pairs must be >= 0.")
         if not 0.0 <= self.lp_fraction <= 1.0:
             raise ValueError("lp_fraction must be in [0, 1].")
+        # HfArgumentParser passes None for a list field without default_factory: fall back to the default.
+        self.lora_target_modules = list(self.lora_target_modules or DEFAULT_LORA_TARGETS)
         if self.lora_r < 0:
             raise ValueError("lora_r must be >= 0 (0 = full finetune).")
         if self.lora_r > 0 and self.method not in ("arf", "flyp"):
