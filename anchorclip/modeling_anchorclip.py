@@ -31,6 +31,13 @@ FINETUNE_HEAD_FILE = "finetune_head.safetensors"
 
 
 class AnchorCLIPModel(CLIPModel):
+    """A `CLIPModel` that builds prompt-ensembled zero-shot heads and classifies images.
+
+    Load any CLIP checkpoint (Hub id or folder) with `AnchorCLIPModel.from_pretrained`; saved checkpoints
+    are ordinary CLIP checkpoints. After finetuning with anchorclip the config remembers the finetune
+    `class_names` and `templates`, so `model.classify(images)` needs no other argument.
+    """
+
     config_class = AnchorCLIPConfig
 
     def __init__(self, config: AnchorCLIPConfig):

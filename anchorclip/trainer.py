@@ -215,6 +215,11 @@ class AnchorCLIPTrainer(Trainer):
         return super().train(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The training loss of one micro-batch: ARF/FLYP contrastive terms, or cross-entropy for FT / LP-FT.
+
+        Each term is accumulated for logging (`loss_cls`, `loss_caption`, `loss_pairs`, `loss_ce`); a
+        non-finite loss raises `NonFiniteLossError` before any update is applied.
+        """
         self._skipped_images += int(inputs.pop("num_skipped_images", 0))
         if not model.training:
             raise NotImplementedError("AnchorCLIPTrainer scores evaluation sets with evaluate(), not a loss.")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
 from .loss import DUPLICATE_MODES
+
+logger = logging.getLogger(__name__)
 
 METHODS = ("arf", "flyp", "ft", "lp_ft", "zeroshot")
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")  # attention projections, both towers
@@ -73,6 +76,11 @@ class AnchorTrainingArguments(TrainingArguments):
             raise ValueError("lambda_caption and lambda_pairs must be >= 0.")
         if not 0.0 <= self.lp_fraction <= 1.0:
             raise ValueError("lp_fraction must be in [0, 1].")
+        if self.remove_unused_columns:
+            # Trainer would strip every item key that CLIPModel.forward does not take (labels, templates,
+            # anchors) before our collator sees it: the classic "dropped image column" failure.
+            logger.warning("remove_unused_columns=True is ignored: anchorclip builds its batches itself.")
+            self.remove_unused_columns = False
         # HfArgumentParser passes None for a list field without default_factory: fall back to the default.
         self.lora_target_modules = list(self.lora_target_modules or DEFAULT_LORA_TARGETS)
         if self.lora_r < 0:

@@ -41,6 +41,9 @@ class ModelArguments:
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Any CLIP checkpoint (Hub id or folder). Default: the shipped mini-CLIP."}
     )
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "Attention kernel: sdpa (default in transformers), eager, flash_attention_2."}
+    )
 
 
 @dataclass
@@ -95,7 +98,9 @@ def main(argv: list[str] | None = None) -> dict:
     state = PartialState()
 
     # 1. The pretrained model: the zero-shot start point of every method.
-    model = AnchorCLIPModel.from_pretrained(model_args.model_name_or_path)
+    model = AnchorCLIPModel.from_pretrained(
+        model_args.model_name_or_path, attn_implementation=model_args.attn_implementation
+    )
     processor = CLIPProcessor.from_pretrained(model_args.model_name_or_path)
 
     # 2. The finetune set, with its class names.
@@ -188,6 +193,11 @@ def _use_miniworld_defaults(model_args, data_args, training_args, argv) -> None:
         data_args.captioner = data_args.captioner or miniworld.MINICAPTIONER_PATH
     if data_args.pair_anchors is None:
         data_args.pair_pool = data_args.pair_pool or "miniworld:pool"
+    from anchorclip.miniworld.prompts import SHAPE_TEMPLATES
+
+    # The mini-CLIP's word-level vocabulary covers the world's own prompts, not OpenAI's 80 templates.
+    if data_args.retrieval_templates == "simple":
+        data_args.retrieval_templates = "photo" if data_args.retrieval_query_mode == "ensemble" else SHAPE_TEMPLATES
     # Defaults that fit the world (chosen on the finetune_val split; see docs/results); flags still win.
     given = {arg.split("=")[0].lstrip("-") for arg in argv if arg.startswith("--")}
     world_defaults = dict(
@@ -199,7 +209,7 @@ def _use_miniworld_defaults(model_args, data_args, training_args, argv) -> None:
         lr_scheduler_type="cosine",
         logging_steps=20,
         save_steps=100,
-        eval_templates="openai_imagenet",
+        eval_templates=list(SHAPE_TEMPLATES),
         dataloader_num_workers=2,
         report_to=[],
     )
