@@ -217,7 +217,7 @@ def _results_table(results: dict, method: str, set_groups: dict[str, str]) -> st
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
     def row(label, group, start, end, wise_values):
-        delta = "–" if start is None or end is None else f"{100 * (end - start):+.1f}"
+        delta = "–" if start is None or end is None else f"{round(100 * (end - start), 1) + 0.0:+.1f}"  # no -0.0
         cells = [label, group, _pct(start), _pct(end), delta, *[_pct(v) for v in wise_values]]
         return "| " + " | ".join(cells) + " |"
 
