@@ -203,6 +203,7 @@ def _use_miniworld_defaults(model_args, data_args, training_args, argv) -> None:
     world_defaults = dict(
         max_steps=200,
         per_device_train_batch_size=128,
+        per_device_eval_batch_size=256,
         learning_rate=1e-3,
         warmup_steps=20,
         weight_decay=0.1,

@@ -33,6 +33,14 @@ def _signature(obj) -> str:
         return "(...)"
 
 
+def _default(field: dataclasses.Field):
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return "required"
+
+
 def _section(qualname: str, obj, level: str = "##") -> list[str]:
     kind = "class" if inspect.isclass(obj) else "def"
     signature = _signature(obj)
@@ -45,7 +53,7 @@ def _section(qualname: str, obj, level: str = "##") -> list[str]:
         parent_fields = {f.name for f in dataclasses.fields(obj.__mro__[1])}
         own = [f for f in dataclasses.fields(obj) if f.name not in parent_fields]
         lines += ["| field | default | help |", "|---|---|---|"]
-        lines += [f"| `{f.name}` | `{f.default!r}` | {f.metadata.get('help', '')} |" for f in own]
+        lines += [f"| `{f.name}` | `{_default(f)!r}` | {f.metadata.get('help', '')} |" for f in own]
         lines += [""]
     return lines
 
