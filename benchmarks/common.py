@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
+import json
+import os
 import platform
+import shlex
 import statistics
+import sys
+import tempfile
 import time
 
 import torch
@@ -76,3 +82,58 @@ def machine() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def make_trainer(model, method: str, captions: bool, pairs: int, bf16: bool, **training_args):
+    """An `AnchorCLIPTrainer` whose `compute_loss` the benchmarks call directly (no data, no `train()`)."""
+    from tokenizers import Tokenizer, models
+    from transformers import CLIPImageProcessor, CLIPProcessor, PreTrainedTokenizerFast
+
+    from anchorclip import AnchorCLIPTrainer, AnchorTrainingArguments
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0}, "[UNK]")))
+    args = AnchorTrainingArguments(
+        output_dir=tempfile.mkdtemp(), method=method, lambda_caption=1.0 if captions else 0.0,
+        lambda_pairs=1.0 if pairs else 0.0, pair_anchors_per_image=max(pairs, 1), report_to="none", bf16=bf16,
+        use_cpu=not torch.cuda.is_available(), **training_args,
+    )  # fmt: skip
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tokenizer)
+    return AnchorCLIPTrainer(model=model, args=args, processing_class=processor)
+
+
+def run_info(argv: list[str] | None = None) -> dict:
+    """What a results file must say about how it was made: command, machine, date, library versions."""
+    import transformers
+
+    argv = sys.argv if argv is None else argv
+    return {
+        "command": "python " + shlex.join(argv),
+        "machine": machine(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def write_json(path: str, report: dict) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as handle:
+        json.dump(report, handle, indent=2)
+        handle.write("\n")
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def max_rss_mib() -> float | None:
+    """The process's peak resident memory so far (monotonic: it never goes down between variants)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

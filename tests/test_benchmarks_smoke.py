@@ -1,0 +1,48 @@
+"""Smoke tests of the speed benchmarks (benchmarks/flops.py, throughput.py, loader.py): seconds, CPU only."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+
+import flops  # noqa: E402
+import loader  # noqa: E402
+import throughput  # noqa: E402
+from common import CONFIGS  # noqa: E402
+
+
+def test_flop_count_matches_published_vit_b_16():
+    # ViT-B/16 at 224: ~17.6 GMACs per image (timm / fvcore) = ~35.1 GFLOPs.
+    assert flops.image_forward_flops(CONFIGS["vit-b-16"]) == pytest.approx(35.1e9, rel=0.01)
+    ratio = flops.arf_flyp_ratio(CONFIGS["vit-b-16"], 256)
+    assert 2.0 < ratio < 2.3  # one extra image pass per finetune image roughly doubles the step
+
+
+def test_peak_table():
+    assert flops.peak_bf16_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert flops.peak_bf16_tflops("NVIDIA H100 PCIe") == 756.0
+    assert flops.peak_bf16_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert flops.peak_bf16_tflops(None) is None
+
+
+def test_throughput_variant_runs_compute_loss():
+    result = throughput.run_variant("tiny", "arf", {"bf16": False}, 2, 1, 1, torch.device("cpu"))
+    assert result["status"] == "ok" and result["finetune_images_per_s"] > 0
+    assert result["mfu"] is None  # CPU: n/a
+    assert result["step_tflop"] == pytest.approx(flops.step_flops(CONFIGS["tiny"], 2, 1, True)["train_step"] / 1e12)
+
+
+def test_loader_uses_the_trainer_data_path():
+    finetune, pairs = loader.make_datasets(rows=8, pair_rows=8, unique=2)
+    trainer = loader.make_trainer("arf", finetune, pairs, batch=2, workers=0, non_blocking=False)
+    result = loader.time_loader(trainer, batches=1)
+    assert result["status"] == "ok" and result["decoded_images_per_s"] == pytest.approx(
+        2 * result["finetune_images_per_s"]
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert tuple(batch["pixel_values"].shape) == (4, 3, 224, 224)  # 2 finetune + 2 pair images at 224x224
