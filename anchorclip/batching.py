@@ -14,6 +14,7 @@ are tokenized ahead: prompts once per run, captions once per dataset with `datas
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from dataclasses import dataclass
 
 import torch
@@ -80,21 +81,26 @@ class AnchoredDataset(Dataset):
         self.num_templates = num_templates
         self.seed = seed
         self.strict_images = strict_images
-        self.epoch = 0
-        self._pair_order: torch.Tensor | None = None
+        # Shared memory, so that persistent dataloader workers see `set_epoch` from the main process too.
+        self._epoch = multiprocessing.Value("i", 0, lock=False)
+        self._pair_order: tuple[int, torch.Tensor] | None = None  # (epoch, permutation of the pairs)
 
     def __len__(self) -> int:
         return len(self.finetune)
 
+    @property
+    def epoch(self) -> int:
+        return self._epoch.value
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        self._pair_order = None
+        self._epoch.value = int(epoch)
 
     def _pair_indices(self, index: int) -> list[int]:
-        if self._pair_order is None:
-            self._pair_order = torch.randperm(len(self.pairs), generator=_generator(self.seed, self.epoch, -1))
-        start = index * self.pairs_per_item
-        return [int(self._pair_order[(start + j) % len(self.pairs)]) for j in range(self.pairs_per_item)]
+        epoch = self.epoch
+        if self._pair_order is None or self._pair_order[0] != epoch:
+            self._pair_order = (epoch, torch.randperm(len(self.pairs), generator=_generator(self.seed, epoch, -1)))
+        order, start = self._pair_order[1], index * self.pairs_per_item
+        return [int(order[(start + j) % len(self.pairs)]) for j in range(self.pairs_per_item)]
 
     def _load(self, rows, index: int, column: str, generator: torch.Generator) -> tuple[int, torch.Tensor]:
         """The row index actually used and its transformed image: an undecodable image is replaced by the

@@ -291,3 +291,22 @@ def test_remove_unused_columns_cannot_drop_image_columns(tmp_path):
     trainer = make_trainer(tmp_path, remove_unused_columns=True, max_steps=1)
     trainer.train()  # anchorclip builds its own batches: nothing for Trainer to drop
     assert any("loss_caption" in e for e in trainer.state.log_history)
+
+
+def test_epoch_reaches_persistent_workers():
+    from torch.utils.data import DataLoader
+
+    from anchorclip.batching import AnchoredDataset
+    from anchorclip.data import with_raw_images
+    from anchorclip.transforms import ImageTransform
+
+    dataset = AnchoredDataset(
+        with_raw_images(make_classification_dataset(8), "image"), ImageTransform(size=16, train=True), "image",
+        "label", pairs=with_raw_images(make_pair_dataset(40), "image"), pair_image_column="image",
+        pair_caption_ids=[{"input_ids": [2, 3]}] * 40, pairs_per_item=1,
+    )  # fmt: skip
+    loader = DataLoader(dataset, batch_size=8, num_workers=1, persistent_workers=True, collate_fn=lambda items: items)
+    first = [item["pair_pixel_values"][0] for item in next(iter(loader))]
+    dataset.set_epoch(1)
+    second = [item["pair_pixel_values"][0] for item in next(iter(loader))]
+    assert not all(torch.equal(a, b) for a, b in zip(first, second))  # a new epoch, new pairs and crops
