@@ -10,7 +10,9 @@ import numpy as np
 
 from .shapes import CANVAS
 
-_YY, _XX = np.mgrid[0:CANVAS, 0:CANVAS]
+# Pixel row and column indices of the 64x64 canvas, shared by the pattern and shading formulas.
+# Row and column index of every pixel of the canvas, shared by the pattern and shading formulas.
+GRID_Y, GRID_X = np.mgrid[0:CANVAS, 0:CANVAS]
 
 
 def pattern_ink(background: str, rng: np.random.Generator) -> np.ndarray:
@@ -21,14 +23,14 @@ def pattern_ink(background: str, rng: np.random.Generator) -> np.ndarray:
     if background == "striped":
         # Horizontal, vertical or diagonal stripes, period 12 px on the 64 px canvas (6 px after downsampling).
         direction = int(rng.integers(0, 3))
-        coordinate = (_YY, _XX, _XX + _YY)[direction]
+        coordinate = (GRID_Y, GRID_X, GRID_X + GRID_Y)[direction]
         return (coordinate + offset) % 12 < 5
     if background == "dotted":
-        dy = (_YY + offset) % 12 - 6
-        dx = (_XX + offset // 2) % 12 - 6
+        dy = (GRID_Y + offset) % 12 - 6
+        dx = (GRID_X + offset // 2) % 12 - 6
         return dx * dx + dy * dy <= 6
     if background == "checkered":
-        return (((_YY + offset) // 8) + ((_XX + offset) // 8)) % 2 == 0
+        return (((GRID_Y + offset) // 8) + ((GRID_X + offset) // 8)) % 2 == 0
     raise ValueError(f"Unknown background {background!r}.")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .backgrounds import _XX, _YY, neutral_base, pattern_ink
+from .backgrounds import GRID_X, GRID_Y, neutral_base, pattern_ink
 from .shapes import CANVAS, shape_mask
 
 IMAGE_SIZE = 32
@@ -41,7 +41,7 @@ def render_photo(mask, colour, ink, center, radius, rng) -> Image.Image:
     background = background * (1 - 0.45 * shadow[..., None])
     # Shading: a light from the top left, so the fill goes from 1.2x to 0.75x of the colour.
     cx, cy = center
-    t = ((_XX - cx) + (_YY - cy)) / (4 * radius) + 0.5
+    t = ((GRID_X - cx) + (GRID_Y - cy)) / (4 * radius) + 0.5
     shaded = colour * np.clip(1.2 - 0.45 * t, 0.6, 1.3)[..., None]
     scene = _downsample(background * (1 - mask[..., None]) + shaded * mask[..., None])
     scene = scene + rng.normal(0, rng.uniform(3, 9), size=scene.shape)
