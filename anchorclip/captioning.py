@@ -204,7 +204,9 @@ class Captioner:
         }
         if "token_type_ids" in inputs and "token_type_ids" not in inspect.signature(self.model.forward).parameters:
             inputs.pop("token_type_ids")  # BERT-style tokenizers (GIT, BLIP) add it; generate() rejects unused inputs
-        kwargs = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams, "do_sample": False}
+        # max_length=None: a checkpoint's saved max_length would otherwise trigger a warning on every batch.
+        kwargs = {"max_new_tokens": self.max_new_tokens, "max_length": None, "num_beams": self.num_beams,
+                  "do_sample": False}
         outputs = self.model.generate(**inputs, **{**kwargs, **self.generation_kwargs})
         outputs = outputs.sequences if hasattr(outputs, "sequences") else outputs
         # Decoder-only models (and prompted decoders) return prompt + continuation; keep the continuation.
