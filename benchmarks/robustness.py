@@ -59,7 +59,7 @@ def build_anchors(workdir: str, k_per_class: int) -> dict:
     class_names = finetune.features["label"].names
     images_only = finetune.remove_columns("caption")
     captioned = caption_dataset(
-        images_only, MINICAPTIONER_PATH, os.path.join(workdir, "anchors", "captions"), batch_size=128
+        images_only, MINICAPTIONER_PATH, os.path.join(workdir, "anchors", "captions"), batch_size=64, num_workers=1
     )
     pool = load_miniworld_split("pool")
     pairs = {}
@@ -200,13 +200,14 @@ def main() -> None:
     parser.add_argument("--lr_grid", type=float, nargs="+", default=[3e-4, 1e-3])
     parser.add_argument("--k_per_class", type=int, default=600)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--workdir", default="outputs/robustness")
     parser.add_argument("--output", default="docs/results/robustness")
     parser.add_argument("--eval_size", type=int, default=None, help="images per evaluation set (default: 1000)")
     parser.add_argument("--quick", action="store_true", help="small eval sets and anchors for a smoke run")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, (os.cpu_count() or 2)))
+    torch.set_num_threads(args.threads)  # 1 avoids OpenMP spin-wait collapse when other jobs share the cores
     eval_size = args.eval_size or (100 if args.quick else None)
     eval_sets = miniworld_eval_sets(size_per_set=eval_size)
     eval_sets["val"] = EvalSet(
