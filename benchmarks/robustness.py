@@ -111,6 +111,9 @@ def train_one(name: str, lr: float, seed: int, anchors: dict, args, eval_sets: d
         finetuned, result["wise"] = trainer.model, {}
         head = zero_shot_head(zero_shot, trainer) if finetuned.finetune_head is not None else None
         for alpha in WISE_ALPHAS:
+            if alpha == 1.0:  # θ(1) is the finetuned model itself
+                result["wise"]["1.0"] = result["test"]
+                continue
             trainer.model = wise_ft(zero_shot, finetuned, alpha, zero_shot_head=head)
             result["wise"][str(alpha)] = summarize(
                 trainer.evaluate(_tests(eval_sets), metric_key_prefix="wise"), "wise"
