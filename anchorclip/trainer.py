@@ -76,6 +76,9 @@ class AnchorCLIPTrainer(Trainer):
 
     # compute_loss returns a loss already scaled for accumulation (see module docstring).
     loss_is_scaled_for_ga = True
+    # When to look for a NaN/inf loss: True every micro-step; False at each log and before each checkpoint
+    # (no per-step host sync); None (default) every step on CPU, at logs/checkpoints on accelerators.
+    check_finite_each_step: bool | None = None
 
     def __init__(
         self,
@@ -96,8 +99,12 @@ class AnchorCLIPTrainer(Trainer):
         self.class_names = class_names
         self.contrastive_loss = ContrastiveLoss(duplicates=args.duplicate_classes)
         self.caption_loss = ContrastiveLoss()  # captions are distinct texts: no duplicate handling
-        self._term_sums: dict[str, float] = defaultdict(float)
+        # Kept on the device and read at logging / checkpoint time: a `.item()` per micro-step would stall the
+        # GPU queue every step.
+        self._term_sums: dict[str, torch.Tensor] = {}
         self._term_counts: dict[str, int] = defaultdict(int)
+        self._all_finite: torch.Tensor | None = None
+        self._last_finite_step = 0
         self._skipped_images = 0
         self._window: list[dict] = []
         self._window_cache: list[dict] | None = None
@@ -230,16 +237,15 @@ class AnchorCLIPTrainer(Trainer):
             loss = terms["loss_ce"] / window
         else:
             loss, terms = self._contrastive_window_loss(model, inputs, micro, window)
-        if not torch.isfinite(loss.detach()).all():
-            raise NonFiniteLossError(
-                f"Loss became non-finite at step {self.state.global_step} "
-                f"({', '.join(f'{k}={v.item():.4g}' for k, v in terms.items())}). Training stopped; the last "
-                f"checkpoint in {self.args.output_dir} is intact. Lower the learning rate, use bf16 rather than "
-                "fp16, or check the inputs."
-            )
+        finite = torch.isfinite(loss.detach()).all()
+        self._all_finite = finite if self._all_finite is None else self._all_finite & finite
         for name, value in terms.items():
-            self._term_sums[name] += value.detach().float().item()
+            value = value.detach().float()
+            self._term_sums[name] = self._term_sums[name] + value if name in self._term_sums else value
             self._term_counts[name] += 1
+        each_step = self.check_finite_each_step
+        if each_step or (each_step is None and loss.device.type == "cpu"):
+            self._check_finite(terms)  # no device queue to stall: fail at once, before this step's update
         return (loss, None) if return_outputs else loss
 
     def _cross_entropy(self, model, inputs) -> torch.Tensor:
@@ -299,8 +305,9 @@ class AnchorCLIPTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._term_counts:
+            self._check_finite()
             names = [name for name in LOSS_TERMS if self._term_counts.get(name)]
-            local = torch.tensor([self._term_sums[n] / self._term_counts[n] for n in names], device=self.args.device)
+            local = torch.stack([self._term_sums[n] / self._term_counts[n] for n in names]).to(self.args.device)
             mean = self.accelerator.reduce(local, reduction="mean")
             logs.update({name: round(value, 4) for name, value in zip(names, mean.tolist())})
             logs["logit_scale"] = round(self.accelerator.unwrap_model(self.model).logit_scale.exp().item(), 3)
@@ -310,6 +317,27 @@ class AnchorCLIPTrainer(Trainer):
             self._term_sums.clear()
             self._term_counts.clear()
         super().log(logs, start_time)
+
+    def _check_finite(self, terms: dict[str, torch.Tensor] | None = None) -> None:
+        """Raise `NonFiniteLossError` if any loss since the last check was NaN/inf (one host sync)."""
+        if self._all_finite is None or bool(self._all_finite):
+            self._last_finite_step = self.state.global_step
+            return
+        detail = f" ({', '.join(f'{k}={v.item():.4g}' for k, v in terms.items())})" if terms else ""
+        where = (
+            f"at step {self.state.global_step}"
+            if self._last_finite_step == self.state.global_step
+            else f"between steps {self._last_finite_step} and {self.state.global_step}"
+        )
+        raise NonFiniteLossError(
+            f"Loss became non-finite {where}{detail}. Training stopped; the last checkpoint in "
+            f"{self.args.output_dir} is intact. Lower the learning rate, use bf16 rather than fp16, or check the "
+            "inputs."
+        )
+
+    def _save_checkpoint(self, model, trial):
+        self._check_finite()  # never write a checkpoint of weights a non-finite loss may have updated
+        return super()._save_checkpoint(model, trial)
 
     # ------------------------------------------------------------ evaluation
 

@@ -148,6 +148,28 @@ def test_non_finite_loss_stops_with_clear_message_and_keeps_checkpoint(tmp_path)
     trainer.add_callback(PoisonAfterStep2())
     with pytest.raises(NonFiniteLossError, match="non-finite at step 2"):
         trainer.train()
+    _assert_checkpoint_2_is_finite(tmp_path)
+
+
+def test_deferred_finite_check_still_protects_checkpoints(tmp_path):
+    """GPU mode: no per-step host sync, the check runs at logging and before every checkpoint."""
+
+    class PoisonAfterStep2(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 2:
+                with torch.no_grad():
+                    model.visual_projection.weight.fill_(float("nan"))
+
+    trainer = make_trainer(tmp_path, max_steps=6, save_strategy="steps", save_steps=2, logging_steps=5)
+    trainer.check_finite_each_step = False
+    trainer.add_callback(PoisonAfterStep2())
+    with pytest.raises(NonFiniteLossError, match="between steps 2 and 4"):
+        trainer.train()
+    assert not (tmp_path / "out" / "checkpoint-4").exists()
+    _assert_checkpoint_2_is_finite(tmp_path)
+
+
+def _assert_checkpoint_2_is_finite(tmp_path):
     from anchorclip import AnchorCLIPModel
 
     saved = AnchorCLIPModel.from_pretrained(str(tmp_path / "out" / "checkpoint-2"))
