@@ -77,6 +77,8 @@ def build_anchors(workdir: str, k_per_class: int) -> dict:
             query_mode=query_mode,
             k_per_class=k_per_class,
             pool_id="miniworld-pool",
+            dedup_threshold=None,  # distinct renderings; see examples/run_anchor_ft.py
+            oversample=3.0,
         )
     return {"captioner": captioned, "oracle": finetune, "pairs": pairs, "class_names": class_names}
 

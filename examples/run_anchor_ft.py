@@ -73,6 +73,9 @@ class DataArguments:
     retrieval_k_per_class: int = field(default=600)
     retrieval_query_mode: str = field(default="ensemble", metadata={"help": "ensemble or per_template queries."})
     retrieval_templates: str = field(default="simple")
+    retrieval_dedup_threshold: float | None = field(
+        default=0.95, metadata={"help": "Cosine above which two retrieved anchors count as duplicates."}
+    )
     eval_datasets: list[str] = field(
         default_factory=list,
         metadata={"help": "Evaluation sets as NAME@GROUP=SPEC (GROUP: id, domain_shift, zero_shot)."},
@@ -195,6 +198,9 @@ def _use_miniworld_defaults(model_args, data_args, training_args, argv) -> None:
         data_args.pair_pool = data_args.pair_pool or "miniworld:pool"
     from anchorclip.miniworld.prompts import SHAPE_TEMPLATES
 
+    # Every miniworld image is a distinct rendering, but the mini-CLIP embeds same-class images at cosine
+    # > 0.95: embedding-space de-duplication would discard most genuine anchors.
+    data_args.retrieval_dedup_threshold = None
     # The mini-CLIP's word-level vocabulary covers the world's own prompts, not OpenAI's 80 templates.
     if data_args.retrieval_templates == "simple":
         data_args.retrieval_templates = "photo" if data_args.retrieval_query_mode == "ensemble" else SHAPE_TEMPLATES
@@ -299,6 +305,8 @@ def _pair_anchors(class_names, model_args, data_args, training_args, state):
                 k_per_class=data_args.retrieval_k_per_class,
                 templates=data_args.retrieval_templates,
                 query_mode=data_args.retrieval_query_mode,
+                dedup_threshold=data_args.retrieval_dedup_threshold,
+                oversample=3.0,
                 pool_id=pool_id,
             )
     with open(os.path.join(output, "anchorclip_provenance.json")) as handle:
