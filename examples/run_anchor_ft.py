@@ -80,6 +80,9 @@ class DataArguments:
         default_factory=list,
         metadata={"help": "Evaluation sets as NAME@GROUP=SPEC (GROUP: id, domain_shift, zero_shot)."},
     )
+    miniworld_fraction: float = field(
+        default=1.0, metadata={"help": "Default world only: scale every miniworld split (e.g. 0.02 for a smoke run)."}
+    )
     auto_resume: bool = field(
         default=True, metadata={"help": "Continue from the last checkpoint in output_dir when there is one."}
     )
@@ -230,12 +233,21 @@ def _load_finetune_set(data_args, training_args):
         from anchorclip.miniworld import load_miniworld_split
 
         # The finetune set is labels only: its ground-truth captions are kept aside as an "oracle captioner".
-        train = load_miniworld_split("finetune").rename_column("caption", "oracle_caption")
+        train = load_miniworld_split("finetune", size=_miniworld_size("finetune", data_args))
+        train = train.rename_column("caption", "oracle_caption")
     else:
         train = load_dataset_any(data_args.dataset_name, split=data_args.dataset_split)
     if data_args.max_train_samples is not None:
         train = train.select(range(min(len(train), data_args.max_train_samples)))
     return train
+
+
+def _miniworld_size(split: str, data_args) -> int | None:
+    from anchorclip.miniworld import SPLITS
+
+    if data_args.miniworld_fraction == 1.0:
+        return None
+    return max(8, round(SPLITS[split].size * data_args.miniworld_fraction))
 
 
 def _class_names(data_args, train, label_column) -> list[str]:
@@ -273,6 +285,7 @@ def _caption_anchors(train, data_args, training_args, state):
             data_args.captioner,
             output,
             batch_size=data_args.caption_batch_size,
+            num_workers=training_args.dataloader_num_workers,
             progress=state.is_local_main_process,
         )
     with open(os.path.join(output, "anchorclip_provenance.json")) as handle:
@@ -290,7 +303,8 @@ def _pair_anchors(class_names, model_args, data_args, training_args, state):
     if pool == "miniworld:pool":
         from anchorclip.miniworld import load_miniworld_split
 
-        pool = load_miniworld_split("pool")
+        pool = load_miniworld_split("pool", size=_miniworld_size("pool", data_args))
+        pool_id = f"miniworld-pool-{len(pool)}"
     output = os.path.join(training_args.output_dir, "anchors", "pairs")
     with state.main_process_first():
         if os.path.isfile(os.path.join(output, "anchorclip_provenance.json")):
@@ -318,7 +332,7 @@ def _eval_sets(data_args, default_world) -> dict[str, EvalSet]:
     if default_world and not data_args.eval_datasets:
         from anchorclip.miniworld import miniworld_eval_sets
 
-        eval_sets.update(miniworld_eval_sets())
+        eval_sets.update(miniworld_eval_sets(size_per_set=_miniworld_size("test_photo", data_args)))
     for spec in data_args.eval_datasets:
         name_group, _, dataset_spec = spec.partition("=")
         name, _, group = name_group.partition("@")
