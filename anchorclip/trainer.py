@@ -225,7 +225,8 @@ class AnchorCLIPTrainer(Trainer):
         """The training loss of one micro-batch: ARF/FLYP contrastive terms, or cross-entropy for FT / LP-FT.
 
         Each term is accumulated for logging (`loss_cls`, `loss_caption`, `loss_pairs`, `loss_ce`); a
-        non-finite loss raises `NonFiniteLossError` before any update is applied.
+        non-finite loss raises `NonFiniteLossError` (see `check_finite_each_step` for when), never after a
+        checkpoint of the weights it touched has been written.
         """
         self._skipped_images += int(inputs.pop("num_skipped_images", 0))
         if not model.training:
