@@ -85,6 +85,18 @@ def test_ivf_index_recall_is_measured():
     assert retrieval.measure_recall(index, store, _normalized(rng, 20), 10) == pytest.approx(1.0)
 
 
+def test_default_large_pool_index_is_reranked_fast_scan():
+    factory = retrieval.default_index_factory(4_000_000, 64)
+    assert factory == "IVF8192,PQ32x4fs,Refine(SQfp16)"
+    assert retrieval.default_index_params(factory) == "nprobe=64,k_factor_rf=32"
+    assert retrieval.search_params(factory, "nprobe=256") == "nprobe=256,k_factor_rf=32"  # overrides per key
+    # The same kind of index, small: its default parameters reach the base index and the re-ranking.
+    rng = np.random.default_rng(0)
+    store = EmbeddingStore.from_arrays(_normalized(rng, 4000))
+    index = build_index(store, "IVF8,PQ8x4fs,Refine(SQfp16)")  # nprobe 8 probes every list
+    assert retrieval.measure_recall(index, store, _normalized(rng, 20), 10) >= 0.95
+
+
 # ---------------------------------------------------------------- selection rules
 
 
