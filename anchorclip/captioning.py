@@ -40,6 +40,7 @@ import datasets
 import torch
 from tqdm.auto import tqdm
 
+from anchorclip._embedding import model_fingerprint
 from anchorclip.data import IMAGE_COLUMNS, decode_image, find_column, load_dataset_any, with_raw_images
 
 logger = logging.getLogger(__name__)
@@ -514,6 +515,7 @@ def caption_dataset(
     # -- resume bookkeeping: what the chunks on disk were computed with -------------------------------------------
     manifest = {
         "captioner": captioner.name_or_path,
+        "captioner_weights": model_fingerprint(captioner.model),  # new weights under the same name: no reuse
         "generation": captioner.generation_settings,
         "dataset": _dataset_signature(raw, image_column),
         "image_column": image_column,

@@ -308,6 +308,7 @@ def _pair_anchors(class_names, model_args, data_args, training_args, state):
     output = os.path.join(training_args.output_dir, "anchors", "pairs")
     with state.main_process_first():
         if os.path.isfile(os.path.join(output, "anchorclip_provenance.json")):
+            _check_cached_pairs(output, model_args, data_args, pool_id)
             anchors = datasets.load_from_disk(output)  # built by an earlier (or interrupted) run
         else:
             anchors = retrieve_anchors(
@@ -325,6 +326,31 @@ def _pair_anchors(class_names, model_args, data_args, training_args, state):
             )
     with open(os.path.join(output, "anchorclip_provenance.json")) as handle:
         return anchors, json.load(handle)
+
+
+def _check_cached_pairs(output: str, model_args, data_args, pool_id: str) -> None:
+    """Refuse pair anchors that an earlier run built with another model, pool or retrieval setting."""
+    from transformers import CLIPModel
+
+    from anchorclip._embedding import model_fingerprint
+
+    with open(os.path.join(output, "anchorclip_provenance.json")) as handle:
+        stored = json.load(handle)
+    requested = {
+        # Loaded as `retrieve_anchors` loads it, so that the digests are comparable.
+        "model_fingerprint": model_fingerprint(CLIPModel.from_pretrained(model_args.model_name_or_path)),
+        "pool_id": pool_id,
+        "rule": data_args.retrieval_rule,
+        "k_per_class": data_args.retrieval_k_per_class,
+        "query_mode": data_args.retrieval_query_mode,
+        "dedup_threshold": data_args.retrieval_dedup_threshold,
+    }
+    changed = [key for key, value in requested.items() if stored.get(key) != value]
+    if changed:
+        raise ValueError(
+            f"{output} holds pair anchors built with other settings (differences in: {', '.join(changed)}). "
+            "Delete that folder to rebuild them, or pass another --output_dir."
+        )
 
 
 def _eval_sets(data_args, default_world) -> dict[str, EvalSet]:

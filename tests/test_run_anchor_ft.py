@@ -63,6 +63,21 @@ def test_caption_anchors_must_match_finetune_rows(world, tmp_path):
         run_anchor_ft.main(args)
 
 
+def test_stale_pair_anchors_are_refused(world, tmp_path):
+    sys.path.insert(0, os.path.dirname(EXAMPLE))
+    import run_anchor_ft
+
+    sys.path.pop(0)
+    args = _args(world, tmp_path / "out")
+    at = args.index("--pair_anchors")
+    args[at : at + 2] = ["--pair_pool", str(world / "pairs"), "--retrieval_k_per_class", "3"]
+    run_anchor_ft.main(args)  # builds the pairs under out/anchors/pairs
+    run_anchor_ft.main(args)  # the same settings: reused
+    changed = [*args[:-2], "--retrieval_k_per_class", "4", *args[-2:]]
+    with pytest.raises(ValueError, match=r"other settings \(differences in: k_per_class\)"):
+        run_anchor_ft.main(changed)
+
+
 def test_accelerate_launch_two_processes(world, tmp_path):
     command = [
         # `--cpu` alone starts one process in accelerate 1.x; `--multi_gpu` on a CPU machine runs gloo processes.
