@@ -11,7 +11,8 @@ Protocol (what a reviewer would ask for):
 - every method starts from the shipped mini-CLIP and trains the same number of steps at the same batch;
 - the learning rate of each method family (FT, LP-FT, FLYP, ARF) is chosen from `--lr_grid` on the
   `finetune_val` split (ID validation images, never a test set), with seed 0; the ARF ablations and
-  variants use ARF's learning rate;
+  variants use ARF's learning rate. With `--lr_protocol shared` every method instead uses the learning
+  rate chosen that way for FLYP, as the paper runs ARF with its FLYP baseline's hyper-parameters;
 - the chosen configuration is then run with every seed (seeds change data order, augmentation and
   anchor order); the table reports the mean ± std over seeds of each group mean and every per-set number;
 - WiSE-FT rows use α = 0.5 (the WiSE-FT paper's default, not tuned); the plot shows the α sweep.
@@ -233,6 +234,22 @@ def markdown_table(table: dict) -> str:
     return "\n".join(lines)
 
 
+def sweep_table(sweep: dict) -> str:
+    """Seed 0 at every learning rate of the grid: the trade-off the validation choice lands on."""
+    lines = [
+        "Learning-rate sweep, seed 0 (finetune_val top-1 chose the lr; the test columns are shown only to "
+        "read the trade-off):",
+        "",
+        "| method | lr | val | ID | domain-shift avg | zero-shot avg |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, by_lr in sweep.items():
+        for lr, row in by_lr.items():
+            cells = [f"{row[key]:.1f}" for key in ("val", "id", "domain_shift", "zero_shot")]
+            lines.append(f"| {name} | {float(lr):g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(table: dict, curves: dict, path: str) -> None:
     import matplotlib
 
@@ -241,8 +258,11 @@ def plot(table: dict, curves: dict, path: str) -> None:
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for axis, group, title in ((axes[0], "domain_shift", "domain-shift avg"), (axes[1], "zero_shot", "zero-shot avg")):
-        for name, row in table.items():
-            axis.scatter(row["groups"]["id"]["mean"], row["groups"][group]["mean"], label=name, s=25)
+        colours = plt.cm.tab20.colors  # 12+ rows: tab10 would repeat colours
+        for i, (name, row) in enumerate(table.items()):
+            marker = "s" if "WiSE" in name else ("*" if name == "zero-shot" else "o")
+            axis.scatter(row["groups"]["id"]["mean"], row["groups"][group]["mean"], label=name, s=30,
+                         color=colours[i % len(colours)], marker=marker)
         for name, points in curves.items():
             xs = [p["id"] for p in points]
             ys = [p[group] for p in points]
@@ -261,11 +281,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--lr_grid", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3])
+    parser.add_argument("--lr_grid", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3, 3e-3])
     parser.add_argument("--k_per_class", type=int, default=600)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="torch threads when --jobs 1")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, one thread each")
+    parser.add_argument("--lr_protocol", choices=["per_family", "shared"], default="per_family",
+                        help="each family's own validation-chosen lr, or FLYP's for every method")
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--workdir", default="outputs/robustness")
     parser.add_argument("--output", default="docs/results/robustness")
@@ -286,11 +308,15 @@ def main() -> None:
     representative = {family: next(name for name in METHODS if METHODS[name][0] == family) for family in families}
     grid = [(representative[family], lr, args.seeds[0]) for family in families for lr in args.lr_grid]
     grid_runs = iter(run_all(grid, anchors, args, eval_sets))
-    chosen = {}
+    chosen, sweep = {}, {}
     for family in families:
-        scores = {lr: next(grid_runs)["val"] for lr in args.lr_grid}
+        sweep[representative[family]] = {lr: next(grid_runs) for lr in args.lr_grid}
+        scores = {lr: run["val"] for lr, run in sweep[representative[family]].items()}
         chosen[family] = max(scores, key=scores.get)
         print(f"{family}: validation top-1 by lr {scores} -> lr {chosen[family]:g}")
+    if args.lr_protocol == "shared":
+        chosen = dict.fromkeys(chosen, chosen["flyp"])
+        print(f"every method uses FLYP's lr {chosen['flyp']:g}")
 
     # 2. Every method with its chosen learning rate and every seed.
     processor = CLIPProcessor.from_pretrained(MINICLIP_PATH)
@@ -325,6 +351,7 @@ def main() -> None:
         "command": "python benchmarks/robustness.py " + " ".join(sys.argv[1:]),
         "protocol": __doc__.split("Protocol")[1].split("Anchors are")[0].strip(),
         "steps": args.steps, "batch": args.batch, "seeds": args.seeds, "lr_grid": args.lr_grid,
+        "lr_protocol": args.lr_protocol,
         "chosen_lr": chosen, "k_per_class": args.k_per_class,
         "machine": f"{os.cpu_count()} CPU cores" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
         "date": time.strftime("%Y-%m-%d"),
@@ -333,6 +360,11 @@ def main() -> None:
                     for name, row in table.items()},
         "wise_curves": {name: dict(zip(map(str, WISE_ALPHAS), points)) for name, points in curves.items()},
         "train_seconds": {name: [run["train_seconds"] for run in runs[name]] for name in runs},
+        # Test numbers at every grid point (seed 0), for reading the lr trade-off; never used to choose.
+        "lr_sweep_seed0": {name: {str(lr): {"val": 100 * run["val"]} | {g: 100 * run["test"]["groups"][g]
+                                                                         for g in GROUPS}
+                                  for lr, run in by_lr.items()}
+                           for name, by_lr in sweep.items()},
     }  # fmt: skip
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output + ".json", "w") as handle:
@@ -342,9 +374,10 @@ def main() -> None:
         handle.write(
             f"# Robustness in the miniature world\n\nCommand: `{report['command']}`  \n"
             f"Machine: {report['machine']}, {report['date']}. Steps {args.steps} × batch {args.batch}, "
-            f"seeds {args.seeds}, learning rates chosen on finetune_val: {chosen}.\n\n"
+            f"seeds {args.seeds}, learning rates ({args.lr_protocol} protocol) chosen on finetune_val: {chosen}.\n\n"
             f"Accuracy in % (mean ± std over seeds for group means; per-set columns are means).\n\n"
-            f"{markdown}\n\n![ID vs OOD](robustness.png)\n"
+            f"{markdown}\n\n![ID vs OOD]({os.path.basename(args.output)}.png)\n\n"
+            f"{sweep_table(report['lr_sweep_seed0'])}\n"
         )
     plot(table, curves, args.output + ".png")
     print(markdown)
