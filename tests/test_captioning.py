@@ -131,6 +131,20 @@ def test_interrupted_run_resumes_to_identical_output(captioner, dataset_dir, ref
         caption_dataset(dataset_dir, captioner, tmp_path, batch_size=2, shard_size=5, num_workers=0, progress=False)
 
 
+def test_new_weights_under_the_same_path_are_not_resumed(captioner_dir, dataset_dir, tmp_path):
+    from transformers import VisionEncoderDecoderModel
+
+    path = tmp_path / "captioner"
+    shutil.copytree(captioner_dir, path)
+    caption_dataset(dataset_dir, str(path), tmp_path / "out", batch_size=4, num_workers=0, progress=False)
+    model = VisionEncoderDecoderModel.from_pretrained(path)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)  # "retrained": same name, other weights
+    model.save_pretrained(path)
+    with pytest.raises(ValueError, match="captioner_weights"):
+        caption_dataset(dataset_dir, str(path), tmp_path / "out", batch_size=4, num_workers=0, progress=False)
+
+
 def test_undecodable_images_are_skipped_and_listed(captioner, tmp_path):
     data = _make_dataset(tmp_path / "ds", num_rows=6, corrupt_rows=(1, 4))
     out = tmp_path / "out"
