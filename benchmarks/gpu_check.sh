@@ -2,19 +2,20 @@
 # benchmarks/gpu_check.sh: ONE prepared GPU check of training speed (issue 5), for a machine with no network.
 #
 # What it runs (each part under its own timeout; a part's failure or timeout never stops the others; the
-# whole script stays inside BUDGET_S = 470 s, i.e. < 8 minutes):
+# whole script stays inside BUDGET_S = 530 s, i.e. < 9 minutes):
 #   env         nvidia-smi, python/torch/transformers/datasets/pyarrow/fsspec versions
 #   install     carried wheels from .whl/, only for packages the machine lacks (or has older), into /tmp/site
 #   throughput  benchmarks/throughput.py, ViT-B/16 (random weights), bf16, finetune batch 256, FLYP vs ARF
 #               (1 pair/image): variants base (SDPA, fused AdamW), nosync, ckpt, eager-attn
 #   compile     the same with torch.compile (separate part: a hang or slow compile cannot eat the rest)
+#   precision   benchmarks/precision.py: ARF 20 steps from one init on the same batches, bf16 autocast vs fp32
 #   loader      benchmarks/loader.py: the trainer's data path at 224x224, batch 256, 8 and 15 workers,
 #               compared with the throughput part's training images/s
 #   miniworld   examples/run_anchor_ft.py --method flyp / --method arf, 200 steps, bf16, a separate output dir
 #               each, if anchorclip/assets/miniclip (and minicaptioner for ARF) exist; else skipped
 # Output: ONE JSON, $OUT/gpu_check.json (./gpu_check_out/ when OUT is unset), with every part's status, rc,
 # seconds, results and log tail; beside it gpu_check.log (all logs) and the Markdown tables
-# (throughput_gpu.md, throughput_gpu_compile.md, loader_gpu.md): 5 files, under the device tool's 8.
+# (throughput_gpu.md, throughput_gpu_compile.md, loader_gpu.md, precision_gpu.md): 6 files, under the device tool's 8.
 #
 # ---- How a future session runs it (device tool) -------------------------------------------------------
 # 1. Here (network), once: prepare the wheels the GPU image lacks (KINDS.md: it has torch 2.11, transformers
@@ -27,7 +28,7 @@
 #    miniworld ARF run's retrieval needs it) to stay under the 64 MiB that may travel.
 # 2. Check here first, at no device cost:   bash benchmarks/gpu_check.sh --cpu-smoke   (< 3 min)
 # 3. The call (one call; ~8 min of the 15-minute device budget, leaving time for one rerun of a part):
-#        run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=540)
+#        run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=590)
 #    (kind left out: nvidia-h100-x1, or nvidia-h200 if no H100 is free; the JSON records which. If
 #    anchorclip/assets is ever git-ignored, add "anchorclip/assets" to carry.) Then call give_back.
 # 4. Copy the returned files into docs/results/ (throughput_gpu*.md, loader_gpu.md, gpu_check.json) and
@@ -63,7 +64,7 @@ STATUS=$WORK/status.tsv
 : >"$STATUS"
 START=$(date +%s)
 if [ "$MODE" = gpu ]; then
-  BUDGET_S=${GPU_CHECK_BUDGET_S:-470}
+  BUDGET_S=${GPU_CHECK_BUDGET_S:-530}
 else
   BUDGET_S=${GPU_CHECK_BUDGET_S:-175}
 fi
@@ -160,6 +161,7 @@ if [ "$MODE" = gpu ]; then
   TP_ARGS=(--config vit-b-16 --batch 256 --bf16 --steps 10 --warmup 3)
   TP_VARIANTS=base,nosync,ckpt,eager-attn; TP_TIMEOUT=90; TP_BUDGET=70
   CP_METHODS=flyp,arf; CP_TIMEOUT=130; CP_BUDGET=75
+  PR_ARGS=(--config vit-b-16 --batch 256 --steps 20); PR_TIMEOUT=75
   LD_ARGS=(--batch 256 --workers 8,15 --methods arf,flyp --batches 6); LD_TIMEOUT=60
   MW_ARGS=(--max_steps 200 --bf16 --save_strategy no --report_to none --disable_tqdm true); MW_TIMEOUT_FLYP=80; MW_TIMEOUT_ARF=90
   SUFFIX=gpu
@@ -167,6 +169,7 @@ else
   TP_ARGS=(--config tiny --batch 8 --no-bf16 --steps 2 --warmup 1)
   TP_VARIANTS=base,nosync,ckpt; TP_TIMEOUT=45; TP_BUDGET=35
   CP_METHODS=flyp; CP_TIMEOUT=70; CP_BUDGET=5
+  PR_ARGS=(--config tiny --batch 8 --steps 4); PR_TIMEOUT=60
   LD_ARGS=(--batch 8 --workers 0,1 --methods arf --batches 2); LD_TIMEOUT=45
   MW_ARGS=(--max_steps 2 --per_device_train_batch_size 16 --save_strategy no --report_to none --use_cpu
            --disable_tqdm true)
@@ -179,6 +182,7 @@ run_part throughput "$TP_TIMEOUT" "$PY" benchmarks/throughput.py "${TP_ARGS[@]}"
   --time-budget "$TP_BUDGET" --note "$NOTE" --output "$WORK/throughput_$SUFFIX.json"
 run_part compile "$CP_TIMEOUT" "$PY" benchmarks/throughput.py "${TP_ARGS[@]}" --variants compile \
   --methods "$CP_METHODS" --time-budget "$CP_BUDGET" --note "$NOTE" --output "$WORK/throughput_${SUFFIX}_compile.json"
+run_part precision "$PR_TIMEOUT" "$PY" benchmarks/precision.py "${PR_ARGS[@]}" --output "$WORK/precision_$SUFFIX.json"
 run_part loader "$LD_TIMEOUT" "$PY" benchmarks/loader.py "${LD_ARGS[@]}" --train-json "$WORK/throughput_$SUFFIX.json" \
   --note "$NOTE" --output "$WORK/loader_$SUFFIX.json"
 
@@ -220,7 +224,7 @@ for line in open(os.path.join(work, "status.tsv")):
                    "log_tail": tail(os.path.join(work, f"{name}.log"), 8000 if name == "env" else 3000)}
 suffix = "gpu" if mode == "gpu" else "cpu_smoke"
 files = {"throughput": f"throughput_{suffix}.json", "compile": f"throughput_{suffix}_compile.json",
-         "loader": f"loader_{suffix}.json"}
+         "loader": f"loader_{suffix}.json", "precision": f"precision_{suffix}.json"}
 for name, file in files.items():
     if name in parts:
         parts[name]["results"] = load(os.path.join(work, file))

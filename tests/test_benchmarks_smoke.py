@@ -1,4 +1,4 @@
-"""Smoke tests of the speed benchmarks (benchmarks/flops.py, throughput.py, loader.py): seconds, CPU only."""
+"""Smoke tests of the speed benchmarks (flops.py, throughput.py, loader.py, precision.py): seconds, CPU only."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 
 import flops  # noqa: E402
 import loader  # noqa: E402
+import precision  # noqa: E402
 import throughput  # noqa: E402
 from common import CONFIGS  # noqa: E402
 
@@ -46,3 +47,12 @@ def test_loader_uses_the_trainer_data_path():
     )
     batch = next(iter(trainer.get_train_dataloader()))
     assert tuple(batch["pixel_values"].shape) == (4, 3, 224, 224)  # 2 finetune + 2 pair images at 224x224
+
+
+def test_precision_runs_both_precisions_on_the_same_batches():
+    model, spec = precision.build_model("tiny")
+    args = precision.argparse.Namespace(batch=2, steps=2, num_batches=1, lr=1e-4)
+    fp32 = precision.train(model, spec, args, torch.device("cpu"), bf16=False)
+    again = precision.train(model, spec, args, torch.device("cpu"), bf16=False)
+    assert fp32 == again  # same init, same batches: the comparison is deterministic
+    assert len(fp32) == 2 and fp32[1] < fp32[0]  # one batch repeated: the second step's loss is lower
