@@ -1,7 +1,7 @@
 """Text-compensated anchors: caption every image of a dataset with a pretrained Hugging Face captioner.
 
 ARF's L_tc pairs each finetune image with a rich caption from a captioner (BLIP-2 in the paper). This module
-writes those captions once, offline, as a new `caption` column of the same dataset:
+writes those captions once, offline, as a *captions-only table* keyed by a stable row id (no image is copied):
 
     anchorclip caption --dataset path/or/hub-id --model Salesforce/blip2-opt-2.7b --output-dir out/
     accelerate launch -m anchorclip caption ...        # several GPUs, one share of the rows each
@@ -16,9 +16,10 @@ How a run is organised (so that it can be interrupted and resumed, on any number
   `<output_dir>/_shards/rows-<start>-<stop>.json` (atomically), so an interrupted run loses at most one chunk per
   process and a rerun skips every chunk already on disk. `_shards/manifest.json` records what the chunks were
   computed with; resuming with different settings is an error rather than a silently mixed output.
-* After a barrier the main process merges the chunks in row order, drops (by default) the rows whose image
-  could not be decoded, and writes the dataset (`save_to_disk`), `skipped_rows.json` and
-  `anchorclip_provenance.json`.
+* After a barrier the main process merges the chunks in row order into the table (`save_to_disk`): one row per
+  input row, its id (`row_index`, or the values of a named `id_column`) and its caption, null where the image could
+  not be decoded; then `skipped_rows.json` and `anchorclip_provenance.json`. The trainer joins the table to the
+  finetune images by id (`anchorclip.data.join_captions`) and leaves the null-caption rows out.
 """
 
 from __future__ import annotations
@@ -41,7 +42,14 @@ import torch
 from tqdm.auto import tqdm
 
 from anchorclip._embedding import model_fingerprint
-from anchorclip.data import IMAGE_COLUMNS, decode_image, find_column, load_dataset_any, with_raw_images
+from anchorclip.data import (
+    IMAGE_COLUMNS,
+    ROW_INDEX_COLUMN,
+    decode_image,
+    find_column,
+    load_dataset_any,
+    with_raw_images,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -413,6 +421,7 @@ def caption_dataset(
     *,
     split: str = "train",
     image_column: str | None = None,
+    id_column: str | None = None,
     caption_column: str = "caption",
     batch_size: int = 32,
     max_new_tokens: int = 30,
@@ -425,20 +434,21 @@ def caption_dataset(
     sharding: str = "strided",
     num_workers: int = 4,
     resume: bool = True,
-    keep_skipped: bool = False,
     max_rows: int | None = None,
     trust_remote_code: bool = False,
     push_to_hub: str | None = None,
     progress: bool = True,
 ) -> datasets.Dataset:
-    """Caption every image of `dataset` and save it with an extra `caption_column` to `output_dir`.
+    """Caption every image of `dataset` and save the captions, keyed by row id, to `output_dir`.
 
     Args:
         dataset: a `datasets.Dataset`, or a spec for `load_dataset_any` (Hub id, image folder, `save_to_disk`
             folder; `"spec:split"` picks the split).
         model_name_or_path: a captioner checkpoint (Hub id or local folder), or a ready `Captioner` (whose own
             generation settings then win over `max_new_tokens`, `num_beams`, `prompt`, ...).
-        output_dir: where the captioned dataset, `_shards/`, `skipped_rows.json` and the provenance are written.
+        output_dir: where the captions table, `_shards/`, `skipped_rows.json` and the provenance are written.
+        id_column: a column of `dataset` with a unique, stable id per row (e.g. an image file name), the table's key;
+            default: the row index (`row_index`), which holds as long as the finetune set keeps its row order.
         batch_size: images per `generate` call. Part of the resume check: batch composition can change
             low-precision numerics, so a resumed run must use the same value to reproduce a fresh run exactly.
         prompt: text prompt / prefix for models that take one (BLIP, BLIP-2, GIT, Florence-2 task tokens such as
@@ -451,14 +461,14 @@ def caption_dataset(
         sharding: how processes split the chunks: `"strided"` (default, balances load) or `"contiguous"`.
         num_workers: DataLoader workers that decode and preprocess images while the model generates.
         resume: reuse finished chunks from an earlier run into the same `output_dir`; False starts over.
-        keep_skipped: keep rows with undecodable images (with an empty caption) instead of dropping them.
         max_rows: caption only the first `max_rows` rows (a trial run before hours of compute).
         push_to_hub: also push the result to this Hub dataset repo id.
 
     Returns:
-        The captioned dataset, in the input order (minus skipped rows unless `keep_skipped`).
+        The captions table: one row per input row, in input order, with columns `id_column` (or `row_index`) and
+        `caption_column`; the caption is None where the image could not be decoded.
     """
-    state = _process_state()
+    state = process_state()
     started = time.time()
     output_dir = Path(output_dir)
     shards_dir = output_dir / SHARDS_DIR
@@ -478,11 +488,10 @@ def caption_dataset(
     if len(dataset) == 0:
         raise ValueError(f"The dataset {dataset_spec or ''} has no rows: nothing to caption.".replace("  ", " "))
     image_column = find_column(dataset, image_column, IMAGE_COLUMNS, "image")
-    if caption_column in dataset.column_names:
-        raise ValueError(
-            f"The dataset already has a {caption_column!r} column; choose another name with `caption_column` "
-            f"(--caption-column)."
-        )
+    ids = _row_ids(dataset, id_column)
+    key_column = id_column or ROW_INDEX_COLUMN
+    if caption_column == key_column:
+        raise ValueError(f"The caption column and the id column are both named {caption_column!r}.")
     cache_dirs = {Path(f["filename"]).resolve().parent for f in dataset.cache_files}
     if output_dir.resolve() in cache_dirs:
         raise ValueError(f"output_dir {output_dir} holds the input dataset itself; write the captions elsewhere.")
@@ -519,6 +528,7 @@ def caption_dataset(
         "generation": captioner.generation_settings,
         "dataset": _dataset_signature(raw, image_column),
         "image_column": image_column,
+        "id_column": id_column,
         "shard_size": shard_size,
         "batch_size": batch_size,
     }
@@ -553,22 +563,21 @@ def caption_dataset(
     # -- merge, in row order, on the main process -----------------------------------------------------------------
     state.wait_for_everyone()
     if state.is_main_process:
-        result = _merge(dataset, chunks, shards_dir, caption_column, keep_skipped)
-        output, skipped, num_empty = result
+        captions = _merge(chunks, shards_dir)
+        skipped = [row for row, caption in enumerate(captions) if caption is None]
+        num_empty = sum(1 for caption in captions if caption == "")
+        key_feature = dataset.features[id_column] if id_column else datasets.Value("int64")
+        features = datasets.Features({key_column: key_feature, caption_column: datasets.Value("string")})
+        output = datasets.Dataset.from_dict({key_column: ids, caption_column: captions}, features=features)
         output.save_to_disk(str(output_dir))
         write_json_atomic(
             output_dir / SKIPPED_ROWS_FILE,
-            {
-                "count": len(skipped),
-                "policy": "kept with empty caption" if keep_skipped else "dropped",
-                "rows": skipped,
-            },
+            {"count": len(skipped), "rows": skipped, "ids": [ids[row] for row in skipped]},
         )
         if skipped:
             logger.warning(
-                "Skipped %d undecodable image(s) (%s); their row indices are in %s.",
+                "Could not decode %d image(s): their caption is null, and training leaves them out (rows in %s).",
                 len(skipped),
-                "kept with an empty caption" if keep_skipped else "dropped from the output",
                 output_dir / SKIPPED_ROWS_FILE,
             )
         if num_empty:
@@ -586,15 +595,14 @@ def caption_dataset(
                 "split": split if dataset_spec else None,
                 "dataset_fingerprint": getattr(dataset, "_fingerprint", None),
                 "image_column": image_column,
+                "id_column": key_column,
                 "caption_column": caption_column,
                 "counts": {
                     "input_rows": len(dataset),
                     "captioned": len(dataset) - len(skipped),
                     "skipped": len(skipped),
                     "empty_captions": num_empty,
-                    "output_rows": len(output),
                 },
-                "skipped_policy": "kept with empty caption" if keep_skipped else "dropped",
                 "batch_size": batch_size,
                 "shard_size": shard_size,
                 "sharding": sharding,
@@ -605,7 +613,7 @@ def caption_dataset(
         )
         if push_to_hub:
             output.push_to_hub(push_to_hub)
-        logger.info("Wrote %d captioned rows to %s.", len(output), output_dir)
+        logger.info("Wrote %d captions to %s.", len(output) - len(skipped), output_dir)
     state.wait_for_everyone()
     return output if state.is_main_process else datasets.load_from_disk(str(output_dir))
 
@@ -670,9 +678,8 @@ def _caption_chunks(
         )
 
 
-def _merge(
-    dataset: datasets.Dataset, chunks: list[range], shards_dir: Path, caption_column: str, keep_skipped: bool
-) -> tuple[datasets.Dataset, list[int], int]:
+def _merge(chunks: list[range], shards_dir: Path) -> list[str | None]:
+    """Every row's caption in row order (None: undecodable image), from the chunk files of all processes."""
     captions: list[str | None] = []
     missing = []
     for chunk in chunks:
@@ -683,13 +690,18 @@ def _merge(
         captions.extend(record["captions"])
     if missing:
         raise RuntimeError(f"Chunks missing after all processes finished: rows {missing[:10]} (of {len(missing)}).")
-    skipped = [row for row, caption in enumerate(captions) if caption is None]
-    num_empty = sum(1 for caption in captions if caption == "")
-    output = dataset.add_column(caption_column, [caption or "" for caption in captions])
-    if skipped and not keep_skipped:
-        skipped_set = set(skipped)
-        output = output.select([row for row in range(len(captions)) if row not in skipped_set])
-    return output, skipped, num_empty
+    return captions
+
+
+def _row_ids(dataset: datasets.Dataset, id_column: str | None) -> list:
+    """The table's key: the row index, or the values of `id_column`, which must be unique and non-null."""
+    if id_column is None:
+        return list(range(len(dataset)))
+    find_column(dataset, id_column, (), "id")
+    ids = dataset.select_columns([id_column])[id_column]
+    if any(value is None for value in ids) or len(set(ids)) != len(ids):
+        raise ValueError(f"The id column {id_column!r} must hold a unique, non-null value in every row.")
+    return ids
 
 
 def _dataset_signature(raw: datasets.Dataset, image_column: str) -> dict[str, Any]:
@@ -705,7 +717,7 @@ def _dataset_signature(raw: datasets.Dataset, image_column: str) -> dict[str, An
     return {"num_rows": len(raw), "columns": raw.column_names, "sample_sha256": digest.hexdigest()[:16]}
 
 
-def _process_state():
+def process_state():
     """Accelerate's view of the launch (one process, or one of `accelerate launch`/`torchrun`'s processes).
 
     Without a GPU, Accelerate only joins a torchrun-style process group when asked for the CPU explicitly;
@@ -742,6 +754,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--split", default="train")
     parser.add_argument("--image-column", default=None, help=f"Default: the first of {list(IMAGE_COLUMNS)}.")
+    parser.add_argument(
+        "--id-column", default=None, help="A column with a unique, stable id per row (default: the row index)."
+    )
     parser.add_argument("--caption-column", default="caption")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=30)
@@ -759,7 +774,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sharding", default="strided", choices=["strided", "contiguous"])
     parser.add_argument("--num-workers", type=int, default=4, help="DataLoader workers decoding images.")
     parser.add_argument("--no-resume", dest="resume", action="store_false", help="Ignore and delete old chunks.")
-    parser.add_argument("--keep-skipped", action="store_true", help="Keep undecodable rows with an empty caption.")
     parser.add_argument("--max-rows", type=int, default=None, help="Caption only the first N rows (a trial run).")
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID")
@@ -769,7 +783,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    is_main = _process_state().is_main_process
+    is_main = process_state().is_main_process
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if is_main else logging.WARNING
     )

@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 IMAGE_COLUMNS = ("image", "img", "jpg", "png", "pixel_values")
 LABEL_COLUMNS = ("label", "labels", "class", "fine_label")
 CAPTION_COLUMNS = ("caption", "text", "txt", "captions", "sentence")
+ROW_INDEX_COLUMN = "row_index"  # the key of a captions table made without an id column: the finetune row number
 
 
 class ColumnError(KeyError):
@@ -76,6 +77,52 @@ def class_names_from_features(dataset, label_column: str) -> list[str] | None:
     if isinstance(feature, datasets.ClassLabel):
         return list(feature.names)
     return None
+
+
+def join_captions(finetune, captions, caption_column: str | None = None):
+    """Join a captions table (`anchorclip caption`'s output) to the finetune rows by id.
+
+    The table has two columns: a key, `row_index` (the finetune row number) or a finetune column holding a stable
+    id, and the caption, null where the captioner could not decode the image. Returns `(finetune, captions)`
+    row-aligned: the finetune rows that have a caption (by `select`, an index mapping: no image is rewritten) and
+    a table of their captions. Every finetune row must have an entry in the table; extra entries are ignored.
+    """
+    caption_column = find_column(captions, caption_column, CAPTION_COLUMNS, "caption")
+    keys = [name for name in captions.column_names if name != caption_column]
+    if len(keys) != 1:
+        raise ValueError(
+            f"A captions table has two columns, an id and a caption (see `anchorclip caption`); this one has "
+            f"{captions.column_names}. A dataset that holds both images and captions is a finetune set: pass it as "
+            "the finetune dataset instead."
+        )
+    key = keys[0]
+    if key == ROW_INDEX_COLUMN:
+        finetune_ids = list(range(len(finetune)))
+    elif key in finetune.column_names:
+        finetune_ids = finetune.select_columns([key])[key]
+    else:
+        raise ValueError(
+            f"The captions are keyed by {key!r}, which is not a column of the finetune set "
+            f"(it has {finetune.column_names})."
+        )
+    table_ids, texts = captions[key], captions[caption_column]
+    position = {value: row for row, value in enumerate(table_ids)}
+    if len(position) != len(table_ids):
+        raise ValueError(f"The captions table repeats ids in its {key!r} column.")
+    missing = [value for value in finetune_ids if value not in position]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} of the {len(finetune)} finetune rows have no entry in the captions table (e.g. {key} "
+            f"{missing[:5]}): the captions were made for another dataset, or for part of this one."
+        )
+    rows = [row for row, value in enumerate(finetune_ids) if texts[position[value]] is not None]
+    if not rows:
+        raise ValueError("No finetune row has a caption: the captioner could decode none of the images.")
+    if len(rows) < len(finetune):
+        left_out = len(finetune) - len(rows)
+        logger.warning("%d finetune rows have no caption (undecodable images) and are left out.", left_out)
+        finetune = finetune.select(rows)
+    return finetune, captions.select([position[finetune_ids[row]] for row in rows]).select_columns([caption_column])
 
 
 def with_raw_images(dataset, image_column: str):

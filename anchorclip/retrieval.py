@@ -20,6 +20,7 @@ The pipeline, top to bottom:
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import json
@@ -98,6 +99,30 @@ def load_clip(model_name_or_path, processor=None):
     return model.eval(), processor
 
 
+class LaunchProcesses:
+    """The processes of the launch (one, `accelerate launch` or `torchrun`), embedding in full precision.
+
+    The default `accelerator` of `embed_pool` and `retrieve_anchors`: it has what they use of an `Accelerator`
+    (device, process index, barriers, autocast) but creates no `AcceleratorState`, so a `Trainer` built later in
+    the same process still chooses its own mixed precision (`--bf16`). Pass an `Accelerator` to embed in its
+    mixed precision instead (`anchorclip retrieve` does).
+    """
+
+    mixed_precision = "no"
+
+    def __init__(self):
+        from .captioning import process_state
+
+        self._state = process_state()
+
+    def __getattr__(self, name: str):
+        return getattr(self._state, name)
+
+    @staticmethod
+    def autocast():
+        return contextlib.nullcontext()
+
+
 def _resolve_dataset(data, split: str | None, streaming: bool) -> tuple[object, str | None]:
     """`(dataset, spec)`: load a spec with `load_dataset_any`, or pass a loaded dataset through."""
     if isinstance(data, (str, os.PathLike)):
@@ -129,11 +154,9 @@ def embed_pool(
     preprocessing and the precision: another model never reads these embeddings. Returns a memory-mapped
     `EmbeddingStore` whose row `i` is pool row `i`.
     """
-    from accelerate import Accelerator
-
     if kind not in ("image", "text"):
         raise ValueError(f"kind must be 'image' or 'text', got {kind!r}.")
-    accelerator = accelerator or Accelerator()
+    accelerator = accelerator or LaunchProcesses()
     dataset, spec = _resolve_dataset(pool, split, streaming)
     candidates = IMAGE_COLUMNS if kind == "image" else CAPTION_COLUMNS
     column = find_column(dataset, column, candidates, "image" if kind == "image" else "caption")
@@ -463,8 +486,6 @@ def retrieve_anchors(
 
     Returns the anchors dataset (also saved at `output_dir`, with provenance and `report.html`).
     """
-    from accelerate import Accelerator
-
     started = time.perf_counter()
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}.")
@@ -472,7 +493,7 @@ def retrieve_anchors(
         raise ValueError(f"query_mode must be one of {QUERY_MODES}, got {query_mode!r}.")
     if k_per_class < 1 or (budget is not None and budget < 1):
         raise ValueError("k_per_class and budget must be positive.")
-    accelerator = accelerator or Accelerator()
+    accelerator = accelerator or LaunchProcesses()
     embed_kwargs = {"cache_dir": cache_dir, "shard_size": shard_size, "batch_size": batch_size,
                     "num_workers": num_workers, "accelerator": accelerator}
 
@@ -831,8 +852,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("pool", "model_name_or_path", "output_dir", "class_names", "class_names_file", "finetune_dataset",
                  "templates", "dedup_threshold"):
         options.pop(name)
+    from accelerate import Accelerator
+
     retrieve_anchors(
         args.pool, class_names or None, args.model_name_or_path, args.output_dir, finetune=args.finetune_dataset,
+        accelerator=Accelerator(),  # the command owns its processes: embed in the launcher's mixed precision
         templates=templates, dedup_threshold=args.dedup_threshold if args.dedup_threshold > 0 else None, **options,
     )
     return 0

@@ -40,6 +40,7 @@ from .data import (
     class_names_from_features,
     decode_image,
     find_column,
+    join_captions,
     with_raw_images,
 )
 from .evaluation import GROUPS, EvalSet
@@ -66,12 +67,14 @@ class AnchorCLIPTrainer(Trainer):
         model: an `AnchorCLIPModel` (load any CLIP checkpoint with `AnchorCLIPModel.from_pretrained`).
         args: `AnchorTrainingArguments`.
         train_dataset: the finetune set: an image column, an integer label column and, for ARF with
-            λ1 > 0, a caption column (text-compensated anchors, see `anchorclip caption`).
+            λ1 > 0 and no `caption_anchors`, a caption column.
         eval_dataset: a dataset, an `EvalSet`, or a dict `{name: Dataset | EvalSet}`; each is scored
             zero-shot with a head built from the current text tower.
         processing_class: the model's `CLIPProcessor` (tokenizer + image processor); saved with checkpoints.
         class_names: finetune class names in label-id order (default: the label column's `ClassLabel` names).
         pair_anchors: retrieved image-caption pairs (see `anchorclip retrieve`), used when λ2 > 0.
+        caption_anchors: a captions table keyed by row id (see `anchorclip caption`), joined to `train_dataset`
+            by id when λ1 > 0; rows whose caption is null (undecodable images) are left out of training.
     """
 
     # compute_loss returns a loss already scaled for accumulation (see module docstring).
@@ -90,6 +93,7 @@ class AnchorCLIPTrainer(Trainer):
         class_names: list[str] | None = None,
         pair_anchors=None,
         callbacks: list[TrainerCallback] | None = None,
+        caption_anchors=None,
         **kwargs,
     ):
         if not isinstance(args, AnchorTrainingArguments):
@@ -112,7 +116,9 @@ class AnchorCLIPTrainer(Trainer):
 
         train_data, collator = None, None
         if train_dataset is not None:
-            train_data, collator = self._build_train_data(train_dataset, pair_anchors, args, processing_class, model)
+            train_data, collator = self._build_train_data(
+                train_dataset, pair_anchors, args, processing_class, model, caption_anchors
+            )
         callbacks = [_ClampLogitScale(), _SetEpoch(), *(callbacks or [])]
         # LoRA (anchorclip/lora.py): wrap in a PeftModel before Trainer builds the optimizer.
         if args.lora_r > 0 and not is_lora_model(model):
@@ -132,8 +138,12 @@ class AnchorCLIPTrainer(Trainer):
 
     # ------------------------------------------------------------------ data
 
-    def _build_train_data(self, train_dataset, pair_anchors, args, processing_class, model):
+    def _build_train_data(self, train_dataset, pair_anchors, args, processing_class, model, caption_anchors=None):
         """Validate the finetune and anchor sets up front and wrap them in an `AnchoredDataset`."""
+        captions = train_dataset
+        if args.uses_captions and caption_anchors is not None:
+            # Joined by id: the finetune rows with a caption (an index mapping, images untouched), captions aligned.
+            train_dataset, captions = join_captions(train_dataset, caption_anchors, args.caption_column)
         image_column = find_column(train_dataset, args.image_column, IMAGE_COLUMNS, "image")
         label_column = find_column(train_dataset, args.label_column, LABEL_COLUMNS, "label")
         self.class_names = self.class_names or class_names_from_features(train_dataset, label_column)
@@ -154,8 +164,8 @@ class AnchorCLIPTrainer(Trainer):
         max_length = min(args.max_text_length, model.config.text_config.max_position_embeddings)
         caption_ids = pair_caption_ids = None
         if args.uses_captions:
-            caption_column = find_column(train_dataset, args.caption_column, CAPTION_COLUMNS, "caption")
-            caption_ids = tokenize_column(train_dataset, caption_column, tokenizer, max_length, "Tokenizing captions")
+            caption_column = find_column(captions, args.caption_column, CAPTION_COLUMNS, "caption")
+            caption_ids = tokenize_column(captions, caption_column, tokenizer, max_length, "Tokenizing captions")
         pair_image_column = None
         if args.uses_pairs:
             if pair_anchors is None or len(pair_anchors) == 0:

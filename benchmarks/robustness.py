@@ -66,7 +66,7 @@ def build_anchors(workdir: str, k_per_class: int) -> dict:
     finetune = load_miniworld_split("finetune")
     class_names = finetune.features["label"].names
     images_only = finetune.remove_columns("caption")
-    captioned = caption_dataset(
+    captions = caption_dataset(  # a captions table keyed by row index, joined to `finetune` by the trainer
         images_only, MINICAPTIONER_PATH, os.path.join(workdir, "anchors", "captions"), batch_size=64, num_workers=1
     )
     pool = load_miniworld_split("pool")
@@ -88,7 +88,7 @@ def build_anchors(workdir: str, k_per_class: int) -> dict:
             dedup_threshold=None,  # distinct renderings; see examples/run_anchor_ft.py
             oversample=3.0,
         )
-    return {"captioner": captioned, "oracle": finetune, "pairs": pairs, "class_names": class_names}
+    return {"captioner": captions, "oracle": finetune, "pairs": pairs, "class_names": class_names}
 
 
 def train_one(name: str, lr: float, seed: int, anchors: dict, args, eval_sets: dict, workdir: str) -> dict:
@@ -97,7 +97,8 @@ def train_one(name: str, lr: float, seed: int, anchors: dict, args, eval_sets: d
     if os.path.isfile(path):
         return json.load(open(path))
     family, overrides, captions, pairs = METHODS[name]
-    train = anchors[captions] if captions else anchors["oracle"]
+    # The finetune set carries the oracle captions; the captioner's come as a table joined to it by row id.
+    train, caption_table = anchors["oracle"], anchors["captioner"] if captions == "captioner" else None
     training_args = AnchorTrainingArguments(
         output_dir=os.path.join(workdir, "scratch"), max_steps=args.steps, per_device_train_batch_size=args.batch,
         learning_rate=lr, warmup_steps=max(1, args.steps // 10), lr_scheduler_type="cosine", weight_decay=0.1,
@@ -109,7 +110,7 @@ def train_one(name: str, lr: float, seed: int, anchors: dict, args, eval_sets: d
     trainer = AnchorCLIPTrainer(
         model=model, args=training_args, train_dataset=train,
         processing_class=CLIPProcessor.from_pretrained(MINICLIP_PATH), class_names=anchors["class_names"],
-        pair_anchors=anchors["pairs"][pairs] if pairs else None,
+        pair_anchors=anchors["pairs"][pairs] if pairs else None, caption_anchors=caption_table,
     )  # fmt: skip
     start = time.time()
     trainer.train()

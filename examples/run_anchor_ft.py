@@ -92,15 +92,12 @@ class DataArguments:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = HfArgumentParser((ModelArguments, DataArguments, AnchorTrainingArguments))
-    argv = sys.argv[1:] if argv is None else argv
-    if not any(arg == "--output_dir" or arg.startswith("--output_dir=") for arg in argv):
-        argv = [*argv, "--output_dir", "outputs/run_anchor_ft"]
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, training_args = parse_args(argv)
     _setup_logging(training_args)
     default_world = data_args.dataset_name is None
-    if default_world:
-        _use_miniworld_defaults(model_args, data_args, training_args, argv)
+    # The launch's processes as the Trainer will see them (its --use_cpu, --ddp_timeout, --ddp_backend). Only the
+    # process group: no AcceleratorState exists before the Trainer's, so its mixed precision (--bf16) can be set.
+    _ = training_args.device
     state = PartialState()
 
     # 1. The pretrained model: the zero-shot start point of every method.
@@ -115,9 +112,9 @@ def main(argv: list[str] | None = None) -> dict:
     class_names = _class_names(data_args, train, label_column)
 
     # 3. Anchors: text-compensated (captions of the finetune images) and retrieved image-text pairs.
-    provenance = {}
+    provenance, captions = {}, None
     if training_args.uses_captions:
-        train, provenance["caption_anchors"] = _caption_anchors(train, data_args, training_args, state)
+        captions, provenance["caption_anchors"] = _caption_anchors(data_args, training_args, train)
     pairs = None
     if training_args.uses_pairs:
         pairs, provenance["pair_anchors"] = _pair_anchors(class_names, model_args, data_args, training_args, state)
@@ -133,6 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=processor,
         class_names=class_names,
         pair_anchors=pairs,
+        caption_anchors=captions,  # joined to `train` by row id inside the trainer
     )
 
     # 5. Zero-shot start, finetune, evaluate.
@@ -190,26 +188,38 @@ def _setup_logging(training_args) -> None:
     transformers.utils.logging.set_verbosity(level)
 
 
-def _use_miniworld_defaults(model_args, data_args, training_args, argv) -> None:
-    """Fill what the user left out with the built-in miniature world (see anchorclip.miniworld)."""
-    from anchorclip import miniworld
+def parse_args(argv: list[str] | None = None):
+    """`(model_args, data_args, training_args)`. Defaults live in the parser (`set_defaults`), so every spelling
+    of a flag (`--output_dir`, `--output-dir`, `--output_dir=...`) overrides them alike."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, AnchorTrainingArguments))
+    parser.set_defaults(output_dir=DEFAULT_OUTPUT_DIR)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # A first parse only decides whether this is the default world; its preset then becomes the parser's defaults.
+    first, _ = parser.parse_known_args(argv)
+    if first.dataset_name is None:
+        parser.set_defaults(**miniworld_preset(first))
+    return parser.parse_args_into_dataclasses(args=argv)
 
-    model_args.model_name_or_path = model_args.model_name_or_path or miniworld.MINICLIP_PATH
-    if data_args.caption_anchors is None:
-        data_args.captioner = data_args.captioner or miniworld.MINICAPTIONER_PATH
-    if data_args.pair_anchors is None:
-        data_args.pair_pool = data_args.pair_pool or "miniworld:pool"
+
+DEFAULT_OUTPUT_DIR = "outputs/run_anchor_ft"
+
+
+def miniworld_preset(given) -> dict:
+    """Defaults for the built-in miniature world (see anchorclip.miniworld); any flag given still wins.
+
+    `given` is the first parse of the command line: the anchor sources depend on which anchors were given.
+    """
+    from anchorclip import miniworld
     from anchorclip.miniworld.prompts import SHAPE_TEMPLATES
 
-    # Every miniworld image is a distinct rendering, but the mini-CLIP embeds same-class images at cosine
-    # > 0.95: embedding-space de-duplication would discard most genuine anchors.
-    data_args.retrieval_dedup_threshold = None
-    # The mini-CLIP's word-level vocabulary covers the world's own prompts, not OpenAI's 80 templates.
-    if data_args.retrieval_templates == "simple":
-        data_args.retrieval_templates = "photo" if data_args.retrieval_query_mode == "ensemble" else SHAPE_TEMPLATES
-    # Defaults that fit the world (chosen on the finetune_val split; see docs/results); flags still win.
-    given = {arg.split("=")[0].lstrip("-") for arg in argv if arg.startswith("--")}
-    world_defaults = dict(
+    preset = dict(
+        model_name_or_path=miniworld.MINICLIP_PATH,
+        # Every miniworld image is a distinct rendering, but the mini-CLIP embeds same-class images at cosine
+        # > 0.95: embedding-space de-duplication would discard most genuine anchors.
+        retrieval_dedup_threshold=None,
+        # The mini-CLIP's word-level vocabulary covers the world's own prompts, not OpenAI's 80 templates.
+        retrieval_templates="photo" if given.retrieval_query_mode == "ensemble" else SHAPE_TEMPLATES,
+        # Training defaults that fit the world (chosen on the finetune_val split; see docs/results).
         max_steps=200,
         per_device_train_batch_size=128,
         per_device_eval_batch_size=256,
@@ -223,9 +233,11 @@ def _use_miniworld_defaults(model_args, data_args, training_args, argv) -> None:
         dataloader_num_workers=2,
         report_to=[],
     )
-    for name, value in world_defaults.items():
-        if name not in given:
-            setattr(training_args, name, value)
+    if given.caption_anchors is None:
+        preset["captioner"] = miniworld.MINICAPTIONER_PATH
+    if given.pair_anchors is None:
+        preset["pair_pool"] = "miniworld:pool"
+    return preset
 
 
 def _load_finetune_set(data_args, training_args):
@@ -259,37 +271,31 @@ def _class_names(data_args, train, label_column) -> list[str]:
     return names
 
 
-def _caption_anchors(train, data_args, training_args, state):
+# In-process anchors on N processes: every process calls the builders, which split the work and own all the
+# barriers (none is wrapped in `main_process_first`, whose barriers would pair with theirs on the other ranks);
+# every process reads the results only once the builder has returned, i.e. after its final barrier.
+
+
+def _caption_anchors(data_args, training_args, train):
+    """The captions table (keyed by row id, see `anchorclip caption`) and its provenance."""
     if data_args.caption_anchors is not None:
-        captioned = load_dataset_any(data_args.caption_anchors, split=data_args.dataset_split)
-        if data_args.max_train_samples is not None:
-            captioned = captioned.select(range(min(len(captioned), len(train))))
-        caption_column = find_column(captioned, training_args.caption_column, ("caption", "text"), "caption")
-        if len(captioned) != len(train):
-            raise ValueError(
-                f"--caption_anchors has {len(captioned)} rows but the finetune set has {len(train)}: captions are "
-                "matched to finetune images by row order, so they must come from the same dataset."
-            )
-        if caption_column in train.column_names:
-            train = train.remove_columns(caption_column)
-        train = train.add_column(caption_column, captioned[caption_column])
-        return train, {"source": data_args.caption_anchors}
+        captions = load_dataset_any(data_args.caption_anchors, split=data_args.dataset_split)
+        return captions, {"source": data_args.caption_anchors}
     if data_args.captioner is None:
         raise ValueError("ARF with lambda_caption > 0 needs --caption_anchors or --captioner (or lambda_caption 0).")
     from anchorclip.captioning import caption_dataset
 
     output = os.path.join(training_args.output_dir, "anchors", "captions")
-    with state.main_process_first():  # captions are built once, then read from the cache by every process
-        captioned = caption_dataset(
-            train,
-            data_args.captioner,
-            output,
-            batch_size=data_args.caption_batch_size,
-            num_workers=training_args.dataloader_num_workers,
-            progress=state.is_local_main_process,
-        )
+    captions = caption_dataset(  # resumes from (and checks) the chunks an earlier run left under `output`
+        train,
+        data_args.captioner,
+        output,
+        batch_size=data_args.caption_batch_size,
+        num_workers=training_args.dataloader_num_workers,
+        progress=training_args.local_process_index == 0,
+    )
     with open(os.path.join(output, "anchorclip_provenance.json")) as handle:
-        return captioned, json.load(handle)
+        return captions, json.load(handle)
 
 
 def _pair_anchors(class_names, model_args, data_args, training_args, state):
@@ -306,25 +312,27 @@ def _pair_anchors(class_names, model_args, data_args, training_args, state):
         pool = load_miniworld_split("pool", size=_miniworld_size("pool", data_args))
         pool_id = f"miniworld-pool-{len(pool)}"
     output = os.path.join(training_args.output_dir, "anchors", "pairs")
-    with state.main_process_first():
-        if os.path.isfile(os.path.join(output, "anchorclip_provenance.json")):
-            _check_cached_pairs(output, model_args, data_args, pool_id)
-            anchors = datasets.load_from_disk(output)  # built by an earlier (or interrupted) run
-        else:
-            anchors = retrieve_anchors(
-                pool,
-                class_names,
-                model_args.model_name_or_path,
-                output,
-                rule=data_args.retrieval_rule,
-                k_per_class=data_args.retrieval_k_per_class,
-                templates=data_args.retrieval_templates,
-                query_mode=data_args.retrieval_query_mode,
-                dedup_threshold=data_args.retrieval_dedup_threshold,
-                oversample=3.0,
-                pool_id=pool_id,
-            )
-    with open(os.path.join(output, "anchorclip_provenance.json")) as handle:
+    provenance_file = os.path.join(output, "anchorclip_provenance.json")
+    cached = os.path.isfile(provenance_file)
+    state.wait_for_everyone()  # every process has looked before the builder below can write that file
+    if cached:
+        _check_cached_pairs(output, model_args, data_args, pool_id)
+        anchors = datasets.load_from_disk(output)  # built by an earlier (or interrupted) run
+    else:
+        anchors = retrieve_anchors(
+            pool,
+            class_names,
+            model_args.model_name_or_path,
+            output,
+            rule=data_args.retrieval_rule,
+            k_per_class=data_args.retrieval_k_per_class,
+            templates=data_args.retrieval_templates,
+            query_mode=data_args.retrieval_query_mode,
+            dedup_threshold=data_args.retrieval_dedup_threshold,
+            oversample=3.0,
+            pool_id=pool_id,
+        )
+    with open(provenance_file) as handle:
         return anchors, json.load(handle)
 
 
@@ -383,9 +391,18 @@ def _wise_sweep(trainer, model_args, alphas) -> dict:
     """Evaluate θ(α) = (1-α)·θ_zero-shot + α·θ_finetuned for each α, restoring the finetuned weights after."""
     zero_shot = AnchorCLIPModel.from_pretrained(model_args.model_name_or_path)
     finetuned = trainer.model
+    zero_shot_head = None
+    if zero_shot.finetune_head is None and trainer.args.method in ("ft", "lp_ft"):
+        # FT's linear head started as the zero-shot head times the logit scale (the trainer's
+        # `_prepare_linear_head`): that start is what α=0 must give back.
+        with torch.no_grad():
+            head = zero_shot.build_zero_shot_head(
+                trainer.class_names, trainer.args.eval_templates, trainer.processing_class.tokenizer
+            )
+            zero_shot_head = head * zero_shot.logit_scale.exp()
     sweep = {}
     for alpha in alphas:
-        trainer.model = wise_ft(zero_shot, finetuned, alpha).to(finetuned.device)
+        trainer.model = wise_ft(zero_shot, finetuned, alpha, zero_shot_head=zero_shot_head).to(finetuned.device)
         sweep[str(alpha)] = summarize(trainer.evaluate(metric_key_prefix="wise"), "wise")
     trainer.model = finetuned
     return sweep

@@ -18,7 +18,7 @@ from PIL import Image
 
 from anchorclip import captioning
 from anchorclip.captioning import Captioner, caption_dataset, chunks_for_process, plan_chunks
-from anchorclip.data import ColumnError
+from anchorclip.data import ColumnError, join_captions
 
 CAPTION_WORDS = ["a", "photo", "of", "the", "cat", "dog", "on", "red", "blue", "green", "small", "big", "with", "in"]
 WORDS = ["[PAD]", "[BOS]", "[EOS]", "[UNK]", *CAPTION_WORDS]
@@ -68,8 +68,11 @@ def _png(seed: int) -> bytes:
 
 def _make_dataset(path: Path, num_rows: int = 10, corrupt_rows: tuple[int, ...] = ()) -> str:
     images = [{"bytes": b"not an image" if i in corrupt_rows else _png(i), "path": None} for i in range(num_rows)]
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
-    dataset = datasets.Dataset.from_dict({"image": images, "label": list(range(num_rows))}, features=features)
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.Value("int64"), "name": datasets.Value("string")}
+    )
+    columns = {"image": images, "label": list(range(num_rows)), "name": [f"img-{i:03d}" for i in range(num_rows)]}
+    dataset = datasets.Dataset.from_dict(columns, features=features)
     dataset.save_to_disk(str(path))
     return str(path)
 
@@ -92,8 +95,9 @@ def reference(captioner, dataset_dir, tmp_path_factory) -> datasets.Dataset:
 
 def test_one_caption_per_row_in_input_order(captioner, dataset_dir, reference):
     source = datasets.load_from_disk(dataset_dir)
-    assert len(reference) == len(source)
-    assert reference["label"] == source["label"]
+    # A captions-only table keyed by row: no copy of the images.
+    assert reference.column_names == ["row_index", "caption"]
+    assert reference["row_index"] == list(range(len(source)))
     assert all(isinstance(text, str) for text in reference["caption"])
     # Each caption is the one the model gives that image alone: no row got its neighbour's caption.
     for row in (0, 5, 9):
@@ -149,28 +153,47 @@ def test_undecodable_images_are_skipped_and_listed(captioner, tmp_path):
     data = _make_dataset(tmp_path / "ds", num_rows=6, corrupt_rows=(1, 4))
     out = tmp_path / "out"
     result = caption_dataset(data, captioner, out, batch_size=4, shard_size=4, num_workers=0, progress=False)
-    assert result["label"] == [0, 2, 3, 5]  # dropped, order kept
+    assert result["row_index"] == list(range(6))  # every row keeps its entry; a skipped one has no caption
+    assert [text is None for text in result["caption"]] == [False, True, False, False, True, False]
     skipped = json.loads((out / "skipped_rows.json").read_text())
-    assert skipped["rows"] == [1, 4] and skipped["count"] == 2 and skipped["policy"] == "dropped"
+    assert skipped == {"count": 2, "rows": [1, 4], "ids": [1, 4]}
     provenance = json.loads((out / "anchorclip_provenance.json").read_text())
     assert provenance["counts"] == {
         "input_rows": 6, "captioned": 4, "skipped": 2, "empty_captions": provenance["counts"]["empty_captions"],
-        "output_rows": 4,
     }  # fmt: skip
     assert provenance["generation"]["max_new_tokens"] == 6 and provenance["dataset"] == data
+    assert provenance["id_column"] == "row_index"
 
-    kept = caption_dataset(
-        data,
-        captioner,
-        tmp_path / "kept",
-        batch_size=4,
-        shard_size=4,
-        num_workers=0,
-        progress=False,
-        keep_skipped=True,
+    # Joined to the finetune rows by id: the skipped rows stay out, and each image keeps its own caption.
+    finetune, captions = join_captions(datasets.load_from_disk(data), result)
+    assert finetune["label"] == [0, 2, 3, 5]
+    assert captions["caption"] == [result["caption"][row] for row in (0, 2, 3, 5)]
+
+
+def test_captions_keyed_by_an_id_column_join_in_any_row_order(captioner, tmp_path):
+    data = _make_dataset(tmp_path / "ds", num_rows=6, corrupt_rows=(2,))
+    table = caption_dataset(
+        data, captioner, tmp_path / "out", id_column="name", batch_size=4, shard_size=4, num_workers=0, progress=False
     )
-    assert kept["label"] == list(range(6)) and kept["caption"][1] == "" and kept["caption"][4] == ""
-    assert [kept["caption"][i] for i in (0, 2, 3, 5)] == result["caption"]
+    assert table.column_names == ["name", "caption"] and table["name"][2] == "img-002"
+    # The finetune set in another order (as after a re-download or a shuffle): the join follows the ids.
+    finetune = datasets.load_from_disk(data).select([5, 4, 3, 2, 1, 0])
+    joined, captions = join_captions(finetune, table)
+    assert joined["label"] == [5, 4, 3, 1, 0]
+    for image, caption in zip(joined["image"], captions["caption"], strict=True):
+        assert caption == captioner([image.convert("RGB")])[0]
+
+    # Ids the table does not know: a clear error, not captions shifted onto other images.
+    other = datasets.load_from_disk(data).map(lambda row: {"name": row["name"] + "-x"})
+    with pytest.raises(ValueError, match="6 of the 6 finetune rows have no entry in the captions table"):
+        join_captions(other, table)
+    with pytest.raises(ValueError, match="keyed by 'name', which is not a column of the finetune set"):
+        join_captions(datasets.load_from_disk(data).remove_columns("name"), table)
+    with pytest.raises(ValueError, match="two columns, an id and a caption"):
+        join_captions(finetune, datasets.load_from_disk(data).add_column("caption", ["x"] * 6))
+    repeated = datasets.load_from_disk(data).map(lambda row: {"name": "same"})
+    with pytest.raises(ValueError, match="unique, non-null"):
+        caption_dataset(repeated, captioner, tmp_path / "dup", id_column="name", num_workers=0, progress=False)
 
 
 def test_bad_inputs_give_clear_errors(captioner, tmp_path):
@@ -204,6 +227,7 @@ def test_cli_end_to_end(captioner_dir, dataset_dir, reference, tmp_path):
     assert datasets.load_from_disk(str(out))["caption"] == reference["caption"]
     provenance = json.loads((out / "anchorclip_provenance.json").read_text())
     assert provenance["captioner"] == captioner_dir and provenance["num_processes"] == 1
+    assert sum(f.stat().st_size for f in out.glob("*.arrow")) < 5_000  # the captions alone, not the images
 
 
 def test_prompt_starts_the_decoder_and_is_stripped(captioner_dir, dataset_dir):
@@ -248,7 +272,8 @@ def test_processor_model_with_echoed_prompt(tmp_path, dataset_dir):
     result = caption_dataset(dataset_dir, captioner, tmp_path / "out", max_rows=3, num_workers=0, progress=False)
     assert len(result) == 3
     # BLIP returns "[DEC] a photo of ..." (not a plain echo of its input ids): the prompt is stripped as text.
-    raw = captioner.model.generate(**captioner.preprocessor([result[0]["image"].convert("RGB")]), max_new_tokens=4)
+    image = datasets.load_from_disk(dataset_dir)[0]["image"].convert("RGB")
+    raw = captioner.model.generate(**captioner.preprocessor([image]), max_new_tokens=4)
     echoed = " ".join(captioner.preprocessor.tokenizer.decode(raw[0], skip_special_tokens=True).split())
     assert echoed.startswith("a photo of") and result["caption"][0] == echoed[len("a photo of") :].strip()
 

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import datasets
 import pytest
 from conftest import make_classification_dataset, make_model, make_pair_dataset, make_processor
 
@@ -16,7 +17,9 @@ def world(tmp_path_factory):
     model.save_pretrained(root / "clip")
     make_processor().save_pretrained(root / "clip")
     make_classification_dataset(32, with_captions=False).save_to_disk(str(root / "train"))
-    make_classification_dataset(32, with_captions=True).save_to_disk(str(root / "captioned"))
+    captions = make_classification_dataset(32, with_captions=True)["caption"]  # a captions table, keyed by row
+    table = datasets.Dataset.from_dict({"row_index": list(range(32)), "caption": captions})
+    table.save_to_disk(str(root / "captioned"))
     make_pair_dataset(40).save_to_disk(str(root / "pairs"))
     make_classification_dataset(12, seed=9).save_to_disk(str(root / "test"))
     return root
@@ -27,7 +30,7 @@ def _args(world, out, method="arf"):
         "--model_name_or_path", str(world / "clip"), "--dataset_name", str(world / "train"),
         "--caption_anchors", str(world / "captioned"), "--pair_anchors", str(world / "pairs"),
         "--eval_datasets", f"photo@id={world / 'test'}", f"sketch@domain_shift={world / 'test'}",
-        "--method", method, "--output_dir", str(out), "--max_steps", "3", "--per_device_train_batch_size", "8",
+        "--method", method, "--output-dir", str(out), "--max_steps", "3", "--per_device_train_batch_size", "8",
         "--logging_steps", "1", "--report_to", "none", "--use_cpu", "--eval_templates", "simple",
         "--wise_alphas", "0.5", "--save_strategy", "no",
     ]  # fmt: skip
@@ -51,16 +54,60 @@ def test_run_anchor_ft_end_to_end(world, tmp_path, capsys):
     assert any("loss_caption" in entry and "loss_pairs" in entry for entry in logged)
 
 
-def test_caption_anchors_must_match_finetune_rows(world, tmp_path):
+def _example():
     sys.path.insert(0, os.path.dirname(EXAMPLE))
-    import run_anchor_ft
+    try:
+        import run_anchor_ft
+    finally:
+        sys.path.pop(0)
+    return run_anchor_ft
 
-    sys.path.pop(0)
-    make_classification_dataset(10).save_to_disk(str(tmp_path / "short"))
+
+def test_caption_anchors_must_cover_the_finetune_rows(world, tmp_path):
+    run_anchor_ft = _example()
+    datasets.Dataset.from_dict({"row_index": list(range(10)), "caption": ["a red circle"] * 10}).save_to_disk(
+        str(tmp_path / "short")
+    )
     args = _args(world, tmp_path / "out")
     args[args.index("--caption_anchors") + 1] = str(tmp_path / "short")
-    with pytest.raises(ValueError, match="--caption_anchors has 10 rows but the finetune set has 32"):
+    with pytest.raises(ValueError, match="22 of the 32 finetune rows have no entry in the captions table"):
         run_anchor_ft.main(args)
+
+
+def test_defaults_are_parser_defaults_and_every_spelling_wins():
+    parse_args = _example().parse_args
+    _, data_args, training_args = parse_args([])  # the default world's preset
+    assert data_args.captioner is not None and data_args.pair_pool == "miniworld:pool"
+    assert (training_args.max_steps, training_args.per_device_train_batch_size) == (200, 128)
+    assert training_args.output_dir == "outputs/run_anchor_ft"
+    for argv in (["--output-dir", "x", "--max-steps", "50"], ["--output_dir=x", "--max_steps=50"]):
+        _, _, training_args = parse_args(argv)
+        assert (training_args.output_dir, training_args.max_steps) == ("x", 50), argv
+        assert training_args.per_device_train_batch_size == 128  # the rest of the preset still applies
+    _, data_args, training_args = parse_args(["--dataset_name", "my/data", "--caption-anchors", "c"])
+    assert training_args.max_steps == -1 and data_args.pair_pool is None  # no preset outside the default world
+    _, data_args, _ = parse_args(["--caption-anchors", "c"])
+    assert data_args.captioner is None and data_args.caption_anchors == "c"  # given anchors: no captioner
+
+
+def test_wise_ft_for_the_linear_head_baseline(world, tmp_path):
+    """FT's head is interpolated from the zero-shot head it started at: alpha 0 gives the zero-shot scores back."""
+    args = _args(world, tmp_path / "out", method="ft")
+    args[args.index("--wise_alphas") + 1 : args.index("--wise_alphas") + 2] = ["0", "0.5"]
+    results = _example().main(args)
+    assert results["wise"]["0.0"] == results["zeroshot"]
+    assert set(results["wise"]["0.5"]["sets"]) == {"photo", "sketch"}
+
+
+def test_bf16_with_anchors_built_in_process(world, tmp_path):
+    """Building anchors must not fix the accelerator state before the Trainer sets --bf16 (no accelerate config)."""
+    args = _args(world, tmp_path / "out")
+    at = args.index("--pair_anchors")
+    args[at : at + 2] = ["--pair_pool", str(world / "pairs"), "--retrieval_k_per_class", "3"]
+    args[args.index("--max_steps") + 1] = "1"
+    results = _example().main([*args, "--bf16"])
+    assert results["args"]["training"]["bf16"] and results["train"]["train_loss"] > 0
+    assert results["provenance"]["pair_anchors"]["counts"]["anchors"] > 0
 
 
 def test_stale_pair_anchors_are_refused(world, tmp_path):
