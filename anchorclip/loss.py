@@ -1,9 +1,16 @@
 """CLIP's symmetric contrastive loss, gathered across processes with gradients (open_clip's local-loss form).
 
 Each process scores its local rows against the features of *all* processes, so the global batch size
-sets the number of negatives however small the per-GPU batch is. `torch.distributed.nn.all_gather`
-carries gradients back to the process that produced each feature; with DDP averaging gradients, the
-update equals that of one process holding the concatenated batch.
+sets the number of negatives however small the per-GPU batch is. The gather is torch's functional
+collective `all_gather_single`, whose backward sums each feature's gradient from every process and
+hands it to the process that produced the feature; with DDP averaging gradients, the update equals that
+of one process holding the concatenated batch. (`torch.distributed.nn.functional.all_gather`, open_clip's
+choice, computes the same but is deprecated since torch 2.13: a FutureWarning every step.)
+
+Duplicates. Rows may carry integer ids (`labels`): class ids for class prompts, a hash of the token ids
+for captions (`batching.text_key`). With `duplicates="mask"`, another row with the same id is removed
+from both softmaxes: it is not a negative, since its text is the same. Without duplicates the loss is
+bit-identical to the plain CLIP loss.
 
 Logits are computed in fp32 whatever the autocast dtype: the softmax over thousands of negatives with
 a scale of 100 is where fp16/bf16 rounding hurts.
@@ -33,9 +40,12 @@ def gather_features(features: torch.Tensor) -> torch.Tensor:
     world_size, _ = _world()
     if world_size == 1:
         return features
-    from torch.distributed.nn.functional import all_gather
+    try:
+        from torch.distributed._functional_collectives import all_gather_single
+    except ImportError:  # torch < 2.13 names the same autograd-aware gather differently
+        from torch.distributed._functional_collectives import all_gather_tensor_autograd as all_gather_single
 
-    return torch.cat(all_gather(features.contiguous()), dim=0)
+    return all_gather_single(features.contiguous(), 0, dist.group.WORLD)
 
 
 def _gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
@@ -51,10 +61,10 @@ class ContrastiveLoss(nn.Module):
     """Symmetric image<->text cross-entropy over the (gathered) batch.
 
     Args:
-        duplicates: how pairs that share a class id (`labels`) are treated.
+        duplicates: how rows that share an id (`labels`: a class id, or a caption's `text_key`) are treated.
             `"negatives"` (default): as in FLYP and CLIP, another image of the same class is a negative.
-            `"mask"`: same-class off-diagonal pairs are removed from the softmax, so the model is not
-            pushed to separate an image from the prompt of its own class.
+            `"mask"`: off-diagonal pairs with equal ids are removed from the softmax, so the model is not
+            pushed to separate an image from a text equal to its own.
             Without `labels` every pair is distinct and both modes agree.
         logit_scale_max: clamp of the log temperature (CLIP: ln 100).
     """

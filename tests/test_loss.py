@@ -1,6 +1,8 @@
 import math
 import os
 import socket
+import traceback
+import warnings
 
 import pytest
 import torch
@@ -41,6 +43,17 @@ def test_loss_matches_direct_computation(mode):
     expected = _direct_loss(images.float(), texts.float(), logit_scale, labels, mask=mode == "mask")
     assert loss.dtype == torch.float32
     assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_mask_without_duplicates_is_bit_identical_to_plain_loss():
+    images, texts = _features()
+    images.requires_grad_()
+    keys = torch.tensor([2**62 + i * 2**40 for i in range(8)])  # all distinct, as caption keys are
+    masked = ContrastiveLoss(duplicates="mask")(images, texts, torch.tensor(2.0), keys)
+    (masked_grad,) = torch.autograd.grad(masked, images)
+    plain = ContrastiveLoss()(images, texts, torch.tensor(2.0))
+    (plain_grad,) = torch.autograd.grad(plain, images)
+    assert torch.equal(masked, plain) and torch.equal(masked_grad, plain_grad)
 
 
 def test_logit_scale_is_clamped_at_ln100():
@@ -101,45 +114,66 @@ def _inputs():
     )
 
 
-def _worker(rank, world_size, port, mode, queue):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+# (mode, labels) cases; "keys" are 63-bit caption keys (`batching.text_key`) where rows 1, 2 and 7 share a
+# text across the two ranks. All cases run in one pair of processes (each start imports the package: slow).
+KEYS = torch.tensor([2**62 + 5, 7 * 2**58, 7 * 2**58, -(2**61), 11, 2**62 - 1, 3, 7 * 2**58])
+CASES = {"negatives": ("negatives", None), "mask": ("mask", None), "mask-keys": ("mask", KEYS)}
+
+
+def _loss_and_grads(name, shard=slice(None)):
+    mode, labels = CASES[name]
     model = _Towers()
-    image_inputs, text_inputs, labels = _inputs()
-    shard = slice(rank * 4, (rank + 1) * 4)
+    image_inputs, text_inputs, class_ids = _inputs()
+    labels = class_ids if labels is None else labels
     loss = model.loss(image_inputs[shard], text_inputs[shard], labels[shard], mode)
     loss.backward()
-    grads = [p.grad.clone() for p in model.parameters()]
-    for grad in grads:  # what DDP does: average gradients over processes
-        dist.all_reduce(grad)
-        grad /= world_size
-    losses = [torch.zeros(1) for _ in range(world_size)]
-    dist.all_gather(losses, loss.detach().view(1))
-    if rank == 0:
-        queue.put((torch.cat(losses).mean().item(), [g.numpy() for g in grads]))
-    dist.barrier()
-    dist.destroy_process_group()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("mode", ["negatives", "mask"])
-def test_two_processes_match_one_process_on_concatenated_batch(mode):
-    model = _Towers()
-    image_inputs, text_inputs, labels = _inputs()
-    loss = model.loss(image_inputs, text_inputs, labels, mode)
-    loss.backward()
-    expected_grads = [p.grad.clone() for p in model.parameters()]
+def _worker(rank, world_size, port, queue):
+    try:
+        # The gather must not use an API that torch deprecates (a FutureWarning every training step).
+        warnings.simplefilter("error", FutureWarning)
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group("gloo", rank=rank, world_size=world_size)
+        results = {}
+        for name in CASES:
+            loss, grads = _loss_and_grads(name, slice(rank * 4, (rank + 1) * 4))
+            for grad in grads:  # what DDP does: average gradients over processes
+                dist.all_reduce(grad)
+                grad /= world_size
+            losses = [torch.zeros(1) for _ in range(world_size)]
+            dist.all_gather(losses, loss.view(1))
+            results[name] = (torch.cat(losses).mean().item(), [g.numpy() for g in grads])
+        if rank == 0:
+            queue.put(results)
+        dist.barrier()
+        dist.destroy_process_group()
+    except BaseException:
+        queue.put(traceback.format_exc())  # fail the test with the worker's error instead of a timeout
+        raise
 
+
+@pytest.fixture(scope="module")
+def two_process_results():
     context = mp.get_context("spawn")
     queue = context.Queue()
     port = _free_port()
-    processes = [context.Process(target=_worker, args=(rank, 2, port, mode, queue)) for rank in range(2)]
+    processes = [context.Process(target=_worker, args=(rank, 2, port, queue)) for rank in range(2)]
     for process in processes:
         process.start()
-    distributed_loss, distributed_grads = queue.get(timeout=120)
+    result = queue.get(timeout=180)
     for process in processes:
         process.join(timeout=60)
-        assert process.exitcode == 0
+    assert not isinstance(result, str), result
+    assert [process.exitcode for process in processes] == [0, 0]
+    return result
 
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_two_processes_match_one_process_on_concatenated_batch(name, two_process_results):
+    loss, expected_grads = _loss_and_grads(name)
+    distributed_loss, distributed_grads = two_process_results[name]
     assert distributed_loss == pytest.approx(loss.item(), abs=1e-5)
     for got, expected in zip(distributed_grads, expected_grads):
         torch.testing.assert_close(torch.from_numpy(got), expected, atol=1e-5, rtol=1e-5)
