@@ -57,7 +57,7 @@ class DataArguments:
         default=None, metadata={"help": "Comma-separated class names if the label column is not a ClassLabel."}
     )
     caption_anchors: str | None = field(
-        default=None, metadata={"help": "The finetune images with a caption column (output of `anchorclip caption`)."}
+        default=None, metadata={"help": "Captions keyed by finetune row id (output of `anchorclip caption`)."}
     )
     captioner: str | None = field(
         default=None, metadata={"help": "Build caption anchors with this HF captioning model if none are given."}

@@ -26,6 +26,11 @@ WORDS = ["[PAD]", "[BOS]", "[EOS]", "[UNK]", *CAPTION_WORDS]
 
 @pytest.fixture(scope="session")
 def captioner_dir(tmp_path_factory) -> str:
+    return save_tiny_captioner(tmp_path_factory.mktemp("captioner"))
+
+
+def save_tiny_captioner(path: Path) -> str:
+    """A random ViT + GPT-2 `VisionEncoderDecoderModel` with a word-level tokenizer, saved at `path`."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import (
         GPT2Config,
@@ -36,7 +41,6 @@ def captioner_dir(tmp_path_factory) -> str:
         ViTImageProcessor,
     )
 
-    path = tmp_path_factory.mktemp("captioner")
     backend = Tokenizer(models.WordLevel({word: i for i, word in enumerate(WORDS)}, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(
