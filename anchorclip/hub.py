@@ -13,13 +13,19 @@ below. It builds one clean folder, by default `<output_dir>/hub_upload/`, holdin
   zero-shot start, hyper-parameters, anchor provenance, training time and hardware, and usage snippets.
 
 and uploads that folder with `HfApi.upload_folder`. Only the final model is pushed: the Trainer's
-mid-training pushes (`hub_strategy`) are skipped, since `output_dir` also holds anchor caches and checkpoints.
+mid-training pushes are not made, since `output_dir` also holds anchor caches and checkpoints; a
+`hub_strategy` other than "end" warns once that it does nothing here.
 
-Offline. The Hub counts as unreachable when `HF_HUB_OFFLINE=1` (or `TRANSFORMERS_OFFLINE=1`) is set, or
-when creating the repo fails with a connection error (DNS, refused, timeout). Nothing is uploaded then; the
-folder is still written and a log line says where, with the `hf upload` command that finishes the job.
-`push_to_hub` then returns the folder path instead of a `CommitInfo`. Errors that are not about the
-connection (no token, no permission) are raised as usual.
+Offline only when declared: `HF_HUB_OFFLINE=1` (or `TRANSFORMERS_OFFLINE=1`). Then nothing is uploaded, the
+folder is still written, a log line says where with the `hf upload` command that finishes the job, and
+`push_to_hub` returns the folder path instead of a `CommitInfo`. Without that flag, a failure to create the
+repository (no network, no token, no permission) raises when the trainer is built, before any training, and
+a failed upload raises after the folder is written: a run that was asked to push never ends "successfully"
+without pushing.
+
+`write_model_card` writes the same card to `output_dir` on every run (LoRA runs: describing the adapters, in
+place of peft's template). Local paths never reach a card or the upload folder: a local base model is named
+by the Hub id its config records, else by its folder's name (`public_name`).
 """
 
 from __future__ import annotations
@@ -32,9 +38,8 @@ import shutil
 
 import torch
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
-from huggingface_hub.errors import OfflineModeIsEnabled
 from huggingface_hub.repocard_data import model_index_to_eval_results
-from huggingface_hub.utils import httpx
+from transformers.trainer_utils import HubStrategy
 
 from .evaluation import GROUPS
 from .reporting import summarize
@@ -43,7 +48,6 @@ logger = logging.getLogger(__name__)
 
 UPLOAD_DIR = "hub_upload"
 TASK = "zero-shot-image-classification"
-CONNECTION_ERRORS = (OfflineModeIsEnabled, httpx.NetworkError, httpx.TimeoutException, ConnectionError)
 GROUP_TITLES = {"id": "ID", "domain_shift": "domain shift", "zero_shot": "zero-shot"}
 METHOD_TITLES = {
     "arf": "ARF (Anchor-based Robust Finetuning)",
@@ -75,10 +79,20 @@ def hub_offline() -> bool:
 
 
 def init_hf_repo(trainer, token: str | None = None, private: bool | None = None) -> None:
-    """`Trainer.init_hf_repo`, but a missing connection marks the trainer offline instead of failing."""
+    """`Trainer.init_hf_repo` (called when the trainer is built): create the repository, or raise at once.
+
+    Only a declared offline mode (`hub_offline()`) skips it; any other failure raises here, before training,
+    rather than after hours of training. Warns when `hub_strategy` asks for pushes that are not made.
+    """
     if not trainer.is_world_process_zero():
         return
     args = trainer.args
+    if args.push_to_hub and args.hub_strategy != HubStrategy.END:
+        logger.warning(
+            "--hub_strategy %s does nothing in anchorclip: the model is pushed once, at the end of the run (as "
+            "with --hub_strategy end), as one clean folder; checkpoints stay local.",
+            args.hub_strategy.value if isinstance(args.hub_strategy, HubStrategy) else args.hub_strategy,
+        )
     repo_name = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
     trainer.hub_model_id, trainer.push_in_progress = repo_name, None
     if hub_offline():
@@ -91,9 +105,12 @@ def init_hf_repo(trainer, token: str | None = None, private: bool | None = None)
             private=private if private is not None else args.hub_private_repo,
             exist_ok=True,
         )
-    except CONNECTION_ERRORS as error:
-        trainer._hub_offline = f"cannot reach the Hub ({type(error).__name__}: {error})"
-        return
+    except Exception as error:
+        raise RuntimeError(
+            f"--push_to_hub: cannot create the Hub repository {repo_name!r} ({type(error).__name__}: {error}). "
+            "Check the network and your token (`hf auth login`), or set HF_HUB_OFFLINE=1 to train and only "
+            "write the upload folder."
+        ) from error
     trainer.hub_model_id = repo_url.repo_id
     trainer._hub_offline = None
 
@@ -104,6 +121,49 @@ def init_hf_repo(trainer, token: str | None = None, private: bool | None = None)
 def is_hub_id(name) -> bool:
     """A `namespace/name` string that is not a local path (only such ids belong in `base_model`/`datasets`)."""
     return isinstance(name, str) and bool(_REPO_ID.match(name)) and not os.path.exists(name)
+
+
+def public_name(name):
+    """How a card names a model or dataset: a Hub id as is; a local folder by the Hub id that its config.json
+    records (`_name_or_path`) or that its Hub-cache path holds (`models--org--name/snapshots/<rev>`), else by
+    the folder's base name -- never by the training machine's path."""
+    if not isinstance(name, (str, os.PathLike)) or not os.fspath(name):
+        return name
+    name = os.fspath(name)
+    if not (os.path.isabs(name) or os.path.exists(name)):
+        return name  # a Hub id, or a spec such as "miniworld:finetune"
+    path = os.path.normpath(name)
+    parts = path.split(os.sep)
+    for part, child in zip(parts, parts[1:]):
+        if part.startswith(("models--", "datasets--")) and child == "snapshots":
+            return part.split("--", 1)[1].replace("--", "/")
+    recorded = None
+    config = os.path.join(path, "config.json")
+    if os.path.isfile(config):
+        try:
+            with open(config) as handle:
+                recorded = json.load(handle).get("_name_or_path")
+        except (OSError, ValueError):
+            pass
+    return recorded if is_hub_id(recorded) else os.path.basename(path)
+
+
+def _public(value):
+    """`value` (results, arguments) with every absolute path, alone or after "=" (`NAME@GROUP=PATH`), replaced
+    by its `public_name`."""
+    if isinstance(value, dict):
+        return {key: _public(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_public(item) for item in value]
+    if isinstance(value, str):
+        head, equals, path = value.rpartition("=")
+        if os.path.isabs(path):
+            return head + equals + public_name(path)
+    return value
+
+
+def _adapters(lora: dict | None) -> bool:
+    return bool(lora) and lora.get("merged") is False
 
 
 def eval_results(summary: dict, set_groups: dict[str, str]) -> list[EvalResult]:
@@ -144,7 +204,11 @@ def build_model_card(
 
     `results` is the dict `examples/run_anchor_ft.py` writes to results.json ("finetuned", "zeroshot",
     "provenance", "train_seconds", "hardware", ...); `training_args` is `TrainingArguments.to_dict()`.
+    `lora` (r, alpha, dropout, target_modules) describes merged adapters, or with `"merged": False` a folder
+    of adapters. Local paths anywhere in the inputs appear by name only (`public_name`).
     """
+    results, training_args = _public(results), _public(training_args)
+    base_model, finetune_dataset = public_name(base_model), public_name(finetune_dataset)
     method = results.get("method") or training_args.get("method", "arf")
     set_groups = dict(results.get("eval_groups") or {}, **(set_groups or {}))
     model_name = repo_id.split("/")[-1]
@@ -155,7 +219,7 @@ def build_model_card(
         card_tags.append("lora")
     finetuned = results.get("finetuned") or {}
     data = ModelCardData(
-        library_name="transformers",
+        library_name="peft" if _adapters(lora) else "transformers",  # the Hub loads adapter repos with peft
         pipeline_tag=TASK,
         license=license or _default_license(base_model),
         base_model=base_model if is_hub_id(base_model) else None,
@@ -266,7 +330,7 @@ def _hyperparameter_table(training_args: dict, method: str, results: dict, lora:
     if lora:
         rows.append(
             (
-                "LoRA (merged into this checkpoint)",
+                "LoRA (adapters in this folder)" if _adapters(lora) else "LoRA (merged into this checkpoint)",
                 f"r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')}, "
                 f"modules={', '.join(lora.get('target_modules') or [])} (both towers); logit scale and "
                 "projections frozen",
@@ -330,14 +394,12 @@ def _card_body(results, training_args, repo_id, method, base_model, dataset, cla
 
 {base_text} finetuned on {dataset_text} with **{METHOD_TITLES.get(method, method)}**
 ([Han et al., CVPR 2024](https://arxiv.org/abs/2404.06244)), trained with
-anchorclip{" using LoRA adapters, merged into the weights" if lora else ""}.
+anchorclip{_lora_phrase(lora)}.
 ARF finetunes both CLIP towers with the class-prompt contrastive loss plus two anchor losses (captions of the
 finetune images, and image-text pairs retrieved from a pretraining-like pool) to keep CLIP's robustness to
 domain shift and its zero-shot ability on unseen classes.
 
-This repository holds a standard CLIP checkpoint: it loads with plain `transformers` (`CLIPModel`, the
-`zero-shot-image-classification` pipeline), no anchorclip needed. Its `config.json` also records the
-{len(class_names or [])} finetune class names and the prompt templates, used by `AnchorCLIPModel.classify`.
+{_contents_text(class_names, lora)}
 
 ## Evaluation
 
@@ -349,7 +411,71 @@ zero-shot (classes unseen in finetuning).
 
 ## Usage
 
-With plain `transformers`:
+{_usage_text(repo_id, class_names, labels, lora)}
+
+## Training
+
+- Base model: {base_text}
+- Finetune dataset: {dataset_text}
+- Loss: {_loss_text(method, training_args)}
+- Prompt templates saved in the config ({len(templates or [])}): {_templates_text(templates)}
+
+{_hyperparameter_table(training_args, method, results, lora)}
+
+### Anchors
+
+{_provenance_section(results.get("provenance") or {})}
+
+### Training time and hardware
+
+- Training time: {f"{seconds / 60:.1f} min ({seconds:.0f} s)" if seconds else "not recorded"}
+- Hardware: {hardware.get("num_processes", 1)} × {hardware.get("device", "unknown")}
+- Software: torch {hardware.get("torch", torch.__version__)}, transformers {hardware.get("transformers", "?")},
+  anchorclip {_anchorclip_version()}
+
+## Citation
+
+```bibtex
+{ARF_CITATION}
+```
+"""
+
+
+def _lora_phrase(lora: dict | None) -> str:
+    if not lora:
+        return ""
+    return " using LoRA adapters (this folder)" if _adapters(lora) else " using LoRA adapters, merged into the weights"
+
+
+def _contents_text(class_names, lora) -> str:
+    if _adapters(lora):
+        return (
+            "This folder holds LoRA adapters (`adapter_config.json`, `adapter_model.safetensors`) and, in\n"
+            "`anchorclip_lora.json`, the finetune class names and prompt templates. `anchorclip.lora.merge_lora`\n"
+            "folds the adapters into the base model: a standard CLIP checkpoint (what `--push_to_hub` uploads)."
+        )
+    return (
+        "This repository holds a standard CLIP checkpoint: it loads with plain `transformers` (`CLIPModel`, the\n"
+        "`zero-shot-image-classification` pipeline), no anchorclip needed. Its `config.json` also records the\n"
+        f"{len(class_names or [])} finetune class names and the prompt templates, used by `AnchorCLIPModel.classify`."
+    )
+
+
+def _usage_text(repo_id, class_names, labels, lora) -> str:
+    num_classes = len(class_names or []) or "num_classes"
+    if _adapters(lora):
+        return f"""With anchorclip (`pip install anchorclip`), from this folder:
+
+```python
+from PIL import Image
+from anchorclip.lora import merge_lora
+
+# base model + adapters folded in: an AnchorCLIPModel (base_model=... if the base is elsewhere now)
+model = merge_lora("path/to/{repo_id.split("/")[-1]}")
+logits = model.classify([Image.open("image.jpg")])   # (1, {num_classes})
+model.save_pretrained("merged")                       # a plain CLIP checkpoint
+```"""
+    return f"""With plain `transformers`:
 
 ```python
 from PIL import Image
@@ -379,36 +505,9 @@ from PIL import Image
 from anchorclip import AnchorCLIPModel
 
 model = AnchorCLIPModel.from_pretrained("{repo_id}")
-logits = model.classify([Image.open("image.jpg")])   # (1, {len(class_names or []) or "num_classes"})
+logits = model.classify([Image.open("image.jpg")])   # (1, {num_classes})
 predicted = [model.config.class_names[i] for i in logits.argmax(-1)]
-```
-
-## Training
-
-- Base model: {base_text}
-- Finetune dataset: {dataset_text}
-- Loss: {_loss_text(method, training_args)}
-- Prompt templates saved in the config ({len(templates or [])}): {_templates_text(templates)}
-
-{_hyperparameter_table(training_args, method, results, lora)}
-
-### Anchors
-
-{_provenance_section(results.get("provenance") or {})}
-
-### Training time and hardware
-
-- Training time: {f"{seconds / 60:.1f} min ({seconds:.0f} s)" if seconds else "not recorded"}
-- Hardware: {hardware.get("num_processes", 1)} × {hardware.get("device", "unknown")}
-- Software: torch {hardware.get("torch", torch.__version__)}, transformers {hardware.get("transformers", "?")},
-  anchorclip {_anchorclip_version()}
-
-## Citation
-
-```bibtex
-{ARF_CITATION}
-```
-"""
+```"""
 
 
 def _loss_text(method: str, a: dict) -> str:
@@ -447,6 +546,11 @@ def _trainer_results(trainer, results: dict | None) -> dict:
     if os.path.isfile(path):
         with open(path) as handle:
             return json.load(handle)
+    return logged_results(trainer)
+
+
+def logged_results(trainer) -> dict:
+    """What the trainer's logs hold of the run's results: the last `evaluate()`, training time, hardware."""
     found = {"method": trainer.args.method}
     for entry in reversed(trainer.state.log_history):
         if any(key.startswith("eval_") and key.endswith("_top1") for key in entry):
@@ -467,8 +571,11 @@ def _set_groups(trainer) -> dict[str, str]:
     return {name: getattr(eval_set, "group", "id") for name, eval_set in eval_dataset.items()}
 
 
-def trainer_model_card(trainer, results: dict | None = None, repo_id: str | None = None, **kwargs) -> ModelCard:
-    """`build_model_card` from a trainer's model, arguments and results."""
+def trainer_model_card(
+    trainer, results: dict | None = None, repo_id: str | None = None, adapters: bool = False, **kwargs
+) -> ModelCard:
+    """`build_model_card` from a trainer's model, arguments and results; `adapters`: the card of a folder that
+    holds a LoRA model's adapters (not the merged checkpoint)."""
     from .lora import is_lora_model, unwrap_base_model
 
     results = _trainer_results(trainer, results)
@@ -488,6 +595,7 @@ def trainer_model_card(trainer, results: dict | None = None, repo_id: str | None
             "alpha": config.lora_alpha,
             "dropout": config.lora_dropout,
             "target_modules": sorted(config.target_modules),
+            "merged": not adapters,
         }
     return build_model_card(
         results,
@@ -508,11 +616,15 @@ def _default_repo(trainer) -> str:
 
 
 def write_model_card(trainer, output_dir: str | None = None, results: dict | None = None, **kwargs) -> str:
-    """`Trainer.create_model_card` for anchorclip: write `README.md` to `output_dir` (default the trainer's)."""
+    """`Trainer.create_model_card` for anchorclip: write `README.md` to `output_dir` (default the trainer's),
+    where the trainer saved the model (for a LoRA model: its adapters, so the card describes those)."""
+    from .lora import is_lora_model
+
     kwargs = {k: v for k, v in kwargs.items() if k in ("license", "tags", "finetune_dataset") and v is not None}
     if isinstance(kwargs.get("tags"), str):
         kwargs["tags"] = [kwargs["tags"]]
-    card = trainer_model_card(trainer, results, **kwargs)
+    adapters = is_lora_model(trainer.accelerator.unwrap_model(trainer.model))
+    card = trainer_model_card(trainer, results, adapters=adapters, **kwargs)
     path = os.path.join(output_dir or trainer.args.output_dir, "README.md")
     card.save(path)
     return path
@@ -547,7 +659,7 @@ def prepare_upload_folder(trainer, folder: str | None = None, results: dict | No
     results = _trainer_results(trainer, results)
     if results.get("finetuned") or results.get("provenance"):
         with open(os.path.join(folder, "results.json"), "w") as handle:
-            json.dump(results, handle, indent=2, default=str)
+            json.dump(_public(results), handle, indent=2, default=str)  # public: no local paths
     trainer_model_card(trainer, results, **card_kwargs).save(os.path.join(folder, "README.md"))
     return folder
 
@@ -576,25 +688,28 @@ def push_to_hub(
     if not trainer.is_world_process_zero():
         return None
     reason = getattr(trainer, "_hub_offline", None) or ("HF_HUB_OFFLINE is set" if hub_offline() else None)
-    if reason is None:
-        try:
-            return HfApi().upload_folder(
-                repo_id=trainer.hub_model_id,
-                folder_path=folder,
-                commit_message=commit_message,
-                token=token,
-                revision=revision if revision is not None else trainer.args.hub_revision,
-                run_as_future=not blocking,
-            )
-        except CONNECTION_ERRORS as error:
-            reason = f"cannot reach the Hub ({type(error).__name__}: {error})"
-    logger.warning(
-        "Hub offline (%s): nothing was uploaded. The folder that would be uploaded to %s is %s -- "
-        "upload it later with: hf upload %s %s .",
-        reason,
-        trainer.hub_model_id,
-        folder,
-        trainer.hub_model_id,
-        folder,
-    )
-    return folder
+    upload_command = f"hf upload {trainer.hub_model_id} {folder} ."
+    if reason is not None:
+        logger.warning(
+            "Hub offline (%s): nothing was uploaded. The folder that would be uploaded to %s is %s -- "
+            "upload it later with: %s",
+            reason,
+            trainer.hub_model_id,
+            folder,
+            upload_command,
+        )
+        return folder
+    try:
+        return HfApi().upload_folder(
+            repo_id=trainer.hub_model_id,
+            folder_path=folder,
+            commit_message=commit_message,
+            token=token,
+            revision=revision if revision is not None else trainer.args.hub_revision,
+            run_as_future=not blocking,
+        )
+    except Exception as error:
+        raise RuntimeError(
+            f"Upload to the Hub repository {trainer.hub_model_id!r} failed ({type(error).__name__}: {error}). "
+            f"The folder is written: {folder} -- retry with: {upload_command}"
+        ) from error

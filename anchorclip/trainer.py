@@ -438,8 +438,14 @@ class AnchorCLIPTrainer(Trainer):
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         super()._save(output_dir, state_dict=state_dict)
-        if self.args.should_save and is_lora_model(self.model):  # class names/templates beside the adapters
-            save_lora_extras(self.model, output_dir if output_dir is not None else self.args.output_dir)
+        if self.args.should_save and is_lora_model(self.model):
+            from .hub import logged_results, write_model_card
+
+            output_dir = output_dir if output_dir is not None else self.args.output_dir
+            save_lora_extras(self.model, output_dir)  # class names/templates beside the adapters
+            # peft just wrote its empty template card as README.md (base model by local path): ours replaces it,
+            # from the logs only (a results.json in output_dir may be an earlier run's).
+            write_model_card(self, output_dir, results=logged_results(self))
 
 
 class _EvalImages(Dataset):

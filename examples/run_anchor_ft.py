@@ -162,11 +162,16 @@ def main(argv: list[str] | None = None) -> dict:
             "training": {k: v for k, v in training_args.to_dict().items() if "token" not in k},
         }
         write_results(results, training_args.output_dir)
+        saved = "results.json and provenance"
+        if training_args.method != "zeroshot":  # the model card (README.md) beside the saved model, as run_clip.py
+            trainer.create_model_card(results=results)
+            saved = "the model, its model card (README.md), " + saved
         if eval_sets:
             print("\n" + format_results_table(result_rows(results)))
-        print(f"\nSaved the model, results.json and provenance to {training_args.output_dir}")
+        print(f"\nSaved {saved} to {training_args.output_dir}")
 
-    # 7. Hub: a plain CLIP checkpoint + model card; offline, <output_dir>/hub_upload/ (see anchorclip/hub.py).
+    # 7. Hub: a plain CLIP checkpoint + model card; with HF_HUB_OFFLINE=1 only <output_dir>/hub_upload/. A failed
+    # push raises (exit status 1): the results above are saved first.
     if training_args.push_to_hub:
         trainer.push_to_hub(results=results)
     return results

@@ -3,9 +3,11 @@
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 
+import datasets
 import huggingface_hub
 import pytest
 import yaml
@@ -17,7 +19,7 @@ from test_modeling import _PLAIN_TRANSFORMERS
 from test_trainer import make_trainer
 
 from anchorclip import AnchorCLIPModel, EvalSet
-from anchorclip.hub import UPLOAD_DIR, build_model_card, validate_card_locally
+from anchorclip.hub import UPLOAD_DIR, build_model_card, public_name, validate_card_locally
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "run_anchor_ft.py")
 REPO = "someone/tiny-arf"
@@ -29,13 +31,16 @@ def pushed_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("hubworld")
     make_model().save_pretrained(root / "clip")
     make_clip_processor().save_pretrained(root / "clip")
-    make_classification_dataset(32, with_captions=True).save_to_disk(str(root / "train"))
+    make_classification_dataset(32, with_captions=False).save_to_disk(str(root / "train"))
+    captions = make_classification_dataset(32, with_captions=True)["caption"]  # a captions table keyed by row
+    table = datasets.Dataset.from_dict({"row_index": list(range(32)), "caption": captions})
+    table.save_to_disk(str(root / "captions"))
     make_pair_dataset(40).save_to_disk(str(root / "pairs"))
     make_classification_dataset(12, seed=9).save_to_disk(str(root / "test"))
     out = root / "out"
     args = [
         "--model_name_or_path", str(root / "clip"), "--dataset_name", str(root / "train"),
-        "--caption_anchors", str(root / "train"), "--pair_anchors", str(root / "pairs"),
+        "--caption_anchors", str(root / "captions"), "--pair_anchors", str(root / "pairs"),
         "--eval_datasets", f"photo@id={root / 'test'}", f"sketch@domain_shift={root / 'test'}",
         f"unseen@zero_shot={root / 'test'}",
         "--method", "arf", "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "8",
@@ -58,6 +63,38 @@ def pushed_run(tmp_path_factory):
     return out, results, [record.getMessage() for record in records]
 
 
+def _example():
+    sys.path.insert(0, os.path.dirname(EXAMPLE))
+    try:
+        import run_anchor_ft
+    finally:
+        sys.path.pop(0)
+    return run_anchor_ft
+
+
+def _world_args(root, out, *extra):
+    return [
+        "--model_name_or_path", str(root / "clip"), "--dataset_name", str(root / "train"),
+        "--eval_datasets", f"photo@id={root / 'test'}", "--method", "flyp", "--output_dir", str(out),
+        "--max_steps", "1", "--per_device_train_batch_size", "8", "--report_to", "none", "--use_cpu",
+        "--eval_templates", "simple", "--save_strategy", "no", *extra,
+    ]  # fmt: skip
+
+
+def test_every_run_leaves_its_card_without_local_paths(pushed_run):
+    """No --push_to_hub: <output_dir>/README.md is still the card, with the results; the local base model and
+    data appear by folder name only."""
+    root = pushed_run[0].parent
+    out = root / "no_push"
+    results = _example().main(_world_args(root, out))
+    text = (out / "README.md").read_text()
+    data, evals = validate_card_locally(text)
+    assert [(e.dataset_type, e.metric_value) for e in evals] == [("photo", results["finetuned"]["sets"]["photo"])]
+    assert f"| photo | ID | {100 * results['zeroshot']['sets']['photo']:.1f} |" in text
+    assert str(root) not in text and "- Base model: `clip`" in text and data.base_model is None
+    assert not (out / UPLOAD_DIR).exists()
+
+
 def test_offline_push_writes_upload_folder_and_says_so(pushed_run):
     out, _, messages = pushed_run
     folder = out / UPLOAD_DIR
@@ -68,6 +105,31 @@ def test_offline_push_writes_upload_folder_and_says_so(pushed_run):
     assert "results.json" in files
     assert not {"training_args.bin", "adapter_config.json", "trainer_state.json", "anchors"} & files
     assert json.load(open(folder / "config.json"))["model_type"] == "clip"
+
+
+def test_pushed_card_and_results_name_local_paths_by_name_only(pushed_run):
+    out, _, _ = pushed_run
+    root = str(out.parent)
+    for path in (out / "README.md", out / UPLOAD_DIR / "README.md", out / UPLOAD_DIR / "results.json"):
+        assert root not in path.read_text(), path
+    uploaded = json.load(open(out / UPLOAD_DIR / "results.json"))
+    assert uploaded["args"]["model"]["model_name_or_path"] == "clip"
+    assert root in (out / "results.json").read_text()  # the local results keep the real paths
+
+
+def test_public_name_of_a_local_base_model(tmp_path):
+    folder = tmp_path / "my-clip"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"_name_or_path": "openai/clip-vit-base-patch16"}))
+    assert public_name(str(folder)) == "openai/clip-vit-base-patch16"  # the Hub id its config records
+    (folder / "config.json").write_text(json.dumps({"_name_or_path": "/home/me/clip"}))
+    assert public_name(str(folder)) == "my-clip"
+    cached = tmp_path / "hub" / "models--openai--clip-vit-base-patch32" / "snapshots" / "3d74acf9a28c"
+    cached.mkdir(parents=True)
+    assert public_name(str(cached)) == "openai/clip-vit-base-patch32"
+    assert public_name("openai/clip-vit-base-patch16") == "openai/clip-vit-base-patch16"
+    card = build_model_card({}, {}, repo_id="me/x", base_model=str(folder), finetune_dataset=str(tmp_path / "data"))
+    assert str(tmp_path) not in card.content and "`my-clip` finetuned on `data`" in card.text
 
 
 def test_card_validates_and_carries_the_run_metrics(pushed_run):
@@ -114,24 +176,57 @@ def _online(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
 
 
-def test_failed_connection_is_a_dry_run(tmp_path, monkeypatch, caplog):
+def test_unreachable_hub_fails_before_training(tmp_path, monkeypatch):
+    """HF_HUB_OFFLINE unset: a repository that cannot be created is an error when the trainer is built."""
     _online(monkeypatch)
 
     def no_network(self, *args, **kwargs):
         raise httpx.ConnectError("[Errno -2] Name or service not known")
 
-    def must_not_upload(self, *args, **kwargs):
-        raise AssertionError("upload_folder called although the Hub is unreachable")
-
     monkeypatch.setattr(HfApi, "create_repo", no_network)
-    monkeypatch.setattr(HfApi, "upload_folder", must_not_upload)
-    trainer = make_trainer(tmp_path, max_steps=1, push_to_hub=True, hub_model_id=REPO)
-    trainer.train()
-    with caplog.at_level(logging.WARNING, logger="anchorclip.hub"):
-        folder = trainer.push_to_hub()
-    assert folder == os.path.join(trainer.args.output_dir, UPLOAD_DIR)
-    assert "cannot reach the Hub (ConnectError" in caplog.text
+    with pytest.raises(RuntimeError, match=r"cannot create the Hub repository 'someone/tiny-arf' \(ConnectError"):
+        make_trainer(tmp_path, push_to_hub=True, hub_model_id=REPO)
+
+
+def test_failed_upload_raises_and_keeps_the_folder(tmp_path, monkeypatch):
+    _online(monkeypatch)
+    monkeypatch.setattr(
+        HfApi, "create_repo", lambda self, repo_id, **kw: huggingface_hub.RepoUrl(f"https://hf.co/{repo_id}")
+    )
+
+    def refused(self, **kwargs):
+        raise httpx.ConnectError("[Errno 111] Connection refused")
+
+    monkeypatch.setattr(HfApi, "upload_folder", refused)
+    trainer = make_trainer(tmp_path, push_to_hub=True, hub_model_id=REPO, hub_strategy="end")
+    folder = os.path.join(trainer.args.output_dir, UPLOAD_DIR)
+    with pytest.raises(RuntimeError, match=f"'{REPO}' failed \\(ConnectError.*hf upload {REPO} {folder} ."):
+        trainer.push_to_hub()
     validate_card_locally(ModelCard.load(os.path.join(folder, "README.md")))
+
+
+def test_example_exits_nonzero_when_the_hub_is_unreachable(pushed_run, tmp_path):
+    """Through the command line, HF_HUB_OFFLINE unset and nothing listening at the Hub endpoint."""
+    with socket.socket() as probe:  # a free port: connecting to it is refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_TOKEN="hf_test_token_not_real")
+    args = _world_args(pushed_run[0].parent, tmp_path / "out", "--push_to_hub", "--hub_model_id", REPO)
+    result = subprocess.run([sys.executable, EXAMPLE, *args], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode != 0
+    assert f"cannot create the Hub repository '{REPO}'" in result.stderr, result.stderr[-3000:]
+    assert not (tmp_path / "out" / "model.safetensors").exists()  # failed before training
+
+
+def test_hub_strategy_that_does_nothing_warns(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="anchorclip.hub"):
+        make_trainer(tmp_path, push_to_hub=True, hub_model_id=REPO, hub_strategy="checkpoint")
+    assert "--hub_strategy checkpoint does nothing in anchorclip" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="anchorclip.hub"):
+        make_trainer(tmp_path, push_to_hub=True, hub_model_id=REPO, hub_strategy="end")
+    assert "hub_strategy" not in caplog.text
 
 
 def test_online_push_uploads_exactly_the_folder(tmp_path, monkeypatch):

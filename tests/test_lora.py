@@ -12,6 +12,7 @@ from test_modeling import _PLAIN_TRANSFORMERS
 from test_trainer import make_args, make_trainer
 
 from anchorclip import AnchorCLIPModel, EvalSet, wise_ft
+from anchorclip.hub import UPLOAD_DIR, validate_card_locally
 from anchorclip.lora import (
     EXTRAS_FILE,
     count_parameters,
@@ -59,6 +60,15 @@ def test_only_adapters_train_on_both_towers(lora_run):
     assert lora_delta_norm(trainer.model) > 0
     logged = next(entry for entry in trainer.state.log_history if "loss" in entry)
     assert {"loss_cls", "loss_caption", "loss_pairs"} <= set(logged)  # the same ARF terms
+
+
+def test_saved_adapters_carry_the_anchorclip_card_not_peft_template(lora_run):
+    root, _, _ = lora_run
+    text = (root / "adapters" / "README.md").read_text()
+    data, _ = validate_card_locally(text)
+    assert "More Information Needed" not in text and "Model Card for Model ID" not in text  # peft's template
+    assert data.library_name == "peft" and "lora" in data.tags and "LoRA (adapters in this folder) | r=4" in text
+    assert str(root) not in text and "- Base model: `base`" in text  # the local base model by its folder name
 
 
 def test_evaluate_with_a_peft_model(lora_run):
@@ -123,8 +133,6 @@ def test_lora_needs_a_contrastive_method(tmp_path):
 def test_example_lora_run_pushes_a_merged_checkpoint(tmp_path):
     from huggingface_hub import ModelCard
 
-    from anchorclip.hub import UPLOAD_DIR, validate_card_locally
-
     make_model().save_pretrained(tmp_path / "clip")
     make_processor().save_pretrained(tmp_path / "clip")
     make_classification_dataset(16, with_captions=False).save_to_disk(str(tmp_path / "train"))
@@ -135,7 +143,7 @@ def test_example_lora_run_pushes_a_merged_checkpoint(tmp_path):
     finally:
         sys.path.pop(0)
     out = tmp_path / "out"
-    run_anchor_ft.main([
+    results = run_anchor_ft.main([
         "--model_name_or_path", str(tmp_path / "clip"), "--dataset_name", str(tmp_path / "train"),
         "--eval_datasets", f"photo@id={tmp_path / 'train'}", "--method", "flyp", "--lora_r", "4",
         "--lora_target_modules", "q_proj", "v_proj", "--output_dir", str(out), "--max_steps", "1",
@@ -150,3 +158,9 @@ def test_example_lora_run_pushes_a_merged_checkpoint(tmp_path):
     assert "r=4" in ModelCard.load(out / UPLOAD_DIR / "README.md").text
     merged = AnchorCLIPModel.from_pretrained(str(out / UPLOAD_DIR))
     assert merged.classify(make_images(1)).shape == (1, len(CLASS_NAMES))
+    card = (out / "README.md").read_text()  # the run's own card, beside the adapters, with the results
+    _, evals = validate_card_locally(card)
+    assert [(e.dataset_type, e.metric_value) for e in evals] == [("photo", results["finetuned"]["sets"]["photo"])]
+    assert "More Information Needed" not in card and "merge_lora(" in card
+    for text in (card, (out / UPLOAD_DIR / "README.md").read_text()):
+        assert str(tmp_path) not in text and "- Base model: `clip`" in text
