@@ -1,8 +1,11 @@
 """CLIP image preprocessing in PIL + torch, without torchvision.
 
-Matches `CLIPImageProcessor` for evaluation (bicubic resize of the short side, centre crop, rescale,
-normalise) and adds open_clip's training augmentation (random resized crop, scale 0.9-1.0 by default).
-PIL's `resize(box=...)` crops and resamples in one call, so a training crop costs one resample.
+Evaluation equals `CLIPImageProcessor` (its PIL backend, to float32 rounding): bicubic resize of the short
+side to `resize` (the processor's `size["shortest_edge"]`, e.g. 256), the long side truncated as the
+processor does, then an integer-pixel centre crop of `size` (its `crop_size`, e.g. 224), rescale,
+normalise. (With torchvision installed, transformers picks a torch backend whose antialiased bicubic
+rounds differently.) Training uses open_clip's augmentation instead: a random resized crop (scale 0.9-1.0
+by default) of the original image; PIL's `resize(box=...)` crops and resamples in one call.
 Randomness comes from an explicit `torch.Generator`, so a sample's augmentation is a pure function of
 its seed: runs resume and shard across workers without changing what the model sees.
 """
@@ -22,9 +25,15 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 @dataclass
 class ImageTransform:
-    """Turn a PIL image into a normalised `(3, size, size)` float tensor."""
+    """Turn a PIL image into a normalised `(3, size, size)` float tensor.
+
+    `size` is the side of the (square) crop. `resize`, used in evaluation only, is what happens before the
+    centre crop: an int resizes the short side to it (CLIP), a `(height, width)` pair resizes to exactly that
+    (processors configured with `size={"height", "width"}`); default `size`: the crop spans the short side.
+    """
 
     size: int = 224
+    resize: int | tuple[int, int] | None = None
     mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
     std: tuple[float, float, float] = OPENAI_CLIP_STD
     train: bool = False
@@ -34,29 +43,54 @@ class ImageTransform:
 
     @classmethod
     def from_image_processor(cls, image_processor, train: bool = False, **overrides) -> ImageTransform:
-        """Read size, mean and std from a `CLIPImageProcessor` (or any processor with the same fields)."""
-        crop = getattr(image_processor, "crop_size", None) or getattr(image_processor, "size", None)
-        if isinstance(crop, (int, float)):
-            size = int(crop)
-        else:  # a dict, or transformers' SizeDict
-            crop = dict(crop.items()) if hasattr(crop, "items") else vars(crop)
-            size = crop.get("height") or crop.get("shortest_edge") or crop.get("width")
+        """Read crop size, resize, mean and std from a `CLIPImageProcessor` (or one with the same fields)."""
+        crop = _size_dict(getattr(image_processor, "crop_size", None))
+        resize = _size_dict(getattr(image_processor, "size", None))
+        if not crop:  # no centre crop configured: the resized short side is the output side
+            crop = {"height": resize.get("shortest_edge") or resize.get("height")}
+        height, width = crop.get("height") or crop.get("shortest_edge"), crop.get("width")
+        if width is not None and width != height:
+            raise ValueError(f"Only square crops are supported; the image processor crops {height}x{width}.")
+        if resize.get("shortest_edge"):
+            resize = resize["shortest_edge"]
+        elif resize.get("height") and resize.get("width"):
+            resize = (resize["height"], resize["width"])
+        else:
+            resize = None
         mean = tuple(getattr(image_processor, "image_mean", None) or OPENAI_CLIP_MEAN)
         std = tuple(getattr(image_processor, "image_std", None) or OPENAI_CLIP_STD)
-        return cls(size=int(size), mean=mean, std=std, train=train, **overrides)
+        settings = dict(size=int(height), resize=resize, mean=mean, std=std, train=train)
+        return cls(**(settings | overrides))
 
     def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
         image = image.convert("RGB") if image.mode != "RGB" else image
-        box = self._random_box(image, generator) if self.train else self._center_box(image)
-        image = image.resize((self.size, self.size), resample=self.resample, box=box)
+        if self.train:
+            box = self._random_box(image, generator)
+            image = image.resize((self.size, self.size), resample=self.resample, box=box)
+        else:
+            image = self._resize_and_crop(image)
         array = np.asarray(image, dtype=np.float32) / 255.0
         tensor = torch.from_numpy(array).permute(2, 0, 1)
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)
         return (tensor - mean) / std
 
+    def _resize_and_crop(self, image: Image.Image) -> Image.Image:
+        # Two steps with CLIPImageProcessor's own arithmetic (int() of the long side, floor of the offsets), so
+        # the same pixels are resampled and kept; one box-resample would shift the crop by fractions of a pixel.
+        width, height = image.size
+        if isinstance(self.resize, (tuple, list)):
+            new_height, new_width = self.resize
+        else:
+            short_side = self.resize or self.size
+            long_side = int(short_side * max(width, height) / min(width, height))
+            new_width, new_height = (short_side, long_side) if width <= height else (long_side, short_side)
+        image = image.resize((new_width, new_height), resample=self.resample)
+        left, top = (new_width - self.size) // 2, (new_height - self.size) // 2
+        return image.crop((left, top, left + self.size, top + self.size))  # zero-padded if smaller, as HF pads
+
     def _center_box(self, image: Image.Image) -> tuple[float, float, float, float]:
-        # Resize-short-side-then-centre-crop equals cropping the central square of the original.
+        # The training fallback when no random box fits: the central square of the original.
         width, height = image.size
         side = min(width, height)
         left, top = (width - side) / 2, (height - side) / 2
@@ -77,3 +111,13 @@ class ImageTransform:
                 top = (height - crop_h) * torch.rand(1, generator=generator).item()
                 return (left, top, left + crop_w, top + crop_h)
         return self._center_box(image)
+
+
+def _size_dict(value) -> dict:
+    """A processor's size field (an int, a dict or transformers' `SizeDict`) as a dict without unset keys."""
+    if value is None:
+        return {}
+    if isinstance(value, (int, float)):
+        return {"shortest_edge": int(value), "height": int(value)}
+    items = value.items() if hasattr(value, "items") else vars(value).items()
+    return {key: int(size) for key, size in items if size is not None}
