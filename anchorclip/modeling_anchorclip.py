@@ -4,7 +4,9 @@ The weights are exactly CLIP's, so checkpoints stay interchangeable with `transf
 Two additions:
 
 * `forward` also accepts only images or only text (the trainer encodes one tower at a time for some
-  methods); with both it is `CLIPModel.forward` unchanged.
+  methods); with both it is `CLIPModel.forward` unchanged. With `finetune_head=True` and images only it
+  also returns the FT / LP-FT head's logits, so that the head is used inside the (DDP-wrapped) forward
+  and its gradients are synchronised like every other parameter's.
 * `build_zero_shot_head` / `classify`: class names x templates -> text embeddings, L2-normalised per
   prompt, averaged over templates and renormalised (Radford et al., WiSE-FT, open_clip).
 
@@ -55,8 +57,24 @@ class AnchorCLIPModel(CLIPModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         return_loss: bool | None = None,
+        finetune_head: bool = False,
+        train_image_tower: bool = True,
         **kwargs,
     ) -> CLIPOutput:
+        """`CLIPModel.forward` with both inputs; one tower's normalised embeddings with one input.
+
+        `finetune_head=True` (images only) adds `logits_per_image`, the linear head's logits on the
+        normalised image features; `train_image_tower=False` then computes the features without gradients
+        (LP-FT's probing phase: only the head learns).
+        """
+        if finetune_head:
+            if self.finetune_head is None or pixel_values is None or input_ids is not None:
+                raise ValueError("finetune_head=True needs a head (set_finetune_head) and pixel_values alone.")
+            with torch.set_grad_enabled(train_image_tower and torch.is_grad_enabled()):
+                features = self.get_image_features(pixel_values=pixel_values).pooler_output
+            image_embeds = F.normalize(features, dim=-1)
+            logits = image_embeds.float() @ self.finetune_head.float().t()
+            return CLIPOutput(logits_per_image=logits, image_embeds=image_embeds)
         if input_ids is not None and pixel_values is not None:
             return super().forward(
                 input_ids=input_ids,
@@ -174,13 +192,19 @@ class AnchorCLIPModel(CLIPModel):
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
         # Saved as a plain CLIP checkpoint: the head goes to its own file, the architecture reads "CLIPModel".
         head, self.finetune_head = self.finetune_head, None
+        saved_head = head
+        state_dict = kwargs.get("state_dict")
+        if state_dict is not None and "finetune_head" in state_dict:  # gathered by Trainer (FSDP, DeepSpeed)
+            kwargs["state_dict"] = {key: value for key, value in state_dict.items() if key != "finetune_head"}
+            saved_head = state_dict["finetune_head"]
         try:
             super().save_pretrained(save_directory, *args, **kwargs)
         finally:
             self.finetune_head = head
-        if head is not None and kwargs.get("is_main_process", True):
+        if saved_head is not None and kwargs.get("is_main_process", True):
             save_file(
-                {"weight": head.detach().cpu().float().contiguous()}, os.path.join(save_directory, FINETUNE_HEAD_FILE)
+                {"weight": saved_head.detach().cpu().float().contiguous()},
+                os.path.join(save_directory, FINETUNE_HEAD_FILE),
             )
 
     @classmethod

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections import defaultdict
 
 import datasets
@@ -28,6 +29,8 @@ import evaluate
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback
@@ -46,7 +49,7 @@ from .data import (
 from .evaluation import GROUPS, EvalSet
 from .lora import apply_lora_from_args, is_lora_model, save_lora_extras
 from .loss import ContrastiveLoss
-from .modeling_anchorclip import AnchorCLIPModel
+from .modeling_anchorclip import FINETUNE_HEAD_FILE, AnchorCLIPModel
 from .templates import resolve_templates
 from .training_args import AnchorTrainingArguments
 from .transforms import ImageTransform
@@ -120,6 +123,9 @@ class AnchorCLIPTrainer(Trainer):
                 train_dataset, pair_anchors, args, processing_class, model, caption_anchors
             )
         callbacks = [_ClampLogitScale(), _SetEpoch(), *(callbacks or [])]
+        if args.method == "lp_ft":
+            # Read when Trainer builds its Accelerator (below): the image tower gets no gradient while probing.
+            args.ddp_find_unused_parameters = True
         # LoRA (anchorclip/lora.py): wrap in a PeftModel before Trainer builds the optimizer.
         if args.lora_r > 0 and not is_lora_model(model):
             model = apply_lora_from_args(model, args)
@@ -216,8 +222,6 @@ class AnchorCLIPTrainer(Trainer):
             parameter.requires_grad_(False)
         model.text_projection.requires_grad_(False)
         model.logit_scale.requires_grad_(False)
-        if self.args.method == "lp_ft":
-            self.args.ddp_find_unused_parameters = True  # the image tower is idle while probing
 
     # ------------------------------------------------------------------ loss
 
@@ -229,7 +233,31 @@ class AnchorCLIPTrainer(Trainer):
     def train(self, *args, **kwargs):
         if self.args.method == "zeroshot":
             raise ValueError("method='zeroshot' trains nothing: call evaluate() on the pretrained model instead.")
-        return super().train(*args, **kwargs)
+        self._check_steps_will_train()
+        output = super().train(*args, **kwargs)
+        if self.state.global_step == 0:  # whatever the cause: never report an untouched model as finetuned
+            raise RuntimeError("Training ended without a single optimizer step; the model was not finetuned.")
+        return output
+
+    def _check_steps_will_train(self) -> None:
+        """Refuse settings that give zero optimizer steps (Trainer would warn, save and exit 0)."""
+        args = self.args
+        if args.max_steps <= 0 and args.num_train_epochs <= 0:
+            raise ValueError(
+                f"max_steps={args.max_steps} and num_train_epochs={args.num_train_epochs} give zero optimizer steps: "
+                "set one of them > 0."
+            )
+        # A dataset smaller than one global batch: with drop_last no batch is ever drawn. We refuse rather than
+        # train partial batches: a contrastive step needs its full batch of negatives on every process, and a
+        # set this small next to its batch size is a configuration mistake (a too-large batch or fraction).
+        global_batch = self._train_batch_size * args.world_size * args.gradient_accumulation_steps
+        if self.train_dataset is not None and args.dataloader_drop_last and len(self.train_dataset) < global_batch:
+            raise ValueError(
+                f"The finetune set has {len(self.train_dataset)} examples, fewer than one global batch of "
+                f"{global_batch} (per-device batch {self._train_batch_size} x {args.world_size} processes x "
+                f"{args.gradient_accumulation_steps} accumulation steps): no optimizer step would run. Lower "
+                "per_device_train_batch_size or gradient_accumulation_steps, or use more data."
+            )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The training loss of one micro-batch: ARF/FLYP contrastive terms, or cross-entropy for FT / LP-FT.
@@ -261,11 +289,10 @@ class AnchorCLIPTrainer(Trainer):
 
     def _cross_entropy(self, model, inputs) -> torch.Tensor:
         probing = self.args.method == "lp_ft" and self.state.global_step < self.args.lp_fraction * self.state.max_steps
-        with torch.set_grad_enabled(not probing):
-            image_embeds = model(pixel_values=inputs["pixel_values"]).image_embeds
-        head = self.accelerator.unwrap_model(model).finetune_head
-        logits = image_embeds.float() @ head.float().t()
-        return F.cross_entropy(logits, inputs["labels"])
+        # The head runs inside the wrapped forward: DDP then averages its gradients too (used outside, it
+        # raised "mark a variable ready only once", and LP-FT's probing trained one head per process).
+        logits = model(pixel_values=inputs["pixel_values"], finetune_head=True, train_image_tower=not probing)
+        return F.cross_entropy(logits.logits_per_image, inputs["labels"])
 
     def _encode(self, model, inputs) -> dict[str, torch.Tensor]:
         """One image pass and one text pass, split into the segments of an ARF batch."""
@@ -346,9 +373,41 @@ class AnchorCLIPTrainer(Trainer):
             "inputs."
         )
 
+    def get_decay_parameter_names(self, model) -> list[str]:
+        """Parameters under weight decay, as open_clip chooses them: weight matrices only.
+
+        Exempt: `logit_scale`, biases, norm gains and ViT's class embedding (every parameter with fewer than
+        two dimensions), and the token and position embeddings (`nn.Embedding` weights): decay would shrink the
+        temperature, the norms' scales and the embeddings toward zero (HF's default decays all but biases and norms).
+        The names are the model's own, so a LoRA `PeftModel` works too (its adapter matrices are decayed).
+        """
+        embeddings = {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, nn.Embedding)}
+        return [name for name, parameter in model.named_parameters() if parameter.ndim >= 2 and name not in embeddings]
+
     def _save_checkpoint(self, model, trial):
         self._check_finite()  # never write a checkpoint of weights a non-finite loss may have updated
         return super()._save_checkpoint(model, trial)
+
+    # The FT / LP-FT head is saved beside the CLIP weights (see modeling_anchorclip): Trainer's loaders read
+    # model.safetensors only and would resume with the zero-shot head under the trained head's optimizer state.
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self._load_finetune_head(resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        super()._load_best_model()
+        self._load_finetune_head(self.state.best_model_checkpoint)
+
+    def _load_finetune_head(self, folder: str) -> None:
+        model = self.accelerator.unwrap_model(self.model)
+        path = os.path.join(folder, FINETUNE_HEAD_FILE)
+        if getattr(model, "finetune_head", None) is None:
+            return
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{folder} has no {FINETUNE_HEAD_FILE}: not a checkpoint of an FT / LP-FT run.")
+        with torch.no_grad():  # in place: the optimizer holds this very parameter
+            model.finetune_head.copy_(load_file(path)["weight"])
 
     # ------------------------------------------------------------ evaluation
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
+from transformers.training_args import ParallelMode
 
 from .loss import DUPLICATE_MODES
 
@@ -87,6 +89,24 @@ class AnchorTrainingArguments(TrainingArguments):
             raise ValueError("lora_r must be >= 0 (0 = full finetune).")
         if self.lora_r > 0 and self.method not in ("arf", "flyp"):
             raise ValueError(f"LoRA (lora_r > 0) supports the contrastive methods arf and flyp, not {self.method!r}.")
+        self._check_processes_synchronise()
+
+    def _check_processes_synchronise(self) -> None:
+        """Refuse a multi-process launch that transformers would not wrap in DDP.
+
+        `accelerate launch --multi_gpu --num_processes N` on a machine without GPUs and without `--use_cpu`
+        starts N processes that each see a plain CPU device: every one would train its own model on its
+        shard of the data and the run would still exit 0.
+        """
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > 1 and self.parallel_mode in (ParallelMode.NOT_PARALLEL, ParallelMode.NOT_DISTRIBUTED):
+            raise RuntimeError(
+                f"This run was launched as {launched} processes (WORLD_SIZE={launched}), but they would not "
+                f"train together (transformers' parallel_mode is {self.parallel_mode.value}, not distributed): "
+                "each process would train its own model. Without GPUs add --use_cpu (`accelerate launch "
+                "--multi_gpu --num_processes N ... --use_cpu` runs gloo processes); with GPUs, check that torch "
+                "sees them (torch.cuda.is_available())."
+            )
 
     @property
     def uses_captions(self) -> bool:

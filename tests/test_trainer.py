@@ -118,8 +118,10 @@ def test_gradient_accumulation_equals_large_batch(tmp_path, method):
     assert small_loss == pytest.approx(large_loss, abs=1e-4)
 
 
-def test_resume_from_checkpoint_continues_identically(tmp_path):
-    common = dict(max_steps=4, save_strategy="steps", save_steps=2, per_device_train_batch_size=4)
+@pytest.mark.parametrize("method", ["arf", "lp_ft"])
+def test_resume_from_checkpoint_continues_identically(tmp_path, method):
+    # LP-FT: the checkpoint at step 2 ends the probing phase; the trained head must come back with it.
+    common = dict(max_steps=4, save_strategy="steps", save_steps=2, per_device_train_batch_size=4, method=method)
     straight = make_trainer(tmp_path / "straight", **common)
     straight.train()
 
@@ -332,3 +334,75 @@ def test_epoch_reaches_persistent_workers():
     dataset.set_epoch(1)
     second = [item["pair_pixel_values"][0] for item in next(iter(loader))]
     assert not all(torch.equal(a, b) for a, b in zip(first, second))  # a new epoch, new pairs and crops
+
+
+@pytest.mark.parametrize(("size", "batch", "accumulation"), [(3, 4, 1), (6, 4, 2)])
+def test_finetune_set_smaller_than_one_global_batch_is_refused(tmp_path, size, batch, accumulation):
+    # Before: 3 < 4 drew no batch ("not a single sample", exit 0, an untrained model saved as finetuned).
+    trainer = make_trainer(
+        tmp_path,
+        train=make_classification_dataset(size),
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+    )
+    global_batch = batch * accumulation
+    with pytest.raises(ValueError, match=rf"has {size} examples, fewer than one global batch of {global_batch}"):
+        trainer.train()
+
+
+def test_zero_epochs_and_no_max_steps_is_refused(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=-1, num_train_epochs=0)
+    with pytest.raises(ValueError, match="give zero optimizer steps"):
+        trainer.train()
+
+
+def test_multi_process_launch_that_would_not_synchronise_is_refused(tmp_path, monkeypatch):
+    # `accelerate launch --multi_gpu --num_processes 2` without --use_cpu on a CPU machine: WORLD_SIZE=2, yet
+    # transformers sets up a plain one-process CPU device (checked for real in tests/test_multiprocess.py).
+    args = make_args(tmp_path, use_cpu=False)
+    assert args.parallel_mode.value == "not_parallel"
+    args._check_processes_synchronise()  # one process: fine
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match=r"launched as 2 processes .* add --use_cpu"):
+        args._check_processes_synchronise()
+
+
+def test_weight_decay_spares_temperature_embeddings_biases_and_norms(tmp_path):
+    trainer = make_trainer(tmp_path, weight_decay=0.1)
+    model = trainer.model
+    decayed = set(trainer.get_decay_parameter_names(model))
+    exempt = {name for name, _ in model.named_parameters()} - decayed
+    for name in (
+        "logit_scale",
+        "vision_model.embeddings.class_embedding",
+        "vision_model.embeddings.position_embedding.weight",
+        "text_model.embeddings.token_embedding.weight",
+        "text_model.embeddings.position_embedding.weight",
+        "vision_model.pre_layrnorm.weight",
+        "vision_model.encoder.layers.0.layer_norm1.weight",
+        "text_model.final_layer_norm.weight",
+        "text_model.encoder.layers.1.mlp.fc2.bias",
+    ):
+        assert name in exempt, name
+    for name in (
+        "vision_model.embeddings.patch_embedding.weight",  # a convolution: decayed, like open_clip's conv1
+        "vision_model.encoder.layers.0.self_attn.q_proj.weight",
+        "text_model.encoder.layers.1.mlp.fc2.weight",
+        "visual_projection.weight",
+        "text_projection.weight",
+    ):
+        assert name in decayed, name
+    trainer.create_optimizer()
+    groups = trainer.optimizer.param_groups
+    zero_decay = {id(p) for group in groups if group["weight_decay"] == 0 for p in group["params"]}
+    assert id(model.logit_scale) in zero_decay and id(model.visual_projection.weight) not in zero_decay
+
+
+def test_weight_decay_names_follow_lora(tmp_path):
+    trainer = make_trainer(tmp_path, method="flyp", lora_r=4, weight_decay=0.1)
+    decayed = trainer.get_decay_parameter_names(trainer.model)
+    trainable = [name for name, p in trainer.model.named_parameters() if p.requires_grad]
+    assert any("lora_A" in name for name in decayed) and any("lora_B" in name for name in decayed)
+    assert set(decayed) & set(trainable) == {name for name in trainable if "lora_" in name}
+    spared = ("token_embedding", "position_embedding", "class_embedding", "logit_scale", "norm", "bias")
+    assert not [name for name in decayed if any(word in name for word in spared)]
