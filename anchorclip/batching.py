@@ -3,8 +3,15 @@
 `AnchoredDataset` item `i` is a pure function of `(seed, epoch, i)`: its augmentation, its prompt
 template and the retrieved pairs that ride along with it. So `resume_from_checkpoint` continues with the
 same anchor order, and the number of dataloader workers or processes never changes what is trained on.
-Item `i` of epoch `e` takes pairs `perm_e[i*r : (i+1)*r]` (wrapping) of a per-epoch permutation of the
-pair set, so each epoch walks through all pairs before repeating one.
+
+Pairs are dealt by *position*, not by index. The dataset fixes each epoch's finetune order (`sampler()`
+yields it; the trainer uses that sampler), so it knows where item `i` sits and which global batch it
+lands in: accelerate hands process `p` the per-process batches `p, p + P, ...` of that order, so a global
+batch (every process's micro-batches of one optimizer step) is a run of consecutive positions, the same
+positions on one process with batch 8 as on two with batch 4. `pair_schedule` deals the pairs to the
+positions from shuffled decks of the whole pair set: one deck per epoch when there are enough pairs (each
+pair at most once per epoch), a fresh deck when one runs out, and never the same pair twice in a global
+batch, where it would be its own negative.
 
 `AnchorCollator` builds one image batch (finetune images, then pair images) and one text batch (class
 prompts, captions, pair captions) so the model runs one image pass and one text pass per step. Texts
@@ -13,12 +20,14 @@ are tokenized ahead: prompts once per run, captions once per dataset with `datas
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import multiprocessing
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from .data import decode_image
 from .transforms import ImageTransform
@@ -35,6 +44,51 @@ def _generator(*keys: int) -> torch.Generator:
     for key in keys:  # a simple deterministic mix of the keys (Python's hash() is salted per process)
         seed = (seed * 1_000_003 + int(key) + 1) % (2**63 - 1)
     return torch.Generator().manual_seed(seed)
+
+
+def text_key(ids: list[int]) -> int:
+    """A 63-bit key of a text's token ids, equal on every process and run for equal texts.
+
+    `ContrastiveLoss(duplicates="mask")` compares these keys (gathered across processes) to keep identical
+    captions from being each other's negatives. Python's `hash()` is salted per process, so not it.
+    """
+    digest = hashlib.blake2b(np.asarray(ids, dtype="<i8").tobytes(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def pair_schedule(
+    seed: int, epoch: int, num_items: int, num_pairs: int, per_item: int, batch_items: int
+) -> np.ndarray:
+    """The pair index of every slot of an epoch: slot `position * per_item + j` is the `j`-th pair of the
+    item at `position` of the epoch's order; positions `[b * batch_items, (b + 1) * batch_items)` form
+    global batch `b`.
+
+    Slots are filled from decks, each a permutation of all pairs seeded by `(seed, epoch, deck)`, so every
+    pair is used once before any is used again. Where a global batch spans two decks, the pairs it already
+    holds from the old deck are moved behind the batch in the new one: no pair twice in a global batch.
+    """
+    per_batch = batch_items * per_item
+    if per_batch > num_pairs:
+        raise ValueError(
+            f"A global batch of {batch_items} finetune images x {per_item} pair anchors each needs {per_batch} "
+            f"distinct pairs, but the pair set has {num_pairs}: retrieve more pairs, or lower "
+            "pair_anchors_per_image or the global batch size."
+        )
+    total = num_items * per_item
+    slots = np.empty(total, dtype=np.int64)
+    filled, deck_index = 0, 0
+    while filled < total:
+        deck = torch.randperm(num_pairs, generator=_generator(seed, epoch, -1, deck_index)).numpy()
+        held = slots[filled - filled % per_batch : filled]  # this batch's pairs from the previous deck
+        if held.size:
+            fits = np.flatnonzero(~np.isin(deck, held))[: per_batch - held.size]
+            rest = np.ones(num_pairs, dtype=bool)
+            rest[fits] = False
+            deck = np.concatenate([deck[fits], deck[rest]])
+        count = min(num_pairs, total - filled)
+        slots[filled : filled + count] = deck[:count]
+        filled, deck_index = filled + count, deck_index + 1
+    return slots
 
 
 def tokenize_column(dataset, column: str, tokenizer, max_length: int, desc: str):
@@ -83,7 +137,9 @@ class AnchoredDataset(Dataset):
         self.strict_images = strict_images
         # Shared memory, so that persistent dataloader workers see `set_epoch` from the main process too.
         self._epoch = multiprocessing.Value("i", 0, lock=False)
-        self._pair_order: tuple[int, torch.Tensor] | None = None  # (epoch, permutation of the pairs)
+        self.shuffle = True
+        self.batch_items = 1  # finetune images per global batch; set by `sampler()`
+        self._schedule: tuple[int, np.ndarray, np.ndarray] | None = None  # (epoch, positions, pair slots)
 
     def __len__(self) -> int:
         return len(self.finetune)
@@ -95,12 +151,35 @@ class AnchoredDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self._epoch.value = int(epoch)
 
+    def order(self, epoch: int) -> np.ndarray:
+        """The finetune indices in the order epoch `epoch` visits them (what `sampler()` yields)."""
+        if not self.shuffle:
+            return np.arange(len(self))
+        return torch.randperm(len(self), generator=_generator(self.seed, epoch, -2)).numpy()
+
+    def sampler(self, batch_items: int, shuffle: bool = True) -> EpochSampler:
+        """The sampler to train with: it yields `order(epoch)`, the order in which pairs were dealt.
+
+        `batch_items`: finetune images per global batch (per-process batch x processes x accumulation
+        steps), the span within which no pair may repeat. Raises `ValueError` if the pair set is too small
+        for that.
+        """
+        if batch_items < 1:
+            raise ValueError(f"batch_items must be >= 1, got {batch_items}.")
+        if self.pairs_per_item:
+            pair_schedule(self.seed, 0, 0, len(self.pairs), self.pairs_per_item, batch_items)  # validates only
+        self.batch_items, self.shuffle, self._schedule = batch_items, shuffle, None
+        return EpochSampler(self)
+
     def _pair_indices(self, index: int) -> list[int]:
         epoch = self.epoch
-        if self._pair_order is None or self._pair_order[0] != epoch:
-            self._pair_order = (epoch, torch.randperm(len(self.pairs), generator=_generator(self.seed, epoch, -1)))
-        order, start = self._pair_order[1], index * self.pairs_per_item
-        return [int(order[(start + j) % len(self.pairs)]) for j in range(self.pairs_per_item)]
+        if self._schedule is None or self._schedule[0] != epoch:
+            positions = np.empty(len(self), dtype=np.int64)
+            positions[self.order(epoch)] = np.arange(len(self))
+            slots = pair_schedule(self.seed, epoch, len(self), len(self.pairs), self.pairs_per_item, self.batch_items)
+            self._schedule = (epoch, positions, slots)
+        start = int(self._schedule[1][index]) * self.pairs_per_item
+        return self._schedule[2][start : start + self.pairs_per_item].tolist()
 
     def _load(self, rows, index: int, column: str, generator: torch.Generator) -> tuple[int, torch.Tensor]:
         """The row index actually used and its transformed image: an undecodable image is replaced by the
@@ -137,11 +216,29 @@ class AnchoredDataset(Dataset):
         return item
 
 
+class EpochSampler(Sampler[int]):
+    """Yields `AnchoredDataset.order(epoch)` for the dataset's current epoch (shared with it, so both agree
+    whichever of them accelerate or the trainer's callback tells the epoch)."""
+
+    def __init__(self, dataset: AnchoredDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def __iter__(self):
+        return iter(self.dataset.order(self.dataset.epoch).tolist())
+
+
 @dataclass
 class AnchorCollator:
     """Stack items into one image batch and one padded text batch, with the segment sizes to split them.
 
     Texts arrive as token ids (prompts tokenized once, captions tokenized ahead), so collation only pads.
+    `caption_keys` / `pair_keys` hold each caption's `text_key`: the loss masks equal texts as duplicates.
     """
 
     prompt_ids: list[list[int]]  # see `tokenize_prompts`
@@ -168,6 +265,11 @@ class AnchorCollator:
             "num_pairs": num_pairs,
             "num_skipped_images": torch.tensor(sum(item["skipped"] for item in items)),
         }
+        pair_captions = [ids for item in items for ids in item.get("pair_caption_ids", [])]
+        if captions:
+            batch["caption_keys"] = torch.tensor([text_key(ids) for ids in captions])
+        if pair_captions:
+            batch["pair_keys"] = torch.tensor([text_key(ids) for ids in pair_captions])
         if texts:
             length = max(len(ids) for ids in texts)
             batch["input_ids"] = torch.full((len(texts), length), self.pad_token_id, dtype=torch.long)

@@ -105,7 +105,7 @@ class AnchorCLIPTrainer(Trainer):
             raise ValueError("Pass processing_class=CLIPProcessor (its tokenizer and image processor are needed).")
         self.class_names = class_names
         self.contrastive_loss = ContrastiveLoss(duplicates=args.duplicate_classes)
-        self.caption_loss = ContrastiveLoss()  # captions are distinct texts: no duplicate handling
+        self.caption_loss = ContrastiveLoss(duplicates="mask")  # equal captions (equal text keys) are no negatives
         # Kept on the device and read at logging / checkpoint time: a `.item()` per micro-step would stall the
         # GPU queue every step.
         self._term_sums: dict[str, torch.Tensor] = {}
@@ -223,6 +223,19 @@ class AnchorCLIPTrainer(Trainer):
         model.text_projection.requires_grad_(False)
         model.logit_scale.requires_grad_(False)
 
+    def _get_train_sampler(self, train_dataset=None):
+        """The `AnchoredDataset`'s own epoch order, so that it can deal pairs by global batch (see batching.py).
+
+        A global batch is the contrastive batch of one optimizer step: every process's micro-batches of the
+        accumulation window. `train_sampling_strategy="sequential"` keeps the dataset order.
+        """
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if not isinstance(dataset, AnchoredDataset):
+            return super()._get_train_sampler(train_dataset)
+        processes = 1 if self.accelerator.split_batches else self.args.world_size  # split: batch is already global
+        batch_items = self._train_batch_size * processes * self.args.gradient_accumulation_steps
+        return dataset.sampler(batch_items, shuffle=self.args.train_sampling_strategy != "sequential")
+
     # ------------------------------------------------------------------ loss
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
@@ -324,15 +337,26 @@ class AnchorCLIPTrainer(Trainer):
             # The loss is evaluated `window` times; let the temperature collect its gradient only once.
             logit_scale = logit_scale.detach()
 
+        # Equal captions (greedy captioners repeat; the same pair can appear twice) are masked as duplicates,
+        # not negatives: the collator's text keys, concatenated over the window in the features' order.
+        batches = self._window if window > 1 else [inputs]
+
+        def keys(name: str) -> torch.Tensor:
+            return torch.cat([batch[name] for batch in batches]).to(features["images"].device)
+
         terms = {
             "loss_cls": self.contrastive_loss(features["images"], features["prompts"], logit_scale, features["labels"])
         }
         loss = terms["loss_cls"]
         if self.args.uses_captions:
-            terms["loss_caption"] = self.caption_loss(features["images"], features["captions"], logit_scale)
+            terms["loss_caption"] = self.caption_loss(
+                features["images"], features["captions"], logit_scale, keys("caption_keys")
+            )
             loss = loss + self.args.lambda_caption * terms["loss_caption"]
         if self.args.uses_pairs:
-            terms["loss_pairs"] = self.caption_loss(features["pair_images"], features["pair_captions"], logit_scale)
+            terms["loss_pairs"] = self.caption_loss(
+                features["pair_images"], features["pair_captions"], logit_scale, keys("pair_keys")
+            )
             loss = loss + self.args.lambda_pairs * terms["loss_pairs"]
         # Each of the `window` backward passes must carry the full gradient of its micro-batch's features,
         # while the reported value sums to the window's loss: value loss/window, gradient of loss.
