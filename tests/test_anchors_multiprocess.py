@@ -42,12 +42,15 @@ def test_in_process_anchors_on_two_processes_train_like_one(tmp_path):
     make_pair_dataset(40).save_to_disk(str(tmp_path / "pool"))
     captioner = save_tiny_captioner(tmp_path / "captioner")
     weights = {}
+    # k 20 without de-duplication: the tiny random CLIP ranks and embeds the pool alike for every class, and a
+    # global batch of 16 needs 16 distinct pairs (the trainer refuses a pair twice in one batch).
     for processes in (1, 2):
         out = tmp_path / f"p{processes}"
         args = [
             "--model_name_or_path", str(tmp_path / "clip"), "--dataset_name", str(tmp_path / "train"),
             "--captioner", captioner, "--caption_batch_size", "4", "--pair_pool", str(tmp_path / "pool"),
-            "--retrieval_k_per_class", "3", "--method", "arf", "--output_dir", str(out), "--max_steps", "3",
+            "--retrieval_k_per_class", "20", "--retrieval_dedup_threshold", "0",
+            "--method", "arf", "--output_dir", str(out), "--max_steps", "3",
             "--per_device_train_batch_size", str(16 // processes), "--optim", "sgd", "--learning_rate", "0.5",
             "--max_grad_norm", "0", "--warmup_steps", "0", "--save_strategy", "no", "--report_to", "none",
             "--use_cpu", "--dataloader_num_workers", "0", "--logging_steps", "1",

@@ -8,6 +8,9 @@ import pytest
 from conftest import make_classification_dataset, make_model, make_pair_dataset, make_processor
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "run_anchor_ft.py")
+# The tiny random CLIP ranks the pool alike for every class and embeds it alike (de-duplication would keep a
+# few): enough distinct pairs that a global batch of 8 never holds one twice (the trainer refuses fewer).
+ENOUGH_PAIRS = ["--retrieval_k_per_class", "12", "--retrieval_dedup_threshold", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +106,7 @@ def test_bf16_with_anchors_built_in_process(world, tmp_path):
     """Building anchors must not fix the accelerator state before the Trainer sets --bf16 (no accelerate config)."""
     args = _args(world, tmp_path / "out")
     at = args.index("--pair_anchors")
-    args[at : at + 2] = ["--pair_pool", str(world / "pairs"), "--retrieval_k_per_class", "3"]
+    args[at : at + 2] = ["--pair_pool", str(world / "pairs"), *ENOUGH_PAIRS]
     args[args.index("--max_steps") + 1] = "1"
     results = _example().main([*args, "--bf16"])
     assert results["args"]["training"]["bf16"] and results["train"]["train_loss"] > 0
@@ -117,7 +120,7 @@ def test_stale_pair_anchors_are_refused(world, tmp_path):
     sys.path.pop(0)
     args = _args(world, tmp_path / "out")
     at = args.index("--pair_anchors")
-    args[at : at + 2] = ["--pair_pool", str(world / "pairs"), "--retrieval_k_per_class", "3"]
+    args[at : at + 2] = ["--pair_pool", str(world / "pairs"), *ENOUGH_PAIRS]
     run_anchor_ft.main(args)  # builds the pairs under out/anchors/pairs
     run_anchor_ft.main(args)  # the same settings: reused
     changed = [*args[:-2], "--retrieval_k_per_class", "4", *args[-2:]]
