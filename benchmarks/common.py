@@ -16,6 +16,7 @@ import torch
 from transformers import CLIPConfig
 
 from anchorclip import AnchorCLIPModel
+from anchorclip.batching import text_key
 
 CONFIGS = {
     # CLIP ViT-B/16 as published (openai/clip-vit-base-patch16), random weights.
@@ -55,7 +56,11 @@ def synthetic_batch(spec: dict, batch: int, pairs_per_image: int, captions: bool
     num_texts = batch + num_captions + num_pairs
     input_ids = torch.randint(3, spec["text"]["vocab_size"], (num_texts, length))
     input_ids[:, -1] = 2 if spec["text"]["vocab_size"] > 10_000 else 3  # EOS last: pooled token
+    # The text keys the collator adds (`anchorclip.batching.text_key`): the loss masks equal captions.
+    keys = torch.tensor([text_key(ids) for ids in input_ids.tolist()])
     return {
+        "caption_keys": keys[batch : batch + num_captions].to(device),
+        "pair_keys": keys[batch + num_captions :].to(device),
         "pixel_values": torch.randn(batch + num_pairs, 3, size, size, device=device),
         "input_ids": input_ids.to(device),
         "attention_mask": torch.ones(num_texts, length, dtype=torch.long, device=device),
