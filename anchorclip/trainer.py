@@ -342,6 +342,8 @@ class AnchorCLIPTrainer(Trainer):
         batches = self._window if window > 1 else [inputs]
 
         def keys(name: str) -> torch.Tensor:
+            if any(name not in batch for batch in batches):
+                raise KeyError(f"The batch has no {name!r} (its texts' `text_key`s): use AnchorCollator.")
             return torch.cat([batch[name] for batch in batches]).to(features["images"].device)
 
         terms = {
