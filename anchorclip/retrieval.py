@@ -152,7 +152,8 @@ def embed_pool(
     loaded `Dataset`/`IterableDataset`. The cache lives under `cache_dir/<kind>-<digest>`, the digest being
     that of the model weights, the pool (`pool_id`, else its spec or fingerprint), the column, the
     preprocessing and the precision: another model never reads these embeddings. Returns a memory-mapped
-    `EmbeddingStore` whose row `i` is pool row `i`.
+    `EmbeddingStore` whose row `i` is pool row `i`, also for a stream embedded on several processes (each reads
+    only its own files of it; see `_embedding.py`).
     """
     if kind not in ("image", "text"):
         raise ValueError(f"kind must be 'image' or 'text', got {kind!r}.")
@@ -823,7 +824,9 @@ class RetrievalArguments:
         default=None, metadata={"help": "faiss ParameterSpace string, e.g. nprobe=64 (replaces those default keys)."}
     )
     pool_split: str = field(default="train", metadata={"help": "Split of the pool."})
-    streaming: bool = field(default=False, metadata={"help": "Stream the pool instead of downloading it."})
+    streaming: bool = field(
+        default=False, metadata={"help": "Stream the pool instead of downloading it (each process reads its files)."}
+    )
     image_column: str | None = field(default=None, metadata={"help": "Pool image column (detected)."})
     caption_column: str | None = field(default=None, metadata={"help": "Pool caption column (detected)."})
     pool_id: str | None = field(default=None, metadata={"help": "Name keying the embedding cache (default: spec)."})

@@ -274,3 +274,135 @@ def test_cli_end_to_end_with_streaming(pool, checkpoint, tmp_path):
     streamed = datasets.load_from_disk(str(tmp_path / "streamed"))
     assert streamed["pool_index"] == anchors["pool_index"]
     assert len(os.listdir(tmp_path / "cache")) == 1
+
+
+# ---------------------------------------------------------------- streamed pools on several processes
+
+STREAM_FILE_SIZES = [7, 13, 9, 11]  # uneven, so a row's number depends on the lengths of the files before it
+
+# Launched by `test_streamed_pool_on_two_processes_reads_its_files_and_writes_the_same_anchors`.
+STREAM_SCRIPT = """
+import json, logging, sys
+import datasets
+from anchorclip.retrieval import retrieve_anchors
+logging.basicConfig(level=logging.INFO)
+files, checkpoint, cache, out, class_names = json.loads(sys.argv[1])
+pool = datasets.load_dataset("parquet", data_files=files, split="train", streaming=True)
+retrieve_anchors(pool, class_names, checkpoint, out, pool_id="stream", cache_dir=cache, shard_size=4, batch_size=4,
+                 k_per_class=5, dedup_threshold=None)
+"""
+
+
+class _Rank:
+    """Process `index` of `world`, in this one process (barriers do nothing): what embed_pool uses of one."""
+
+    device = torch.device("cpu")
+    mixed_precision = "no"
+
+    def __init__(self, index: int, world: int):
+        self.process_index, self.num_processes = index, world
+        self.is_main_process = self.is_local_main_process = index == 0
+
+    def wait_for_everyone(self):
+        pass
+
+    @staticmethod
+    def autocast():
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+@pytest.fixture(scope="module")
+def stream_files(pool, tmp_path_factory):
+    """The pool as 4 parquet files of uneven length: a stream of 4 shards."""
+    folder, files, start = tmp_path_factory.mktemp("stream"), [], 0
+    for index, size in enumerate(STREAM_FILE_SIZES):
+        files.append(str(folder / f"part-{index}.parquet"))
+        pool.select(range(start, start + size)).to_parquet(files[-1])
+        start += size
+    return files
+
+
+def _stream(files):
+    return datasets.load_dataset("parquet", data_files=files, split="train", streaming=True)
+
+
+def test_streamed_pool_each_process_reads_its_files_and_a_run_on_one_process_resumes(
+        pool, stream_files, tmp_path, caplog):
+    torch.manual_seed(0)
+    model, processor = CLIPModel(make_config()).eval(), make_processor()
+    original, embedded = model.get_image_features, []
+
+    def counting(*args, **kwargs):
+        embedded.append(len(kwargs["pixel_values"]))
+        return original(*args, **kwargs)
+
+    model.get_image_features = counting
+    kwargs = dict(cache_dir=str(tmp_path / "cache"), shard_size=4, batch_size=4, pool_id="stream")
+    # Process 0 of 2 alone: it reads files 0 and 2 only, then finds that nobody embedded files 1 and 3.
+    with caplog.at_level("INFO", logger="anchorclip._embedding"), \
+            pytest.raises(RuntimeError, match=r"Stream files \[1, 3\] of 4 have no complete embeddings"):
+        embed_pool(_stream(stream_files), model, processor, accelerator=_Rank(0, 2), **kwargs)
+    assert sum(embedded) == 7 + 9
+    assert "process 0 read 2 of 4 stream files (16 rows) and embedded 16 rows" in caplog.text
+
+    # Resumed on one process: only files 1 and 3 are embedded, and row i of the store is row i of the pool.
+    embedded.clear()
+    resumed = embed_pool(_stream(stream_files), model, processor, **kwargs)
+    assert sum(embedded) == 13 + 11
+    model.get_image_features = original
+    downloaded = embed_pool(pool, model, processor, **{**kwargs, "cache_dir": str(tmp_path / "downloaded")})
+    assert resumed.num_rows == POOL_SIZE
+    np.testing.assert_allclose(resumed.to_numpy(), downloaded.to_numpy(), atol=2e-3)  # float16 rows, other batches
+
+
+def test_streams_that_cannot_be_split_are_refused_clearly(stream_files, tmp_path):
+    from datasets.distributed import split_dataset_by_node
+
+    torch.manual_seed(0)
+    model, processor = CLIPModel(make_config()).eval(), make_processor()
+    kwargs = dict(cache_dir=str(tmp_path), accelerator=_Rank(0, 2), pool_id="stream")
+    with pytest.raises(ValueError, match="shuffled pool stream cannot be split across 2 processes"):
+        embed_pool(_stream(stream_files).shuffle(seed=0), model, processor, **kwargs)
+    with pytest.raises(ValueError, match="already split with `split_dataset_by_node`: pass the whole stream"):
+        embed_pool(split_dataset_by_node(_stream(stream_files), 0, 2), model, processor, **kwargs)
+
+
+def test_streamed_pool_on_two_processes_reads_its_files_and_writes_the_same_anchors(
+        stream_files, checkpoint, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    script = tmp_path / "retrieve_stream.py"
+    script.write_text(STREAM_SCRIPT)
+    run = [str(tmp_path / "cache2"), str(tmp_path / "two"), CLASS_NAMES]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+               str(port), str(script), json.dumps([stream_files, checkpoint, *run])]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+           "ACCELERATE_USE_CPU": "true"}  # gloo on the CPU, also where a GPU is visible
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Each process read only its own files (0 and 2: 7 + 9 rows; 1 and 3: 13 + 11 rows).
+    assert "process 0 read 2 of 4 stream files (16 rows) and embedded 16 rows" in result.stderr
+    assert "process 1 read 2 of 4 stream files (24 rows) and embedded 24 rows" in result.stderr
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the launched processes, so the two embed with the same arithmetic
+    try:
+        one = retrieve_anchors(_stream(stream_files), CLASS_NAMES, checkpoint, str(tmp_path / "one"), pool_id="stream",
+                               cache_dir=str(tmp_path / "cache1"), shard_size=4, batch_size=4, k_per_class=5,
+                               dedup_threshold=None)
+    finally:
+        torch.set_num_threads(threads)
+    two = datasets.load_from_disk(str(tmp_path / "two"))
+    assert len(one) >= 5  # several anchors (one class per item leaves some classes short of k)
+    for column in ("pool_index", "class_index", "score", "caption"):
+        assert two[column] == one[column], column
+    assert [cell["bytes"] for cell in two.cast_column("image", datasets.Image(decode=False))["image"]] == \
+        [cell["bytes"] for cell in one.cast_column("image", datasets.Image(decode=False))["image"]]
