@@ -11,17 +11,22 @@ setup(
     packages=find_packages(include=["anchorclip", "anchorclip.*"]),
     include_package_data=True,
     package_data={"anchorclip": ["assets/**/*"]},
+    # Floors: the lowest versions the whole test suite was run on and passed (2026-11-27, Python 3.11, torch
+    # 2.13.0 CPU): transformers 5.19.0, peft 0.18.0, accelerate 1.3.0, datasets 4.3.0, huggingface_hub 1.31.0,
+    # evaluate 0.4.6, safetensors 0.8.0, tokenizers 0.23.3 (and the newest: transformers 5.24.0, peft 0.21.2,
+    # accelerate 1.15.0, datasets 5.2.0, huggingface_hub 2.4.0). Why each floor is where it is:
     install_requires=[
-        # `pip install torch==2.13.0` first on CPU-only machines: a bare "torch" pulls a CUDA build.
-        "torch>=2.4",
-        "transformers>=5.0",
-        "accelerate>=1.0",
-        "datasets>=3.0",
-        "evaluate>=0.4",
-        "peft>=0.13",
-        "huggingface_hub>=1.0",
-        "safetensors>=0.4",
-        "pillow>=10",
+        # Install torch first from PyTorch's CPU wheel index on CPU-only Linux (see README): PyPI's Linux wheel
+        # is the CUDA build. 2.5 is transformers 5.19's own floor; only torch 2.13.0 was tested.
+        "torch>=2.5",
+        "transformers>=5.19",  # Trainer.loss_is_scaled_for_ga (exact gradient accumulation) appears in 5.19
+        "accelerate>=1.3",  # transformers 5.19 calls unwrap_model(keep_torch_compile=...), new in accelerate 1.3
+        "datasets>=4.3",  # Dataset.from_generator(fingerprint=...), used by retrieval, appears in 4.3
+        "evaluate>=0.4.6",  # 0.4.5 still calls huggingface_hub.HfFolder, gone in huggingface_hub 1.0
+        "peft>=0.18",  # the first peft for transformers 5 (0.17 fails on import: transformers.HybridCache)
+        "huggingface_hub>=1.31",  # transformers 5.19's own floor; anchorclip's hub code needs >= 1.0 (httpx)
+        "safetensors>=0.8",  # transformers 5.19's own floor
+        "pillow>=10",  # pillow and numpy: tested on pillow 13.0.0 and numpy 2.4.6 only
         "numpy>=1.26",
         "tqdm",
     ],
