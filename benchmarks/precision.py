@@ -1,7 +1,7 @@
 """bf16 autocast vs fp32: does ARF train the same? One model init, the same batches, two precisions.
 
     python benchmarks/precision.py                                   # tiny config, CPU smoke run (seconds)
-    python benchmarks/precision.py --config vit-b-16 --batch 256     # on a GPU (the issue's target setting)
+    python benchmarks/precision.py --config vit-b-16 --batch 256 --ckpt   # on a GPU (the issue's setting)
 
 Both runs start from the same random weights and see the same synthetic ARF batches (finetune images,
 1 pair/image, captions; `--num_batches` distinct batches cycled, so the loss actually falls) under AdamW.
@@ -21,6 +21,8 @@ from common import build_model, make_trainer, markdown_table, run_info, syntheti
 
 def train(model, spec, args, device, bf16: bool) -> list[float]:
     model = copy.deepcopy(model).to(device).train()
+    if args.ckpt:  # recomputation changes memory, not the arithmetic: fp32 ARF at batch 256 needs it on 80 GB
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainer = make_trainer(model, "arf", True, 1, bf16)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     torch.manual_seed(1)  # the same batches for both precisions
@@ -46,6 +48,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--num_batches", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--ckpt", action="store_true", help="gradient checkpointing of both towers")
     parser.add_argument("--output", default=None, help="JSON report (a .md table is written beside it)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -60,6 +63,7 @@ def main() -> None:
         "config": args.config,
         "batch": args.batch,
         "steps": args.steps,
+        "gradient_checkpointing": args.ckpt,
         "loss_fp32": fp32,
         "loss_bf16": bf16,
         "relative_difference_last_step": abs(bf16[-1] - fp32[-1]) / abs(fp32[-1]),

@@ -51,7 +51,7 @@ def test_loader_uses_the_trainer_data_path():
 
 def test_precision_runs_both_precisions_on_the_same_batches():
     model, spec = precision.build_model("tiny")
-    args = precision.argparse.Namespace(batch=2, steps=2, num_batches=1, lr=1e-4)
+    args = precision.argparse.Namespace(batch=2, steps=2, num_batches=1, lr=1e-4, ckpt=False)
     fp32 = precision.train(model, spec, args, torch.device("cpu"), bf16=False)
     again = precision.train(model, spec, args, torch.device("cpu"), bf16=False)
     assert fp32 == again  # same init, same batches: the comparison is deterministic
