@@ -254,23 +254,7 @@ class AnchorCLIPTrainer(Trainer):
 
     def _check_steps_will_train(self) -> None:
         """Refuse settings that give zero optimizer steps (Trainer would warn, save and exit 0)."""
-        args = self.args
-        if args.max_steps <= 0 and args.num_train_epochs <= 0:
-            raise ValueError(
-                f"max_steps={args.max_steps} and num_train_epochs={args.num_train_epochs} give zero optimizer steps: "
-                "set one of them > 0."
-            )
-        # A dataset smaller than one global batch: with drop_last no batch is ever drawn. We refuse rather than
-        # train partial batches: a contrastive step needs its full batch of negatives on every process, and a
-        # set this small next to its batch size is a configuration mistake (a too-large batch or fraction).
-        global_batch = self._train_batch_size * args.world_size * args.gradient_accumulation_steps
-        if self.train_dataset is not None and args.dataloader_drop_last and len(self.train_dataset) < global_batch:
-            raise ValueError(
-                f"The finetune set has {len(self.train_dataset)} examples, fewer than one global batch of "
-                f"{global_batch} (per-device batch {self._train_batch_size} x {args.world_size} processes x "
-                f"{args.gradient_accumulation_steps} accumulation steps): no optimizer step would run. Lower "
-                "per_device_train_batch_size or gradient_accumulation_steps, or use more data."
-            )
+        check_steps_will_train(self.args, len(self.train_dataset) if self.train_dataset is not None else None)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The training loss of one micro-batch: ARF/FLYP contrastive terms, or cross-entropy for FT / LP-FT.
@@ -531,6 +515,29 @@ class AnchorCLIPTrainer(Trainer):
             # peft just wrote its empty template card as README.md (base model by local path): ours replaces it,
             # from the logs only (a results.json in output_dir may be an earlier run's).
             write_model_card(self, output_dir, results=logged_results(self))
+
+
+def check_steps_will_train(args: AnchorTrainingArguments, num_examples: int | None) -> None:
+    """Raise a `ValueError` if `args` would give zero optimizer steps on `num_examples` finetune examples.
+
+    Called by `AnchorCLIPTrainer.train` and, before any anchor is built, by the example. A set smaller than one
+    global batch never yields a batch under drop_last; we refuse rather than train partial batches: a
+    contrastive step needs its full batch of negatives on every process, and such a set is a configuration
+    mistake (a too-large batch or fraction).
+    """
+    if args.max_steps <= 0 and args.num_train_epochs <= 0:
+        raise ValueError(
+            f"max_steps={args.max_steps} and num_train_epochs={args.num_train_epochs} give zero optimizer steps: "
+            "set one of them > 0."
+        )
+    global_batch = args.train_batch_size * args.world_size * args.gradient_accumulation_steps
+    if num_examples is not None and args.dataloader_drop_last and num_examples < global_batch:
+        raise ValueError(
+            f"The finetune set has {num_examples} examples, fewer than one global batch of {global_batch} "
+            f"(per-device batch {args.train_batch_size} x {args.world_size} processes x "
+            f"{args.gradient_accumulation_steps} accumulation steps): no optimizer step would run. Lower "
+            "per_device_train_batch_size or gradient_accumulation_steps, or use more data."
+        )
 
 
 class _EvalImages(Dataset):

@@ -32,6 +32,7 @@ from anchorclip import AnchorCLIPModel, AnchorCLIPTrainer, AnchorTrainingArgumen
 from anchorclip.data import LABEL_COLUMNS, class_names_from_features, find_column, load_dataset_any
 from anchorclip.lora import save_merged
 from anchorclip.reporting import format_results_table, result_rows, summarize, write_results
+from anchorclip.trainer import check_steps_will_train
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
     train = _load_finetune_set(data_args, training_args)
     label_column = find_column(train, training_args.label_column, LABEL_COLUMNS, "label")
     class_names = _class_names(data_args, train, label_column)
+    if training_args.method != "zeroshot":  # before minutes of captioning and retrieval, not after
+        check_steps_will_train(training_args, len(train))
 
     # 3. Anchors: text-compensated (captions of the finetune images) and retrieved image-text pairs.
     provenance, captions = {}, None

@@ -125,3 +125,18 @@ def test_stale_pair_anchors_are_refused(world, tmp_path):
     changed = [*args[:-2], "--retrieval_k_per_class", "4", *args[-2:]]
     with pytest.raises(ValueError, match=r"other settings \(differences in: k_per_class\)"):
         run_anchor_ft.main(changed)
+
+
+def test_a_set_smaller_than_one_batch_fails_before_anchors_are_built(world, tmp_path):
+    """The batch check runs before captioning and retrieval (minutes at scale), not after them."""
+    sys.path.insert(0, os.path.dirname(EXAMPLE))
+    import run_anchor_ft
+
+    sys.path.pop(0)
+    args = _args(world, tmp_path / "out")
+    args[args.index("--per_device_train_batch_size") + 1] = "64"
+    # Anchors to be built from a captioner that does not exist: reaching them would raise another error.
+    args[args.index("--caption_anchors") : args.index("--caption_anchors") + 2] = ["--captioner", "/no/captioner"]
+    with pytest.raises(ValueError, match="The finetune set has 32 examples, fewer than one global batch of 64"):
+        run_anchor_ft.main(args)
+    assert not (tmp_path / "out" / "anchors").exists()
