@@ -19,6 +19,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub: fail fast instead of retrying
 torch.set_num_threads(2)
 
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
+
+
+def import_example():
+    """The module `examples/run_anchor_ft.py` (its `main(argv)` runs the recipe in-process)."""
+    import sys
+
+    sys.path.insert(0, EXAMPLES)
+    try:
+        import run_anchor_ft
+    finally:
+        sys.path.pop(0)
+    return run_anchor_ft
+
+
 CLASS_NAMES = ["circle", "square", "star", "heart"]
 COLOURS = ["red", "green", "blue", "yellow"]
 WORDS = sorted(

@@ -11,7 +11,14 @@ import datasets
 import huggingface_hub
 import pytest
 import yaml
-from conftest import CLASS_NAMES, make_classification_dataset, make_images, make_model, make_pair_dataset
+from conftest import (
+    CLASS_NAMES,
+    import_example,
+    make_classification_dataset,
+    make_images,
+    make_model,
+    make_pair_dataset,
+)
 from conftest import make_processor as make_clip_processor
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.utils import httpx
@@ -47,11 +54,7 @@ def pushed_run(tmp_path_factory):
         "--report_to", "none", "--use_cpu", "--eval_templates", "simple", "--save_strategy", "no",
         "--push_to_hub", "--hub_model_id", REPO, "--lambda_caption", "0.5",
     ]  # fmt: skip
-    sys.path.insert(0, os.path.dirname(EXAMPLE))
-    try:
-        import run_anchor_ft
-    finally:
-        sys.path.pop(0)
+    run_anchor_ft = import_example()
     records = []
     handler = logging.Handler()
     handler.emit = records.append
@@ -61,15 +64,6 @@ def pushed_run(tmp_path_factory):
     finally:
         logging.getLogger("anchorclip.hub").removeHandler(handler)
     return out, results, [record.getMessage() for record in records]
-
-
-def _example():
-    sys.path.insert(0, os.path.dirname(EXAMPLE))
-    try:
-        import run_anchor_ft
-    finally:
-        sys.path.pop(0)
-    return run_anchor_ft
 
 
 def _world_args(root, out, *extra):
@@ -86,7 +80,7 @@ def test_every_run_leaves_its_card_without_local_paths(pushed_run):
     data appear by folder name only."""
     root = pushed_run[0].parent
     out = root / "no_push"
-    results = _example().main(_world_args(root, out))
+    results = import_example().main(_world_args(root, out))
     text = (out / "README.md").read_text()
     data, evals = validate_card_locally(text)
     assert [(e.dataset_type, e.metric_value) for e in evals] == [("photo", results["finetuned"]["sets"]["photo"])]

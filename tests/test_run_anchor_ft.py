@@ -1,10 +1,9 @@
 import json
 import os
-import sys
 
 import datasets
 import pytest
-from conftest import make_classification_dataset, make_model, make_pair_dataset, make_processor
+from conftest import import_example, make_classification_dataset, make_model, make_pair_dataset, make_processor
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "run_anchor_ft.py")
 # The tiny random CLIP ranks the pool alike for every class and embeds it alike (de-duplication would keep a
@@ -39,11 +38,7 @@ def _args(world, out, method="arf"):
 
 
 def test_run_anchor_ft_end_to_end(world, tmp_path, capsys):
-    sys.path.insert(0, os.path.dirname(EXAMPLE))
-    try:
-        import run_anchor_ft
-    finally:
-        sys.path.pop(0)
+    run_anchor_ft = import_example()
     results = run_anchor_ft.main(_args(world, tmp_path / "out"))
     printed = capsys.readouterr().out
     assert "| zero-shot |" in printed and "| arf |" in printed and "WiSE-FT α=0.5" in printed
@@ -56,17 +51,8 @@ def test_run_anchor_ft_end_to_end(world, tmp_path, capsys):
     assert any("loss_caption" in entry and "loss_pairs" in entry for entry in logged)
 
 
-def _example():
-    sys.path.insert(0, os.path.dirname(EXAMPLE))
-    try:
-        import run_anchor_ft
-    finally:
-        sys.path.pop(0)
-    return run_anchor_ft
-
-
 def test_caption_anchors_must_cover_the_finetune_rows(world, tmp_path):
-    run_anchor_ft = _example()
+    run_anchor_ft = import_example()
     datasets.Dataset.from_dict({"row_index": list(range(10)), "caption": ["a red circle"] * 10}).save_to_disk(
         str(tmp_path / "short")
     )
@@ -77,7 +63,7 @@ def test_caption_anchors_must_cover_the_finetune_rows(world, tmp_path):
 
 
 def test_defaults_are_parser_defaults_and_every_spelling_wins():
-    parse_args = _example().parse_args
+    parse_args = import_example().parse_args
     _, data_args, training_args = parse_args([])  # the default world's preset
     assert data_args.captioner is not None and data_args.pair_pool == "miniworld:pool"
     assert (training_args.max_steps, training_args.per_device_train_batch_size) == (200, 128)
@@ -96,7 +82,7 @@ def test_wise_ft_for_the_linear_head_baseline(world, tmp_path):
     """FT's head is interpolated from the zero-shot head it started at: alpha 0 gives the zero-shot scores back."""
     args = _args(world, tmp_path / "out", method="ft")
     args[args.index("--wise_alphas") + 1 : args.index("--wise_alphas") + 2] = ["0", "0.5"]
-    results = _example().main(args)
+    results = import_example().main(args)
     assert results["wise"]["0.0"] == results["zeroshot"]
     assert set(results["wise"]["0.5"]["sets"]) == {"photo", "sketch"}
 
@@ -107,16 +93,13 @@ def test_bf16_with_anchors_built_in_process(world, tmp_path):
     at = args.index("--pair_anchors")
     args[at : at + 2] = ["--pair_pool", str(world / "pairs"), *ENOUGH_PAIRS]
     args[args.index("--max_steps") + 1] = "1"
-    results = _example().main([*args, "--bf16"])
+    results = import_example().main([*args, "--bf16"])
     assert results["args"]["training"]["bf16"] and results["train"]["train_loss"] > 0
     assert results["provenance"]["pair_anchors"]["counts"]["anchors"] > 0
 
 
 def test_stale_pair_anchors_are_refused(world, tmp_path):
-    sys.path.insert(0, os.path.dirname(EXAMPLE))
-    import run_anchor_ft
-
-    sys.path.pop(0)
+    run_anchor_ft = import_example()
     args = _args(world, tmp_path / "out")
     at = args.index("--pair_anchors")
     args[at : at + 2] = ["--pair_pool", str(world / "pairs"), *ENOUGH_PAIRS]
@@ -129,10 +112,7 @@ def test_stale_pair_anchors_are_refused(world, tmp_path):
 
 def test_a_set_smaller_than_one_batch_fails_before_anchors_are_built(world, tmp_path):
     """The batch check runs before captioning and retrieval (minutes at scale), not after them."""
-    sys.path.insert(0, os.path.dirname(EXAMPLE))
-    import run_anchor_ft
-
-    sys.path.pop(0)
+    run_anchor_ft = import_example()
     args = _args(world, tmp_path / "out")
     args[args.index("--per_device_train_batch_size") + 1] = "64"
     # Anchors to be built from a captioner that does not exist: reaching them would raise another error.
