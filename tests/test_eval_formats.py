@@ -1,0 +1,155 @@
+"""Evaluation-set formats: CLIP_benchmark webdataset folders, ImageFolders, class-name files (all offline)."""
+
+import io
+import json
+import os
+import tarfile
+
+import pytest
+from PIL import Image
+
+from anchorclip.evaluation.formats import class_names_from_file, is_wds_folder, load_eval_dataset
+
+CLASSES = ["cat", "dog", "bird"]
+
+
+def _png(colour) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _write_shard(path, examples):
+    """examples: (key, {extension: bytes}) in order, as webdataset.ShardWriter writes them."""
+    with tarfile.open(path, "w") as tar:
+        for key, files in examples:
+            for extension, data in files.items():
+                info = tarfile.TarInfo(f"{key}.{extension}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def _wds(root, labels=(0, 1, 2, 0, 2), shards=2, split="test", extension="webp"):
+    os.makedirs(root / split)
+    (root / "classnames.txt").write_text("\n".join(CLASSES) + "\n")
+    (root / "zeroshot_classification_templates.txt").write_text("a photo of a {c}.\na sketch of a {c}.\n")
+    examples = [
+        (f"s{i:07d}", {extension: _png((i * 40, 0, 0)), "cls": str(label).encode()}) for i, label in enumerate(labels)
+    ]
+    per = -(-len(examples) // shards)
+    for shard in range(shards):
+        _write_shard(root / split / f"{shard}.tar", examples[shard * per : (shard + 1) * per])
+    (root / split / "nshards.txt").write_text(f"{shards}\n")
+    return root
+
+
+def test_wds_folder_loads_labels_names_templates(tmp_path):
+    root = _wds(tmp_path / "wds_toy")
+    assert is_wds_folder(str(root))
+    dataset, info = load_eval_dataset(f"{root}:test", cache_dir=str(tmp_path / "cache"))
+    assert dataset["label"] == [0, 1, 2, 0, 2]
+    assert dataset["key"] == [f"s{i:07d}" for i in range(5)]
+    assert dataset.features["image"].decode is False
+    assert Image.open(io.BytesIO(dataset[3]["image"]["bytes"])).getpixel((0, 0)) == (120, 0, 0)
+    assert info.kind == "webdataset" and info.class_names == CLASSES
+    assert info.templates == ["a photo of a {}.", "a sketch of a {}."]  # CLIP_benchmark's {c} -> anchorclip's {}
+    assert (info.image_column, info.label_column) == ("image", "label")
+
+
+def test_wds_shards_in_numeric_order_and_jpg(tmp_path):
+    root = _wds(tmp_path / "wds", labels=list(range(3)) * 4, shards=11, extension="jpg")
+    (root / "test" / "nshards.txt").unlink()
+    dataset, _ = load_eval_dataset(str(root), cache_dir=str(tmp_path / "cache"))  # split defaults to test
+    assert dataset["key"] == [f"s{i:07d}" for i in range(12)]  # 10.tar after 9.tar, not after 1.tar
+
+
+def test_wds_missing_classnames_names_the_file(tmp_path):
+    root = _wds(tmp_path / "wds")
+    (root / "classnames.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="classnames.txt"):
+        load_eval_dataset(str(root), cache_dir=str(tmp_path / "cache"))
+
+
+def test_wds_label_out_of_range_names_the_shard(tmp_path):
+    root = _wds(tmp_path / "wds", labels=(0, 1, 2, 3))
+    with pytest.raises(ValueError, match=r"1\.tar: s0000003\.cls is '3'"):
+        load_eval_dataset(str(root), cache_dir=str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("cut", [100, 700])
+def test_wds_truncated_shard_names_the_shard(tmp_path, cut):
+    root = _wds(tmp_path / "wds")
+    shard = root / "test" / "1.tar"
+    shard.write_bytes(shard.read_bytes()[:cut])
+    with pytest.raises(ValueError, match=r"1\.tar is unreadable or truncated"):
+        load_eval_dataset(str(root), cache_dir=str(tmp_path / "cache"))
+
+
+def test_wds_unpaired_members_name_the_shard(tmp_path):
+    root = _wds(tmp_path / "wds")
+    _write_shard(root / "test" / "1.tar", [("s0000009", {"webp": _png((0, 0, 0))})])
+    with pytest.raises(ValueError, match=r"1\.tar: example 's0000009' has an image but no \.cls"):
+        load_eval_dataset(str(root), cache_dir=str(tmp_path / "cache"))
+    _write_shard(root / "test" / "1.tar", [("s0000009", {"cls": b"1"})])
+    with pytest.raises(ValueError, match="a .cls label but no image"):
+        load_eval_dataset(str(root), cache_dir=str(tmp_path / "cache"))
+
+
+def test_wds_missing_split_and_empty_split_and_shard_count(tmp_path):
+    root = _wds(tmp_path / "wds")
+    with pytest.raises(FileNotFoundError, match=r"wds/train does not exist; .* has splits \['test'\]"):
+        load_eval_dataset(f"{root}:train", cache_dir=str(tmp_path / "cache"))
+    os.makedirs(root / "validation")
+    with pytest.raises(FileNotFoundError, match="validation holds no .tar shards"):
+        load_eval_dataset(f"{root}:validation")
+    (root / "test" / "1.tar").unlink()
+    with pytest.raises(ValueError, match=r"nshards.txt says 2 shards; .* holds 1"):
+        load_eval_dataset(str(root), cache_dir=str(tmp_path / "cache"))
+
+
+def _imagefolder(root, folders, split=None):
+    base = root / split if split else root
+    for index, folder in enumerate(folders):
+        os.makedirs(base / folder)
+        for j in range(2):
+            Image.new("RGB", (4, 4), (index * 50, j, 0)).save(base / folder / f"{j}.png")
+    return root
+
+
+def test_imagefolder_with_only_train_is_the_eval_split(tmp_path):
+    root = _imagefolder(tmp_path / "sketch", ["n01440764", "n01443537"])
+    dataset, info = load_eval_dataset(str(root))  # asks for test; the folder's only split is train
+    assert len(dataset) == 4 and info.kind == "imagefolder" and info.metadata["split"] == "train"
+    assert info.class_names == ["n01440764", "n01443537"]
+
+
+def test_imagefolder_with_several_splits_still_needs_the_right_one(tmp_path):
+    root = _imagefolder(tmp_path / "two", ["a", "b"], split="train")
+    _imagefolder(root, ["a", "b"], split="validation")
+    with pytest.raises(ValueError, match="has splits"):
+        load_eval_dataset(str(root))
+    dataset, _ = load_eval_dataset(f"{root}:validation")
+    assert len(dataset) == 4
+
+
+def test_wnid_folders_mapped_to_curated_names(tmp_path):
+    root = _imagefolder(tmp_path / "inet", ["n01443537", "n01440764"])
+    mapping = tmp_path / "wnids.txt"
+    mapping.write_text("# source: a test\nn01440764 tench\nn01443537 goldfish\nn09999999 unused\n")
+    _, info = load_eval_dataset(str(root), class_names_file=str(mapping))
+    assert info.class_names == ["tench", "goldfish"]  # folders sort n01440764 first
+    shipped = os.path.join(os.path.dirname(__import__("anchorclip").__file__), "assets/classnames/imagenet1k.json")
+    assert class_names_from_file(shipped, ["n01440764", "n01443537"]) == ["tench", "goldfish"]
+    assert len(class_names_from_file(shipped)) == 1000  # the same file, read as a list in label order
+
+
+def test_names_file_in_label_order_and_mismatches(tmp_path):
+    names = tmp_path / "names.txt"
+    names.write_text("kitty\npuppy\n")
+    assert class_names_from_file(str(names), ["cat", "dog"]) == ["kitty", "puppy"]
+    with pytest.raises(ValueError, match="lists 2 names; the dataset has 3 labels"):
+        class_names_from_file(str(names), CLASSES)
+    mapping = tmp_path / "map.json"
+    mapping.write_text(json.dumps({"mapping": {"n01440764": "tench"}}))
+    with pytest.raises(ValueError, match=r"map.json has no name for 1 labels"):
+        class_names_from_file(str(mapping), ["n01440764", "n01443537"])
