@@ -54,6 +54,7 @@ def test_wds_folder_loads_labels_names_templates(tmp_path):
     assert info.kind == "webdataset" and info.class_names == CLASSES
     assert info.templates == ["a photo of a {}.", "a sketch of a {}."]  # CLIP_benchmark's {c} -> anchorclip's {}
     assert (info.image_column, info.label_column) == ("image", "label")
+    assert info.metadata == {"root": str(root), "split": "test"}
 
 
 def test_wds_shards_in_numeric_order_and_jpg(tmp_path):

@@ -38,6 +38,7 @@ class SourceInfo:
     templates: list[str] | None = None
     image_column: str | None = None
     label_column: str | None = None
+    caption_column: str | None = None
     metadata: dict = field(default_factory=dict)
 
 
@@ -152,7 +153,7 @@ def load_wds_folder(root: str, split: str = "test", cache_dir: str | None = None
     )
     if len(dataset) != count:  # a stale cache or a shard changed between the check and the read
         raise RuntimeError(f"{split_dir}: read {len(dataset)} examples, the shards hold {count}.")
-    info = SourceInfo("webdataset", class_names, templates, "image", "label", {"root": root, "split": split})
+    info = SourceInfo("webdataset", class_names, templates, "image", "label", metadata={"root": root, "split": split})
     return dataset, info
 
 
@@ -236,7 +237,7 @@ def load_imagefolder(path: str, split: str | None = None, names_file: str | None
     dataset = loaded[wanted]
     folders = list(dataset.features["label"].names) if "label" in dataset.features else None
     names = class_names_from_file(names_file, folders) if names_file else folders
-    return dataset, SourceInfo("imagefolder", names, None, "image", "label", {"root": path, "split": wanted})
+    return dataset, SourceInfo("imagefolder", names, None, "image", "label", metadata={"root": path, "split": wanted})
 
 
 def class_names_from_file(path: str, label_names: list[str] | None = None) -> list[str]:
@@ -292,6 +293,8 @@ def _load_miniworld(name: str, size: int | None):
 
     dataset = load_miniworld_split(name, size=size)
     spec = SPLITS[name]
-    templates = list(EVAL_TEMPLATES["shape" if spec.label == "shape" else spec.label])
     metadata = {"source": "miniworld", "version": VERSION, "split": name, "group": spec.group}
-    return dataset, SourceInfo("miniworld", class_names(name), templates, "image", "label", metadata)
+    if spec.classes is None:  # an image-caption split (retrieval)
+        return dataset, SourceInfo("miniworld", image_column="image", caption_column="caption", metadata=metadata)
+    templates = list(EVAL_TEMPLATES["shape" if spec.label == "shape" else spec.label])
+    return dataset, SourceInfo("miniworld", class_names(name), templates, "image", "label", metadata=metadata)
