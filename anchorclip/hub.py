@@ -48,7 +48,12 @@ logger = logging.getLogger(__name__)
 
 UPLOAD_DIR = "hub_upload"
 TASK = "zero-shot-image-classification"
-GROUP_TITLES = {"id": "ID", "domain_shift": "domain shift", "zero_shot": "zero-shot"}
+GROUP_TITLES = {
+    "id": "ID",
+    "domain_shift": "domain shift",
+    "zero_shot": "zero-shot",
+    "retrieval": "retrieval (mean R@1/5/10)",
+}
 METHOD_TITLES = {
     "arf": "ARF (Anchor-based Robust Finetuning)",
     "flyp": "FLYP (contrastive finetuning with class prompts)",
@@ -167,19 +172,21 @@ def _adapters(lora: dict | None) -> bool:
 
 
 def eval_results(summary: dict, set_groups: dict[str, str]) -> list[EvalResult]:
-    """One `EvalResult` per evaluation set (top-1 accuracy as a fraction, exactly as in results.json)."""
+    """One `EvalResult` per evaluation set (as fractions, exactly as in results.json): top-1 accuracy of a
+    classification set, mean recall@{1,5,10} over both directions of a retrieval set."""
     results = []
     for name, value in summary.get("sets", {}).items():
         group = set_groups.get(name, "id")
+        retrieval = group == "retrieval"
         results.append(
             EvalResult(
-                task_type=TASK,
-                task_name="Zero-shot image classification",
+                task_type="zero-shot-image-text-retrieval" if retrieval else TASK,
+                task_name="Zero-shot image-text retrieval" if retrieval else "Zero-shot image classification",
                 dataset_type=name,
                 dataset_name=f"{name} ({GROUP_TITLES.get(group, group)})",
                 dataset_args={"anchorclip_group": group},
-                metric_type="accuracy",
-                metric_name="Top-1 accuracy",
+                metric_type="recall" if retrieval else "accuracy",
+                metric_name="Mean recall@{1,5,10}, image->text and text->image" if retrieval else "Top-1 accuracy",
                 metric_value=float(value),
             )
         )
@@ -553,7 +560,7 @@ def logged_results(trainer) -> dict:
     """What the trainer's logs hold of the run's results: the last `evaluate()`, training time, hardware."""
     found = {"method": trainer.args.method}
     for entry in reversed(trainer.state.log_history):
-        if any(key.startswith("eval_") and key.endswith("_top1") for key in entry):
+        if any(key.startswith("eval_") and key.endswith(("_top1", "_mean_recall")) for key in entry):
             found["finetuned"] = summarize(entry, "eval")
             break
     for entry in trainer.state.log_history:

@@ -7,20 +7,38 @@ import os
 
 from .evaluation import GROUPS
 
-_GROUP_TITLES = {"id": "ID", "domain_shift": "domain-shift avg", "zero_shot": "zero-shot avg"}
+_GROUP_TITLES = {
+    "id": "ID",
+    "domain_shift": "domain-shift avg",
+    "zero_shot": "zero-shot avg",
+    "retrieval": "retrieval mean R@{1,5,10}",
+}
+# Metric names of one set, longest first so that `a_top1` is not read as set `a_top` + `1`.
+SET_METRICS = sorted(
+    ["top1", "top5", "mean_per_class_recall", "mean_recall"]
+    + [f"{d}_recall@{k}" for d in ("image2text", "text2image") for k in (1, 5, 10)],
+    key=len,
+    reverse=True,
+)
 
 
-def summarize(metrics: dict[str, float], prefix: str = "eval") -> dict[str, dict[str, float]]:
-    """`{"groups": {group: mean}, "sets": {name: top-1}}` from `evaluate(metric_key_prefix=prefix)` metrics."""
-    summary = {"groups": {}, "sets": {}}
+def summarize(metrics: dict[str, float], prefix: str = "eval") -> dict[str, dict]:
+    """`{"groups": {group: mean}, "sets": {name: score}, "metrics": {name: {metric: value}}}` from the metrics
+    `evaluate(metric_key_prefix=prefix)` returns. A set's score is its top-1 (classification) or its mean
+    recall (retrieval)."""
+    summary = {"groups": {}, "sets": {}, "metrics": {}}
     for key, value in metrics.items():
         if not key.startswith(prefix + "_"):
             continue
         name = key[len(prefix) + 1 :]
-        if name.endswith("_top1"):
-            summary["sets"][name[: -len("_top1")]] = value
-        elif name.endswith("_mean") and name[: -len("_mean")] in GROUPS:
+        if name.endswith("_mean") and name[: -len("_mean")] in GROUPS:
             summary["groups"][name[: -len("_mean")]] = value
+            continue
+        metric = next((m for m in SET_METRICS if name.endswith("_" + m)), None)
+        if metric is not None:
+            summary["metrics"].setdefault(name[: -len(metric) - 1], {})[metric] = value
+    for name, values in summary["metrics"].items():
+        summary["sets"][name] = values.get("top1", values.get("mean_recall"))
     return summary
 
 

@@ -24,15 +24,11 @@ import math
 import os
 from collections import defaultdict
 
-import datasets
-import evaluate
 import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback
 
 from .batching import AnchorCollator, AnchoredDataset, tokenize_column, tokenize_prompts
@@ -41,12 +37,12 @@ from .data import (
     IMAGE_COLUMNS,
     LABEL_COLUMNS,
     class_names_from_features,
-    decode_image,
     find_column,
     join_captions,
     with_raw_images,
 )
 from .evaluation import GROUPS, EvalSet
+from .evaluation.zero_shot import ZeroShotScorer
 from .lora import apply_lora_from_args, is_lora_model, save_lora_extras
 from .loss import ContrastiveLoss
 from .modeling_anchorclip import FINETUNE_HEAD_FILE, AnchorCLIPModel
@@ -422,64 +418,49 @@ class AnchorCLIPTrainer(Trainer):
     # ------------------------------------------------------------ evaluation
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Zero-shot top-1 on each named set, plus the mean of each group (`id`, `domain_shift`, `zero_shot`).
+        """Zero-shot metrics of each named set, plus the mean score of each group (`GROUPS`).
 
-        Heads are rebuilt from the current text tower for every call, so they follow finetuning. For FT /
-        LP-FT, sets with the finetune class names use the trained linear head instead.
+        Classification sets give `top1`, `top5` (more than 5 classes) and `mean_per_class_recall`; retrieval
+        sets give `image2text_recall@k`, `text2image_recall@k` (k = 1, 5, 10) and their mean, `mean_recall`.
+        A set's score (its table cell, averaged into its group) is its top-1, or its mean recall. Heads are
+        rebuilt from the current text tower for every call, so they follow finetuning. For FT / LP-FT, sets
+        over the finetune class names use the trained linear head instead.
         """
         eval_dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if eval_dataset is None:
             raise ValueError("No evaluation set: pass eval_dataset to the trainer or to evaluate().")
         if not isinstance(eval_dataset, dict):
             eval_dataset = {metric_key_prefix.removeprefix("eval").strip("_") or "eval": eval_dataset}
+        model = self.accelerator.unwrap_model(self.model)
+        finetune_head = None
+        if model.finetune_head is not None and self.class_names:
+            finetune_head = (list(self.class_names), model.finetune_head)
+        scorer = ZeroShotScorer(
+            model,
+            self.processing_class.tokenizer,
+            ImageTransform.from_image_processor(self.processing_class.image_processor),
+            self.accelerator,
+            batch_size=self.args.per_device_eval_batch_size,
+            num_workers=self.args.dataloader_num_workers,
+            templates=self.args.eval_templates,
+            autocast=self.autocast_smart_context_manager,
+            finetune_head=finetune_head,
+            progress=self.is_local_process_zero(),
+        )
         metrics, by_group = {}, defaultdict(list)
         for name, eval_set in eval_dataset.items():
             eval_set = eval_set if isinstance(eval_set, EvalSet) else EvalSet(eval_set)
-            top1 = self._zero_shot_top1(eval_set)
-            metrics[f"{metric_key_prefix}_{name}_top1"] = top1
-            by_group[eval_set.group].append(top1)
+            scores = scorer.score(eval_set)
+            if eval_set.is_retrieval:
+                scores["mean_recall"] = float(np.mean(list(scores.values())))
+            metrics.update({f"{metric_key_prefix}_{name}_{key}": value for key, value in scores.items()})
+            by_group[eval_set.group].append(scores["mean_recall" if eval_set.is_retrieval else "top1"])
         for group in GROUPS:
             if by_group[group]:
                 metrics[f"{metric_key_prefix}_{group}_mean"] = float(np.mean(by_group[group]))
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
-
-    @torch.no_grad()
-    def _zero_shot_top1(self, eval_set: EvalSet) -> float:
-        dataset = eval_set.dataset
-        image_column = find_column(dataset, eval_set.image_column, IMAGE_COLUMNS, "image")
-        label_column = find_column(dataset, eval_set.label_column, LABEL_COLUMNS, "label")
-        class_names = eval_set.class_names or class_names_from_features(dataset, label_column)
-        if not class_names:
-            raise ValueError("An evaluation set needs class names: a ClassLabel column or EvalSet(class_names=...).")
-        model = self.accelerator.unwrap_model(self.model)
-        model.eval()
-        if model.finetune_head is not None and list(class_names) == list(self.class_names or []):
-            head, scale = model.finetune_head.float(), 1.0
-        else:
-            templates = eval_set.templates or self.args.eval_templates
-            head = model.build_zero_shot_head(class_names, templates, self.processing_class.tokenizer)
-            scale = model.logit_scale.exp().float()
-        transform = ImageTransform.from_image_processor(self.processing_class.image_processor)
-        loader = DataLoader(
-            _EvalImages(with_raw_images(dataset, image_column), image_column, label_column, transform),
-            batch_size=self.args.per_device_eval_batch_size,
-            num_workers=self.args.dataloader_num_workers,
-            collate_fn=_collate_eval,
-        )
-        loader = self.accelerator.prepare_data_loader(loader)
-        metric = _top1_metric()
-        dtype = next(model.vision_model.parameters()).dtype
-        for pixel_values, labels in tqdm(
-            loader, desc="zero-shot eval", leave=False, disable=not self.is_local_process_zero()
-        ):
-            with self.autocast_smart_context_manager():
-                image_embeds = model(pixel_values=pixel_values.to(dtype)).image_embeds
-            predictions = (scale * image_embeds.float() @ head.t()).argmax(dim=-1)
-            predictions, labels = self.accelerator.gather_for_metrics((predictions, labels))
-            metric.add_batch(predictions=predictions.cpu(), references=labels.cpu())
-        return float(metric.compute()["accuracy"])
 
     # ------------------------------------------------------------------- hub
     # Push / model card delegate to anchorclip/hub.py (offline: writes <output_dir>/hub_upload/ and logs it).
@@ -538,54 +519,6 @@ def check_steps_will_train(args: AnchorTrainingArguments, num_examples: int | No
             f"{args.gradient_accumulation_steps} accumulation steps): no optimizer step would run. Lower "
             "per_device_train_batch_size or gradient_accumulation_steps, or use more data."
         )
-
-
-class _EvalImages(Dataset):
-    def __init__(self, dataset, image_column: str, label_column: str, transform: ImageTransform):
-        self.dataset, self.image_column, self.label_column, self.transform = (
-            dataset,
-            image_column,
-            label_column,
-            transform,
-        )
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        row = self.dataset[index]
-        image = decode_image(row[self.image_column])
-        if image is None:  # counted as a wrong prediction rather than silently shrinking the set
-            logger.warning("Undecodable evaluation image in row %d: scored as wrong.", index)
-            return None, -1
-        return self.transform(image), int(row[self.label_column])
-
-
-def _collate_eval(items):
-    size = next((pixels.shape for pixels, _ in items if pixels is not None), None)
-    pixels = [p if p is not None else torch.zeros(size) for p, _ in items]
-    return torch.stack(pixels), torch.tensor([label for _, label in items])
-
-
-class _Top1Accuracy(evaluate.Metric):
-    """Top-1 accuracy as an `evaluate.Metric`, defined here so evaluation needs no Hub download."""
-
-    def _info(self):
-        return evaluate.MetricInfo(
-            description="Top-1 accuracy: fraction of predictions equal to the reference label.",
-            citation="",
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
-        )
-
-    def _compute(self, predictions, references):
-        predictions, references = np.asarray(predictions), np.asarray(references)
-        return {"accuracy": float((predictions == references).mean()) if len(references) else math.nan}
-
-
-def _top1_metric() -> evaluate.Metric:
-    return _Top1Accuracy()
 
 
 class _ClampLogitScale(TrainerCallback):

@@ -88,11 +88,14 @@ def test_eval_sets(cache):
     assert {eval_set.group for eval_set in eval_sets.values()} == set(GROUPS)
     for name, eval_set in eval_sets.items():
         assert isinstance(eval_set, EvalSet) and eval_set.group in GROUPS
+        assert len(eval_set.dataset) == 6
+        if eval_set.is_retrieval:
+            assert eval_set.caption_column == "caption" and all(eval_set.dataset["caption"]), name
+            continue
         assert eval_set.class_names and eval_set.templates, name
         assert all(template.count("{}") == 1 for template in eval_set.templates)
         assert eval_set.dataset.features[eval_set.label_column].names == eval_set.class_names
         assert max(eval_set.dataset[eval_set.label_column]) < len(eval_set.class_names)
-        assert len(eval_set.dataset) == 6
 
 
 def test_tokenizer_covers_captions_and_prompts():

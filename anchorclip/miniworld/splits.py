@@ -56,6 +56,9 @@ SPLITS = {
         _test("unseen_shapes", 2005, "zero_shot", "shape", UNSEEN_SHAPES, shapes=UNSEEN_SHAPES),
         _test("colour", 2006, "zero_shot", "colour", COLOUR_NAMES, shapes=SHAPES),
         _test("background", 2007, "zero_shot", "background", BACKGROUNDS, shapes=SHAPES),
+        # Image-caption retrieval over a held-out sample drawn like the pool (every shape and style): where a
+        # finetune keeps, or loses, CLIP's text-image feature space beyond the class names.
+        SplitSpec("test_retrieval", 2008, 1000, group="retrieval"),
     )
 }
 EVAL_SPLITS = tuple(name for name, spec in SPLITS.items() if spec.group is not None)
@@ -147,7 +150,8 @@ def miniworld_eval_sets(size_per_set: int | None = None, seed: int | None = None
     """The evaluation sets as `anchorclip.evaluation.EvalSet`s, keyed by split name (`test_photo`, ...).
 
     Groups: `test_photo` is `id`; `test_sketch`, `test_painting`, `test_pixel_art` are `domain_shift`;
-    `test_unseen_shapes`, `test_colour`, `test_background` are `zero_shot`. `seed` (if given) is added to
+    `test_unseen_shapes`, `test_colour`, `test_background` are `zero_shot`; `test_retrieval` (image-caption
+    pairs drawn like the pool) is `retrieval`. `seed` (if given) is added to
     each set's own seed, to draw a second, independent evaluation sample.
     """
     from anchorclip.evaluation import EvalSet
@@ -156,6 +160,15 @@ def miniworld_eval_sets(size_per_set: int | None = None, seed: int | None = None
     for name in EVAL_SPLITS:
         spec = SPLITS[name]
         dataset = load_miniworld_split(name, size_per_set, None if seed is None else spec.seed + seed, num_proc)
+        if spec.group == "retrieval":
+            eval_sets[name] = EvalSet(
+                dataset,
+                group="retrieval",
+                image_column="image",
+                caption_column="caption",
+                metadata={"source": "miniworld", "version": VERSION, "split": name},
+            )
+            continue
         eval_sets[name] = EvalSet(
             dataset,
             group=spec.group,
