@@ -154,3 +154,24 @@ def test_names_file_in_label_order_and_mismatches(tmp_path):
     mapping.write_text(json.dumps({"mapping": {"n01440764": "tench"}}))
     with pytest.raises(ValueError, match=r"map.json has no name for 1 labels"):
         class_names_from_file(str(mapping), ["n01440764", "n01443537"])
+
+
+def test_hub_wds_repo_downloads_only_the_split(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    root = _wds(tmp_path / "snapshot")
+    calls = []
+
+    def fake_snapshot_download(repo_id, **kwargs):
+        calls.append((repo_id, kwargs))
+        return str(root)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    dataset, info = load_eval_dataset("clip-benchmark/wds_imagenet-a:test", cache_dir=str(tmp_path / "cache"))
+    assert len(dataset) == 5 and info.class_names == CLASSES
+    assert info.metadata["spec"] == "clip-benchmark/wds_imagenet-a"
+    ((repo_id, kwargs),) = calls
+    assert repo_id == "clip-benchmark/wds_imagenet-a" and kwargs["repo_type"] == "dataset"
+    assert sorted(kwargs["allow_patterns"]) == sorted(
+        ["test/*", "classnames.txt", "zeroshot_classification_templates.txt", "dataset_type.txt"]
+    )

@@ -65,6 +65,7 @@ def test_imagenet_ood_subsets():
     assert len(flat) == len(set(flat)) == 125 and all(0 <= i < 1000 for i in flat)
     folders = _shipped("objectnet_subset.json")["folders"]
     assert folders == sorted(folders) and folders[0] == "alarm_clock"
+    assert "0..112" in _shipped("objectnet_subset.json")["label_space"]  # wds_objectnet: sorted-folder labels
     assert [names[i] for i in objectnet[0]] == ["analog clock", "digital clock"]
     assert all(e.dataset.startswith("clip-benchmark/wds_") for e in entries.values())
 

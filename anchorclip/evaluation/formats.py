@@ -99,9 +99,7 @@ def load_wds_hub(repo_id: str, split: str = "test", cache_dir: str | None = None
     """
     from huggingface_hub import snapshot_download
 
-    root = snapshot_download(
-        repo_id, repo_type="dataset", allow_patterns=[f"{split}/*", *WDS_META_FILES], cache_dir=cache_dir
-    )
+    root = snapshot_download(repo_id, repo_type="dataset", allow_patterns=[f"{split}/*", *WDS_META_FILES])
     dataset, info = load_wds_folder(root, split, cache_dir=cache_dir)
     info.metadata["spec"] = repo_id
     return dataset, info
