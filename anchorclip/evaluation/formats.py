@@ -116,7 +116,8 @@ def load_wds_folder(root: str, split: str = "test", cache_dir: str | None = None
         raise FileNotFoundError(
             f"{names_file} is missing: a CLIP_benchmark webdataset folder lists its classes there."
         )
-    class_names = _read_lines(names_file)
+    with open(names_file, encoding="utf-8") as file:  # as CLIP_benchmark reads it: line i names label i
+        class_names = [line.strip() for line in file.read().rstrip("\n").splitlines()]
     kind = "classification"
     if os.path.isfile(os.path.join(root, "dataset_type.txt")):
         kind = _read_lines(os.path.join(root, "dataset_type.txt"))[0].lower()
