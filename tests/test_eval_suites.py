@@ -8,6 +8,7 @@ from test_eval_formats import CLASSES, _wds
 
 from anchorclip.evaluation import suites
 from anchorclip.evaluation.suites import build_eval_set, list_suites, load_suite, load_suite_sets, resolve_dataset_spec
+from anchorclip.miniworld import EVAL_SPLITS, SPLITS
 
 
 def _names(entry):
@@ -27,6 +28,9 @@ def test_every_shipped_suite_parses_and_resolves_without_data():
     assert {"imagenet-ood", "zeroshot-transfer", "miniworld"} <= set(list_suites())
     for suite in list_suites():
         for entry in load_suite(suite):
+            if entry.group == "retrieval":
+                assert entry.caption_column
+                continue
             if entry.class_names not in suites.FROM_SOURCE:
                 assert _names(entry)
             templates = suites._templates(entry.templates, ["a {}."], entry.base_dir)
@@ -144,15 +148,10 @@ def test_bad_suite_files(tmp_path):
 
 def test_miniworld_suite_builds_from_the_world(tmp_path, monkeypatch):
     monkeypatch.setenv("ANCHORCLIP_CACHE", str(tmp_path))
-    sets = load_suite_sets("miniworld", only=["test_sketch"], miniworld_size=8)
-    (only,) = sets.values()
-    assert only.group == "domain_shift" and len(only.dataset) == 8 and only.class_names and only.templates
-    assert [e.name for e in load_suite("miniworld")] == [
-        "test_photo",
-        "test_sketch",
-        "test_painting",
-        "test_pixel_art",
-        "test_unseen_shapes",
-        "test_colour",
-        "test_background",
-    ]
+    sets = load_suite_sets("miniworld", only=["test_sketch", "test_retrieval"], miniworld_size=8)
+    sketch, retrieval = sets["test_sketch"], sets["test_retrieval"]
+    assert sketch.group == "domain_shift" and len(sketch.dataset) == 8 and sketch.class_names and sketch.templates
+    assert retrieval.is_retrieval and (retrieval.image_column, retrieval.caption_column) == ("image", "caption")
+    assert retrieval.class_names is None and len(retrieval.dataset) == 8
+    entries = load_suite("miniworld")  # the same sets, in the same groups, as miniworld_eval_sets
+    assert [(e.name, e.group) for e in entries] == [(name, SPLITS[name].group) for name in EVAL_SPLITS]
