@@ -91,7 +91,9 @@ def load_eval_dataset(
     return dataset, SourceInfo(kind="dataset", metadata={"spec": spec, "split": split or "test"})
 
 
-def load_wds_hub(repo_id: str, split: str = "test", cache_dir: str | None = None):
+def load_wds_hub(
+    repo_id: str, split: str = "test", cache_dir: str | None = None
+) -> tuple[datasets.Dataset, SourceInfo]:
     """Download one split of a CLIP_benchmark Hub webdataset (e.g. `clip-benchmark/wds_imagenet-a`) and load it.
 
     Only `<split>/*` and the text files are fetched: the repos also hold Hub-made parquet conversions and
@@ -105,7 +107,9 @@ def load_wds_hub(repo_id: str, split: str = "test", cache_dir: str | None = None
     return dataset, info
 
 
-def load_wds_folder(root: str, split: str = "test", cache_dir: str | None = None):
+def load_wds_folder(
+    root: str, split: str = "test", cache_dir: str | None = None
+) -> tuple[datasets.Dataset, SourceInfo]:
     """Read a CLIP_benchmark webdataset folder's split into a Dataset (`image` bytes undecoded, `label` int).
 
     All shards are checked first (pairs of image and `.cls`, labels in range, no truncation, shard count
@@ -220,7 +224,9 @@ def _wds_examples(stamps):
             yield {"image": {"bytes": image, "path": None}, "label": int(text), "key": key}
 
 
-def load_imagefolder(path: str, split: str | None = None, names_file: str | None = None):
+def load_imagefolder(
+    path: str, split: str | None = None, names_file: str | None = None
+) -> tuple[datasets.Dataset, SourceInfo]:
     """An ImageFolder as an evaluation set: its only split when `split` is absent, names from `names_file`.
 
     Many evaluation sets ship as a single folder of class folders, which `datasets` calls `train`; asking for
