@@ -209,6 +209,8 @@ class AnchorCLIPModel(CLIPModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> AnchorCLIPModel:
+        """Any CLIP checkpoint (Hub id or folder), as `CLIPModel.from_pretrained` takes it (same arguments), plus
+        the FT / LP-FT linear head saved beside an anchorclip checkpoint, when there is one."""
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         head_file = _resolve_file(pretrained_model_name_or_path, FINETUNE_HEAD_FILE, kwargs)
         if head_file is not None:

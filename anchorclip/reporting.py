@@ -58,14 +58,16 @@ def format_results_table(rows: list[tuple[str, dict]]) -> str:
 
 
 def result_rows(results: dict) -> list[tuple[str, dict]]:
-    """The table rows of a `run_anchor_ft.py` results dict: zero-shot start, finetuned, WiSE-FT alphas."""
+    """The table rows of a results dict (`anchorclip train` / `eval`): zero-shot start, finetuned, WiSE-FT alphas,
+    evaluated checkpoints."""
     rows = []
     if "zeroshot" in results:
         rows.append(("zero-shot", results["zeroshot"]))
     if "finetuned" in results:
         rows.append((results.get("method", "finetuned"), results["finetuned"]))
     for alpha, summary in results.get("wise", {}).items():
-        rows.append((f"{results.get('method', '')} + WiSE-FT α={alpha}", summary))
+        rows.append((f"{results.get('method', '')} + WiSE-FT α={alpha}".lstrip(" +"), summary))
+    rows += list(results.get("evaluated", {}).items())  # `anchorclip eval`: one row per checkpoint
     return rows
 
 

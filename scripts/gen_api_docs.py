@@ -19,6 +19,9 @@ EXTRA = {  # public modules beyond the package namespace: (module, names)
     "anchorclip.captioning": ("caption_dataset", "Captioner"),
     "anchorclip.retrieval": ("retrieve_anchors", "embed_pool", "build_index"),
     "anchorclip.miniworld": ("load_miniworld_split", "miniworld_eval_sets"),
+    "anchorclip.evaluation.suites": ("list_suites", "load_suite", "load_suite_sets"),
+    "anchorclip.evaluation.formats": ("load_eval_dataset",),
+    "anchorclip.evaluation.zero_shot": ("ZeroShotScorer",),
 }
 METHODS = {
     "AnchorCLIPModel": ("build_zero_shot_head", "classify", "set_finetune_head", "from_pretrained"),
@@ -47,7 +50,9 @@ def _section(qualname: str, obj, level: str = "##") -> list[str]:
     if len(signature) > 400:  # configs and TrainingArguments: the fields are listed below instead
         signature = "(...)"
     lines = [f"{level} `{qualname}`", "", "```python", f"{kind} {qualname.split('.')[-1]}{signature}", "```", ""]
-    doc = inspect.getdoc(obj)
+    # The object's own docstring only: `inspect.getdoc` would fall back to an inherited one (transformers'
+    # `from_pretrained` text, which then changes whenever transformers edits it).
+    doc = inspect.cleandoc(obj.__doc__) if obj.__doc__ else None
     lines += [doc, ""] if doc else []
     if inspect.isclass(obj) and dataclasses.is_dataclass(obj) and obj.__mro__[1] is not object:
         parent_fields = {f.name for f in dataclasses.fields(obj.__mro__[1])}

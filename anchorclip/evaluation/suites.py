@@ -12,8 +12,11 @@ A set entry::
       dataset: clip-benchmark/wds_imagenet-a    # any spec `formats.load_eval_dataset` reads; `:split` allowed
       split: test                               # optional
       image_column: image                       # optional, as label_column
-      class_names: {curated: imagenet1k.json}   # | {file: path} | classlabel | folder | source | [a, b, ...]
-      templates: openai_imagenet                # | a data file (.json/.txt) | folder | source | ['a {}.', ...]
+      class_names: {curated: imagenet1k.json}   # | {file: path} | classlabel | folder | source | auto | [a, ...]
+      templates: openai_imagenet                # | a data file (.json/.txt) | folder | source | auto | ['a {}.']
+
+`auto` (what `--eval_datasets` uses) takes the source's own names / templates when it has them, else the
+label column's `ClassLabel` names / the run's evaluation templates.
       class_subset: imagenet_a_subset.json      # optional: per set label, the parent index or list of indices
 
 A `retrieval` entry (an image-caption set) takes `caption_column` instead of names, templates and subset.
@@ -193,6 +196,8 @@ def _class_names(entry: SuiteEntry, source_names, own_names, names_file, mapped)
             return mapped
         # with a class_subset the file lists the parent space, not one name per label of the set
         return class_names_from_file(names_file, None if entry.class_subset is not None else own_names)
+    if spec == "auto" and (source_names or own_names) is not None:  # --eval_datasets: whatever the set has
+        return list(source_names or own_names)
     if spec in FROM_SOURCE and source_names is not None:
         return list(source_names)
     if spec == "classlabel" and own_names is not None:
@@ -201,8 +206,10 @@ def _class_names(entry: SuiteEntry, source_names, own_names, names_file, mapped)
 
 
 def _templates(spec, source_templates, base_dir: str) -> list[str] | None:
-    if spec is None:
+    if spec is None or (spec == "auto" and source_templates is None):
         return None  # the trainer's evaluation templates
+    if spec == "auto":
+        return list(source_templates)
     if spec in FROM_SOURCE:
         if source_templates is None:
             raise ValueError(f"templates: {spec!r}, but the dataset ships no templates.")
