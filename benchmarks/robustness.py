@@ -222,7 +222,7 @@ def mean_std(summaries: list[dict]) -> dict:
 
 def markdown_table(table: dict) -> str:
     groups = [g for g in GROUPS if g in next(iter(table.values()))["groups"]]
-    titles = {"id": "ID", "domain_shift": "domain-shift avg", "zero_shot": "zero-shot avg"}
+    titles = {"id": "ID", "domain_shift": "domain-shift avg", "zero_shot": "zero-shot avg", "retrieval": "retrieval"}
     sets = list(next(iter(table.values()))["sets"])
     lines = [
         "| method | " + " | ".join([titles[g] for g in groups] + sets) + " |",
@@ -356,8 +356,7 @@ def main() -> None:
         "chosen_lr": chosen, "k_per_class": args.k_per_class,
         "machine": f"{os.cpu_count()} CPU cores" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
         "date": time.strftime("%Y-%m-%d"),
-        "methods": {name: {"id": row["groups"]["id"], "domain_shift": row["groups"]["domain_shift"],
-                           "zero_shot": row["groups"]["zero_shot"], "sets": row["sets"]}
+        "methods": {name: {**{g: row["groups"][g] for g in GROUPS if g in row["groups"]}, "sets": row["sets"]}
                     for name, row in table.items()},
         "wise_curves": {name: dict(zip(map(str, WISE_ALPHAS), points)) for name, points in curves.items()},
         "train_seconds": {name: [run["train_seconds"] for run in runs[name]] for name in runs},
