@@ -122,7 +122,7 @@ class AnchoredDataset(Dataset):
         pairs=None,
         pair_image_column: str | None = None,
         pair_caption_ids=None,
-        pairs_per_item: int = 0,
+        pairs_per_item: float = 0,
         num_templates: int = 1,
         seed: int = 0,
         strict_images: bool = False,
@@ -131,7 +131,10 @@ class AnchoredDataset(Dataset):
         self.transform = transform
         self.image_column, self.label_column, self.pair_image_column = image_column, label_column, pair_image_column
         self.caption_ids, self.pair_caption_ids = caption_ids, pair_caption_ids  # tokenized columns, row-aligned
-        self.pairs_per_item = pairs_per_item if pairs is not None else 0
+        pairs_per_item = pairs_per_item if pairs is not None else 0
+        # Fractional `pairs_per_item` (1/m): the item at every m-th position of the epoch order carries one pair.
+        self.pair_stride = round(1 / pairs_per_item) if 0 < pairs_per_item < 1 else 1
+        self.pairs_per_item = 1 if self.pair_stride > 1 else int(pairs_per_item)
         self.num_templates = num_templates
         self.seed = seed
         self.strict_images = strict_images
@@ -166,8 +169,10 @@ class AnchoredDataset(Dataset):
         """
         if batch_items < 1:
             raise ValueError(f"batch_items must be >= 1, got {batch_items}.")
-        if self.pairs_per_item:
-            pair_schedule(self.seed, 0, 0, len(self.pairs), self.pairs_per_item, batch_items)  # validates only
+        if batch_items % self.pair_stride:
+            raise ValueError(f"One pair every {self.pair_stride} images needs a global batch divisible by it.")
+        if self.pairs_per_item:  # validates only
+            pair_schedule(self.seed, 0, 0, len(self.pairs), self.pairs_per_item, batch_items // self.pair_stride)
         self.batch_items, self.shuffle, self._schedule = batch_items, shuffle, None
         return EpochSampler(self)
 
@@ -176,9 +181,20 @@ class AnchoredDataset(Dataset):
         if self._schedule is None or self._schedule[0] != epoch:
             positions = np.empty(len(self), dtype=np.int64)
             positions[self.order(epoch)] = np.arange(len(self))
-            slots = pair_schedule(self.seed, epoch, len(self), len(self.pairs), self.pairs_per_item, self.batch_items)
+            stride = self.pair_stride
+            slots = pair_schedule(
+                self.seed,
+                epoch,
+                -(-len(self) // stride),
+                len(self.pairs),
+                self.pairs_per_item,
+                self.batch_items // stride,
+            )
             self._schedule = (epoch, positions, slots)
-        start = int(self._schedule[1][index]) * self.pairs_per_item
+        position = int(self._schedule[1][index])
+        if position % self.pair_stride:
+            return []
+        start = position // self.pair_stride * self.pairs_per_item
         return self._schedule[2][start : start + self.pairs_per_item].tolist()
 
     def _load(self, rows, index: int, column: str, generator: torch.Generator) -> tuple[int, torch.Tensor]:

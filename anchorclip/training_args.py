@@ -30,8 +30,13 @@ class AnchorTrainingArguments(TrainingArguments):
     method: str = field(default="arf", metadata={"help": f"One of {METHODS}."})
     lambda_caption: float = field(default=1.0, metadata={"help": "λ1: weight of the caption-anchor loss."})
     lambda_pairs: float = field(default=1.0, metadata={"help": "λ2: weight of the retrieved-pair anchor loss."})
-    pair_anchors_per_image: int = field(
-        default=1, metadata={"help": "Retrieved image-caption pairs per finetune image in each batch."}
+    pair_anchors_per_image: float = field(
+        default=1,
+        metadata={
+            "help": "Retrieved image-caption pairs per finetune image in each batch: a whole number, or a fraction "
+            "1/m (0.5, 0.25: one pair for every m finetune images, a cheaper step; m must divide the "
+            "per-device batch)."
+        },
     )
     train_templates: str = field(
         default="photo",
@@ -76,6 +81,7 @@ class AnchorTrainingArguments(TrainingArguments):
             raise ValueError(f"duplicate_classes must be one of {DUPLICATE_MODES}, got {self.duplicate_classes!r}.")
         if self.lambda_caption < 0 or self.lambda_pairs < 0:
             raise ValueError("lambda_caption and lambda_pairs must be >= 0.")
+        self.pair_anchors_per_image = _pairs_per_image(self.pair_anchors_per_image, self.per_device_train_batch_size)
         if not 0.0 <= self.lp_fraction <= 1.0:
             raise ValueError("lp_fraction must be in [0, 1].")
         if self.remove_unused_columns:
@@ -119,3 +125,23 @@ class AnchorTrainingArguments(TrainingArguments):
     @property
     def is_contrastive(self) -> bool:
         return self.method in ("arf", "flyp")
+
+
+def _pairs_per_image(value: float, per_device_batch: int) -> int | float:
+    """A whole number of pairs per image (as an int), or a fraction 1/m with m dividing the per-device batch,
+    so that every micro-batch on every process holds the same number of pairs (their features are gathered)."""
+    if value < 0:
+        raise ValueError(f"pair_anchors_per_image must be >= 0, got {value}.")
+    if value >= 1 or value == 0:
+        if value != int(value):
+            raise ValueError(f"pair_anchors_per_image above 1 must be a whole number, got {value}.")
+        return int(value)
+    stride = round(1 / value)
+    if abs(1 / stride - value) > 1e-9:
+        raise ValueError(f"A fractional pair_anchors_per_image must be 1/m (0.5, 0.25, ...), got {value}.")
+    if per_device_batch % stride:
+        raise ValueError(
+            f"pair_anchors_per_image={value} gives one pair every {stride} images, which must divide the "
+            f"per-device batch ({per_device_batch}) so that every micro-batch holds the same number of pairs."
+        )
+    return 1 / stride

@@ -101,6 +101,53 @@ def test_two_processes_get_the_pairs_of_one_process():
         assert _pair_ids(copy, range(20)) == _pair_ids(dataset, range(20))
 
 
+@pytest.mark.parametrize("fraction,stride", [(0.5, 2), (0.25, 4)])
+def test_fractional_pairs_ride_with_every_mth_image_of_the_order(fraction, stride):
+    """One pair for every m finetune images: the items at positions 0, m, 2m, ... of the epoch order carry one;
+    every global batch (and every per-process micro-batch of m-divisible size) holds batch / m distinct pairs,
+    on one process as on two."""
+    dataset = _dataset(items=24, pairs=7, per_item=fraction)
+    sampler = dataset.sampler(batch_items=8)
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        carried = [len(dataset[index]["pair_caption_ids"]) for index in order]
+        assert carried == [1 if position % stride == 0 else 0 for position in range(24)]
+        for start in range(0, 24, 8):
+            pairs = _pair_ids(dataset, order[start : start + 8])
+            assert len(pairs) == 8 // stride and len(set(pairs)) == len(pairs)
+        shards = [
+            list(BatchSamplerShard(BatchSampler(sampler, 4, drop_last=True), num_processes=2, process_index=rank))
+            for rank in range(2)
+        ]
+        for batches in shards:  # every micro-batch of 4 holds 4 / m pairs
+            assert {len(_pair_ids(dataset, batch)) for batch in batches} == {4 // stride}
+
+
+def test_fractional_pairs_must_divide_the_per_device_batch(tmp_path):
+    with pytest.raises(ValueError, match="must divide the per-device batch"):
+        AnchorTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=6, pair_anchors_per_image=0.25)
+    with pytest.raises(ValueError, match="1/m"):
+        AnchorTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, pair_anchors_per_image=0.3)
+    args = AnchorTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, pair_anchors_per_image=2.0)
+    assert args.pair_anchors_per_image == 2 and isinstance(args.pair_anchors_per_image, int)
+
+
+def test_trainer_trains_with_half_a_pair_per_image(tmp_path):
+    args = AnchorTrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, use_cpu=True, report_to="none", lambda_caption=0.0,
+        pair_anchors_per_image=0.5, max_steps=2, save_strategy="no",
+    )  # fmt: skip
+    trainer = AnchorCLIPTrainer(
+        model=make_model(), args=args, train_dataset=make_classification_dataset(8, with_captions=False),
+        pair_anchors=_pairs(6), processing_class=make_processor(),
+    )  # fmt: skip
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["num_pairs"] == 2 and batch["pixel_values"].shape[0] == 6
+    trainer.train()
+    assert trainer.state.global_step == 2
+
+
 def test_trainer_dataloader_deals_pairs_by_deck_and_never_twice_in_a_global_batch(tmp_path):
     # 12 finetune images, 2 per process batch x 2 accumulation steps = global batches of 4, and only 10 pairs:
     # the first 10 slots of an epoch are one deck (each pair once), and no window of 4 holds a pair twice.
