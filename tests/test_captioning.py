@@ -16,8 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
-from anchorclip import captioning
-from anchorclip.captioning import Captioner, caption_dataset, chunks_for_process, plan_chunks
+import anchorclip
+from anchorclip.anchors.caption_job import CaptionArguments, caption_dataset
+from anchorclip.anchors.captioning import Captioner
+from anchorclip.anchors.shards import chunks_for_process, plan_chunks
 from anchorclip.data import ColumnError, join_captions
 
 CAPTION_WORDS = ["a", "photo", "of", "the", "cat", "dog", "on", "red", "blue", "green", "small", "big", "with", "in"]
@@ -224,14 +226,65 @@ def test_cli_end_to_end(captioner_dir, dataset_dir, reference, tmp_path):
     from anchorclip.cli import main
 
     out = tmp_path / "cli"
-    args = ["caption", "--dataset", dataset_dir, "--model", captioner_dir, "--output-dir", str(out)]
+    args = ["caption", "--dataset_name", dataset_dir, "--captioner", captioner_dir, "--output_dir", str(out)]
     # One DataLoader worker: decoding and preprocessing run in a separate process, as on a real machine.
-    args += ["--batch-size", "2", "--shard-size", "4", "--max-new-tokens", "6", "--num-workers", "1", "--no-progress"]
+    args += ["--batch_size", "2", "--shard_size", "4", "--max_new_tokens", "6", "--num_workers", "1", "--no_progress"]
     assert main(args) == 0
     assert datasets.load_from_disk(str(out))["caption"] == reference["caption"]
     provenance = json.loads((out / "anchorclip_provenance.json").read_text())
     assert provenance["captioner"] == captioner_dir and provenance["num_processes"] == 1
+    # The job's settings, whole, as the command parsed them.
+    assert provenance["arguments"]["dataset_name"] == dataset_dir and provenance["arguments"]["batch_size"] == 2
     assert sum(f.stat().st_size for f in out.glob("*.arrow")) < 5_000  # the captions alone, not the images
+
+
+def test_old_flag_spellings_still_parse():
+    """Kebab-case spellings parse as before; the renamed flags (--dataset, --split, --model) warn once."""
+    from anchorclip.cli.caption import parse_args
+
+    old = ["--dataset", "d", "--split", "test", "--model", "m", "--output-dir", "o", "--batch-size", "2"]
+    old += ["--max-new-tokens", "6", "--chat-template", "--generation-kwargs", '{"min_new_tokens": 2}']
+    with pytest.warns(FutureWarning) as caught:
+        args = parse_args([*old, "--no-resume", "--no-progress"])
+    assert [str(w.message).split(":")[1].split()[0] for w in caught] == ["--dataset", "--split", "--model"]
+    assert "use --dataset_name" in str(caught[0].message)
+    new = ["--dataset_name", "d", "--dataset_split", "test", "--captioner", "m", "--output_dir", "o"]
+    new += ["--batch_size", "2", "--max_new_tokens", "6", "--chat_template", "--resume", "false"]
+    expected = CaptionArguments(
+        dataset_name="d", dataset_split="test", captioner="m", output_dir="o", batch_size=2, max_new_tokens=6,
+        chat_template=True, generation_kwargs={"min_new_tokens": 2}, resume=False, progress=False,
+    )  # fmt: skip
+    assert args == expected
+    assert parse_args([*new, "--generation_kwargs", '{"min_new_tokens": 2}', "--no_progress"]) == expected
+
+
+def test_cli_from_a_config_file(captioner_dir, dataset_dir, reference, tmp_path):
+    """`anchorclip caption caption.yaml`: the keys are the flags; flags after the file override it."""
+    import yaml
+
+    from anchorclip.cli import main
+
+    config = {
+        "dataset_name": dataset_dir, "captioner": captioner_dir, "output_dir": str(tmp_path / "from-config"),
+        "batch_size": 2, "shard_size": 4, "max_new_tokens": 6, "num_workers": 0, "progress": False,
+        "generation_kwargs": {"num_beams": 1},
+    }  # fmt: skip
+    (tmp_path / "caption.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "overridden"
+    assert main(["caption", str(tmp_path / "caption.yaml"), "--output_dir", str(out)]) == 0
+    assert datasets.load_from_disk(str(out))["caption"] == reference["caption"]
+    arguments = json.loads((out / "anchorclip_provenance.json").read_text())["arguments"]
+    assert arguments["generation_kwargs"] == {"num_beams": 1} and arguments["resume"] is True
+
+
+def test_old_module_still_imports_with_a_warning():
+    import importlib
+    import sys
+
+    sys.modules.pop("anchorclip.captioning", None)
+    with pytest.warns(FutureWarning, match="anchorclip.captioning is deprecated"):
+        old = importlib.import_module("anchorclip.captioning")
+    assert old.caption_dataset is caption_dataset and old.Captioner is Captioner
 
 
 def test_prompt_starts_the_decoder_and_is_stripped(captioner_dir, dataset_dir):
@@ -289,10 +342,10 @@ def test_two_processes_match_one(captioner_dir, dataset_dir, reference, tmp_path
     # join a gloo group on a machine without GPUs.
     command = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
     command += ["--mixed_precision", "no"]
-    command += ["--dynamo_backend", "no", "-m", "anchorclip", "caption", "--dataset", dataset_dir, "--model"]
-    command += [captioner_dir, "--output-dir", str(out), "--batch-size", "2", "--shard-size", "4"]
-    command += ["--max-new-tokens", "6", "--num-workers", "0", "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(captioning.__file__).parents[1])}
+    command += ["--dynamo_backend", "no", "-m", "anchorclip", "caption", "--dataset_name", dataset_dir]
+    command += ["--captioner", captioner_dir, "--output_dir", str(out), "--batch_size", "2", "--shard_size", "4"]
+    command += ["--max_new_tokens", "6", "--num_workers", "0", "--no_progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(anchorclip.__file__).parents[1])}
     done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert datasets.load_from_disk(str(out))["caption"] == reference["caption"]

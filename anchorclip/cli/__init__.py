@@ -19,7 +19,7 @@ _COMMANDS = {
         "Finetune CLIP with ARF or a baseline, then evaluate it (the example's job).",
     ),
     "eval": ("anchorclip.cli.eval", "Evaluate CLIP checkpoints zero-shot on evaluation sets or suites."),
-    "caption": ("anchorclip.captioning", "Caption an image dataset with any HF captioning model."),
+    "caption": ("anchorclip.cli.caption", "Caption an image dataset with any HF captioning model."),
     "retrieve": ("anchorclip.retrieval", "Retrieve image-caption anchors from a pool for the downstream classes."),
 }
 

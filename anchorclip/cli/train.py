@@ -307,17 +307,17 @@ def _caption_anchors(data_args, training_args, train):
         return captions, {"source": data_args.caption_anchors}
     if data_args.captioner is None:
         raise ValueError("ARF with lambda_caption > 0 needs --caption_anchors or --captioner (or lambda_caption 0).")
-    from anchorclip.captioning import caption_dataset
+    from anchorclip.anchors.caption_job import CaptionArguments, run_captioning
 
     output = os.path.join(training_args.output_dir, "anchors", "captions")
-    captions = caption_dataset(  # resumes from (and checks) the chunks an earlier run left under `output`
-        train,
-        data_args.captioner,
-        output,
+    caption_args = CaptionArguments(  # the finetune set is passed loaded (and subsampled): no dataset_name
+        captioner=data_args.captioner,
+        output_dir=output,
         batch_size=data_args.caption_batch_size,
         num_workers=training_args.dataloader_num_workers,
         progress=training_args.local_process_index == 0,
     )
+    captions = run_captioning(caption_args, train)  # resumes from (and checks) the chunks left under `output`
     with open(os.path.join(output, "anchorclip_provenance.json")) as handle:
         return captions, json.load(handle)
 
