@@ -47,10 +47,10 @@ def build_model(name: str, attn_implementation: str = "sdpa") -> tuple[AnchorCLI
     return AnchorCLIPModel(config), spec
 
 
-def synthetic_batch(spec: dict, batch: int, pairs_per_image: int, captions: bool, device) -> dict:
+def synthetic_batch(spec: dict, batch: int, pairs_per_image: float, captions: bool, device) -> dict:
     """An ARF batch as `AnchorCollator` builds it: [images; pair images] and [prompts; captions; pair captions]."""
     size = spec["vision"]["image_size"]
-    num_pairs = batch * pairs_per_image
+    num_pairs = int(batch * pairs_per_image)  # fractional: one pair for every 1/pairs_per_image images
     num_captions = batch if captions else 0
     length = spec["caption_tokens"] if (captions or num_pairs) else spec["prompt_tokens"]
     num_texts = batch + num_captions + num_pairs
