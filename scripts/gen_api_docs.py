@@ -16,7 +16,8 @@ import anchorclip
 
 PATH = Path(__file__).resolve().parent.parent / "docs" / "api.md"
 EXTRA = {  # public modules beyond the package namespace: (module, names)
-    "anchorclip.captioning": ("caption_dataset", "Captioner"),
+    "anchorclip.anchors.caption_job": ("caption_dataset", "run_captioning", "CaptionArguments"),
+    "anchorclip.anchors.captioning": ("Captioner",),
     "anchorclip.retrieval": ("retrieve_anchors", "embed_pool", "build_index"),
     "anchorclip.miniworld": ("load_miniworld_split", "miniworld_eval_sets"),
     "anchorclip.evaluation.suites": ("list_suites", "load_suite", "load_suite_sets"),

@@ -64,7 +64,28 @@ PROVENANCE_FILE = "anchorclip_provenance.json"
 @dataclass
 class CaptionArguments:
     """Everything one captioning job needs, as `anchorclip caption` parses it (snake_case flags; the kebab-case
-    spellings `--output-dir`, `--batch-size`, ... are accepted too)."""
+    spellings `--output-dir`, `--batch-size`, ... are accepted too). Recorded whole in the provenance.
+
+    Attributes:
+        dataset_name / dataset_split: a Hub id, image folder or `save_to_disk` folder (`"spec:split"` works too).
+        captioner: the checkpoint (Hub id or folder): anything `AutoModelForImageTextToText` loads, or a
+            remote-code causal LM with `trust_remote_code`.
+        output_dir: where the captions table, `_shards/`, `skipped_rows.json` and the provenance are written.
+        id_column: a column with a unique, stable id per row (e.g. a file name), the table's key; default: the row
+            index (`row_index`), which holds as long as the finetune set keeps its row order.
+        batch_size: images per `generate` call. Part of the resume check: batch composition can change
+            low-precision numerics, so a resumed run must use the same value to reproduce a fresh run exactly.
+        prompt / chat_template: a text prompt or prefix (BLIP, BLIP-2, GIT, Florence-2 task tokens such as
+            `"<MORE_DETAILED_CAPTION>"`; echoed prompts are stripped), wrapped in the chat template for chat VLMs.
+        generation_kwargs: any other `generate` argument (`repetition_penalty`, `min_new_tokens`, ...).
+        dtype: `"auto"` (bf16/fp16 on GPU, fp32 on CPU), `"float32"`, `"bfloat16"` or `"float16"`.
+        shard_size / sharding: rows per chunk file (at most this much work is lost on interruption; best a multiple
+            of `batch_size`), and how processes split the chunks (`"strided"` balances load, or `"contiguous"`).
+        num_workers: DataLoader workers that decode and preprocess images while the model generates.
+        resume: reuse finished chunks of an earlier run into the same `output_dir`; False starts over.
+        max_rows: caption only the first `max_rows` rows (a trial run before hours of compute).
+        push_to_hub: also push the table to this Hub dataset repo id.
+    """
 
     dataset_name: str | None = field(
         default=None,
@@ -177,12 +198,8 @@ def run_captioning(
     """Run the captioning job `args` describes and return the captions table.
 
     Args:
-        args: the job's settings. `args.captioner` and `args.dataset_name` name what is loaded unless `captioner` /
-            `dataset` are given. `batch_size` is part of the resume check: batch composition can change
-            low-precision numerics, so a resumed run must use the same value to reproduce a fresh run exactly.
-            `shard_size` bounds the work lost on interruption (best a multiple of `batch_size`). `prompt` is a text
-            prompt / prefix (BLIP, BLIP-2, GIT, Florence-2 task tokens); echoed prompts are stripped from the
-            caption. `chat_template` wraps it in the processor's chat template (chat VLMs).
+        args: the job's settings (see `CaptionArguments`). `args.captioner` and `args.dataset_name` name what is
+            loaded unless `captioner` / `dataset` are given.
         dataset: the images, already loaded (then `args.dataset_name` is only a label; leave it None for a set
             that was filtered or subsampled).
         captioner: a ready `Captioner`, whose own generation settings win over `args`.
