@@ -463,6 +463,7 @@ def retrieve_anchors(
     processor=None,
     accelerator=None,
     seed: int = 0,
+    pool_embeddings: str | None = None,
 ) -> datasets.Dataset:
     """Retrieve image-caption anchors for `class_names` from `pool` and save them as a dataset at `output_dir`.
 
@@ -484,6 +485,10 @@ def retrieve_anchors(
         index_factory / index_params: FAISS index (default `default_index_factory`) and search parameters.
         oversample: each query retrieves `ceil(k_per_class * oversample)` items, the slack that leakage
             removal, one-class-per-item and de-duplication consume.
+        pool_embeddings: instead of `pool`, a folder of precomputed embeddings in LAION's layout
+            (`anchorclip.anchors.precomputed`): nothing is embedded, the search uses an on-disk IVF-PQ index built
+            once under `cache_dir` (`anchorclip.anchors.index`), and the anchors are URLs + captions
+            (`anchorclip.anchors.url_anchors`).
 
     Returns the anchors dataset (also saved at `output_dir`, with provenance and `report.html`).
     """
@@ -518,23 +523,43 @@ def retrieve_anchors(
         raise ValueError("rule='image2image' needs the finetune dataset (finetune=...).")
     templates = resolve_templates(list(templates) if isinstance(templates, (list, tuple)) else templates)
 
-    pool_data, pool_spec = _resolve_dataset(pool, pool_split, streaming)
-    if isinstance(pool_data, datasets.Dataset) and len(pool_data) == 0:
-        raise ValueError(f"The pool {pool_spec or ''} is empty: there is nothing to retrieve from.".replace("  ", " "))
-    image_column = find_column(pool_data, image_column, IMAGE_COLUMNS, "image")
-    caption_column = find_column(pool_data, caption_column, CAPTION_COLUMNS, "caption")
-    pool_id = pool_id or dataset_fingerprint(pool_data, pool_spec, pool_split if pool_spec else None)
+    precomputed = None
+    if pool_embeddings is not None:  # a folder of LAION-layout embeddings: see anchorclip/anchors/
+        from .anchors import precomputed as pre
+
+        if pool is not None:
+            raise ValueError("Pass either a pool or pool_embeddings, not both.")
+        precomputed = pre.PrecomputedPool.open(pool_embeddings)
+        pool_data, pool_spec, pool_split = None, precomputed.path, None
+        image_column, caption_column = precomputed.column(pre.URL_COLUMNS), precomputed.column(pre.CAPTION_COLUMNS)
+        pool_id = pool_id or precomputed.path
+    else:
+        pool_data, pool_spec = _resolve_dataset(pool, pool_split, streaming)
+        if isinstance(pool_data, datasets.Dataset) and len(pool_data) == 0:
+            raise ValueError(f"The pool {pool_spec or ''} is empty: there is nothing to retrieve from."
+                             .replace("  ", " "))
+        image_column = find_column(pool_data, image_column, IMAGE_COLUMNS, "image")
+        caption_column = find_column(pool_data, caption_column, CAPTION_COLUMNS, "caption")
+        pool_id = pool_id or dataset_fingerprint(pool_data, pool_spec, pool_split if pool_spec else None)
     model, processor = load_clip(model_name_or_path, processor)
     model.to(accelerator.device)
     model_name = str(model.config._name_or_path or "<in-memory model>")
+    if precomputed is not None:
+        text_encoder = TextEncoder(model, getattr(processor, "tokenizer", processor), accelerator.device,
+                                   autocast=accelerator.autocast)
+        pre.check_model(precomputed, model_name, model.config.projection_dim, text_encoder.encode)
 
     # 1. Embeddings (cached). Image embeddings are also what de-duplication and the leakage guard compare.
     counts: dict = {}
     needs_images = rule != "text2text" or bool(dedup_threshold) or bool(leakage_sets)
-    image_store = embed_pool(pool_data, model, processor, kind="image", column=image_column, pool_id=pool_id,
-                             **embed_kwargs) if needs_images else None
-    caption_store = embed_pool(pool_data, model, processor, kind="text", column=caption_column, pool_id=pool_id,
-                               **embed_kwargs) if rule == "text2text" else None
+    if precomputed is not None:
+        image_store = precomputed.store("image") if needs_images else None
+        caption_store = precomputed.store("text") if rule == "text2text" else None
+    else:
+        image_store = embed_pool(pool_data, model, processor, kind="image", column=image_column, pool_id=pool_id,
+                                 **embed_kwargs) if needs_images else None
+        caption_store = embed_pool(pool_data, model, processor, kind="text", column=caption_column,
+                                   pool_id=pool_id, **embed_kwargs) if rule == "text2text" else None
     search_store = caption_store if rule == "text2text" else image_store
     counts["pool_rows"] = search_store.num_rows
     counts["pool_unembeddable"] = int((~search_store.valid).sum())
@@ -563,14 +588,21 @@ def retrieve_anchors(
         counts["queries"] = len(queries)
 
         # 3. Search.
-        index = build_index(search_store, index_factory, index_params=index_params, seed=seed)
+        if precomputed is not None:
+            from .anchors.index import pool_index
+
+            index = pool_index(precomputed, "text" if rule == "text2text" else "image",
+                               cache_dir or default_cache_dir(), index_factory, index_params, seed)
+        else:
+            index = build_index(search_store, index_factory, index_params=index_params, seed=seed)
         k_search = min(math.ceil(k_per_class * oversample), search_store.num_rows)
         search_started = time.perf_counter()
         scores, ids = search(index, queries, k_search)
         search_seconds = time.perf_counter() - search_started
-        factory = index_factory or default_index_factory(search_store.num_rows, search_store.dim)
+        factory = getattr(index, "factory", None) or index_factory or default_index_factory(search_store.num_rows,
+                                                                                              search_store.dim)
         recall = None
-        if not _is_exact(index):
+        if precomputed is not None or not _is_exact(index):
             sample = np.random.default_rng(seed).choice(len(queries), min(recall_queries, len(queries)),
                                                         replace=False)
             recall = measure_recall(index, search_store, queries[sample], min(k_search, 100))
@@ -607,7 +639,12 @@ def retrieve_anchors(
                            "thresholds.", len(short), k_per_class, short[:5])
 
         # 5. Outputs.
-        anchors = _write_anchors(pool_data, image_column, caption_column, selected, class_names, output_dir)
+        if precomputed is not None:
+            from .anchors.url_anchors import write_url_anchors, write_url_report
+
+            anchors = write_url_anchors(precomputed, selected, class_names, output_dir)
+        else:
+            anchors = _write_anchors(pool_data, image_column, caption_column, selected, class_names, output_dir)
         provenance = {
             "pool": pool_spec or pool_id, "pool_split": pool_split if pool_spec else None, "pool_id": pool_id,
             "image_column": image_column, "caption_column": caption_column, "model": model_name,
@@ -616,7 +653,7 @@ def retrieve_anchors(
             "k_search": k_search, "dedup_threshold": dedup_threshold,
             "leakage_sets": [s if isinstance(s, str) else dataset_fingerprint(s) for s in (leakage_sets or [])],
             "leakage_threshold": leakage_threshold, "index_factory": factory,
-            "index_params": search_params(factory, index_params),
+            "index_params": index.params if precomputed is not None else search_params(factory, index_params),
             "index_recall": recall, "recall_k": min(k_search, 100) if recall is not None else None,
             "finetune": finetune if isinstance(finetune, str) else (None if finetune is None else "<dataset>"),
             "counts": counts, "per_class_counts": dict(zip(class_names, per_class.tolist())),
@@ -627,7 +664,8 @@ def retrieve_anchors(
         }
         with open(os.path.join(output_dir, PROVENANCE_FILE), "w") as file:
             json.dump(provenance, file, indent=2)
-        write_report(anchors, class_names, os.path.join(output_dir, REPORT_FILE), per_class=report_per_class,
+        (write_url_report if precomputed is not None else write_report)(
+            anchors, class_names, os.path.join(output_dir, REPORT_FILE), per_class=report_per_class,
                      title=f"{rule} anchors from {pool_spec or pool_id}", provenance=provenance)
         logger.info("Wrote %d anchors to %s (report: %s).", len(anchors), output_dir,
                     os.path.join(output_dir, REPORT_FILE))
@@ -788,10 +826,14 @@ def write_report(anchors: datasets.Dataset, class_names: Sequence[str], path: st
 class RetrievalArguments:
     """`anchorclip retrieve` options (see `retrieve_anchors` and docs/retrieval.md)."""
 
-    pool: str = field(metadata={"help": "Pool of image-caption pairs: Hub id, local folder or save_to_disk folder "
-                                        "(`spec:split` allowed)."})
     model_name_or_path: str = field(metadata={"help": "The pretrained CLIP checkpoint used for retrieval."})
     output_dir: str = field(metadata={"help": "Where the anchors dataset, provenance and report.html are written."})
+    pool: str | None = field(default=None, metadata={"help": "Pool of image-caption pairs: Hub id, local folder or "
+                                                             "save_to_disk folder (`spec:split` allowed)."})
+    pool_embeddings: str | None = field(
+        default=None, metadata={"help": "Instead of --pool: a folder of precomputed embeddings in LAION's layout "
+                                        "(img_emb/, text_emb/, metadata/); anchors are URLs + captions."}
+    )
     class_names: list[str] | None = field(default=None, metadata={"help": "Downstream class names."})
     class_names_file: str | None = field(default=None, metadata={"help": "A text file with one class name a line."})
     finetune_dataset: str | None = field(
@@ -845,6 +887,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = HfArgumentParser(RetrievalArguments)
     parser.prog = "anchorclip retrieve"
     (args,) = parser.parse_args_into_dataclasses(args=argv)
+    if (args.pool is None) == (args.pool_embeddings is None):
+        parser.error("pass one of --pool and --pool_embeddings")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     class_names = list(args.class_names or [])
     if args.class_names_file:

@@ -1,0 +1,206 @@
+"""Pools of precomputed embeddings in LAION's layout (`anchorclip.anchors`): reading, the on-disk index, resuming,
+and `anchorclip retrieve --pool_embeddings` end to end on a tiny CLIP. Seconds, CPU only."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import CLASS_NAMES, COLOURS, make_config, make_images, make_processor
+from transformers import CLIPModel
+
+from anchorclip import retrieval
+from anchorclip._embedding import TextEncoder, _features
+from anchorclip.anchors.index import build_pool_index, open_pool_index
+from anchorclip.anchors.precomputed import PoolError, PrecomputedPool, check_model
+from anchorclip.retrieval import exact_topk, measure_recall
+
+
+def _normalized(rng, n, d):
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def write_pool(path, image_shards, text_shards=None, captions=None, model=None):
+    """A LAION-layout folder: img_emb/, text_emb/ (optional), metadata/ with url + caption, one file per shard."""
+    os.makedirs(path / "img_emb")
+    os.makedirs(path / "metadata")
+    first = 0
+    for s, shard in enumerate(image_shards):
+        np.save(path / "img_emb" / f"img_emb_{s:04d}.npy", shard.astype(np.float16))
+        rows = range(first, first + len(shard))
+        texts = captions[first : first + len(shard)] if captions else [f"caption {i}" for i in rows]
+        table = pa.table({"url": [f"https://example.com/{i}.jpg" for i in rows], "caption": texts, "key": list(rows)})
+        pq.write_table(table, path / "metadata" / f"metadata_{s:04d}.parquet")
+        first += len(shard)
+    for s, shard in enumerate(text_shards or []):
+        os.makedirs(path / "text_emb", exist_ok=True)
+        np.save(path / "text_emb" / f"text_emb_{s:04d}.npy", shard.astype(np.float16))
+    if model:
+        (path / "anchorclip_pool.json").write_text(json.dumps({"model": model}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def vectors():
+    return _normalized(np.random.default_rng(0), 3000, 16)
+
+
+@pytest.fixture
+def pool_dir(tmp_path, vectors):
+    return write_pool(tmp_path / "pool", [vectors[:1000], vectors[1000:2200], vectors[2200:]])
+
+
+def test_reads_the_layout(pool_dir, vectors):
+    pool = PrecomputedPool.open(str(pool_dir))
+    assert pool.num_rows == 3000 and pool.dim == 16 and pool.kinds == ["image"]
+    assert pool.rows.tolist() == [1000, 1200, 800]
+    store = pool.store("image")
+    assert isinstance(store.shards[0], np.memmap)
+    np.testing.assert_allclose(store.gather([5, 1500, 2999]), vectors[[5, 1500, 2999]], atol=1e-3)
+    meta = pool.metadata(np.array([2999, 5, 1500]), ["url", "caption"])
+    assert meta["url"] == ["https://example.com/2999.jpg", "https://example.com/5.jpg", "https://example.com/1500.jpg"]
+    with pytest.raises(PoolError, match="text_emb"):
+        pool.store("text")
+
+
+def test_validation_names_the_file(pool_dir):
+    np.save(pool_dir / "img_emb" / "img_emb_0001.npy", np.zeros((1199, 16), np.float16))
+    with pytest.raises(PoolError, match=r"img_emb_0001\.npy: 1199 rows, but .*metadata_0001\.parquet has 1200"):
+        PrecomputedPool.open(str(pool_dir))
+    (pool_dir / "img_emb" / "img_emb_0001.npy").write_bytes(b"\x93NUMPY truncated")
+    with pytest.raises(PoolError, match=r"img_emb_0001\.npy: not a readable \.npy"):
+        PrecomputedPool.open(str(pool_dir))
+    os.remove(pool_dir / "img_emb" / "img_emb_0001.npy")
+    with pytest.raises(PoolError, match=r"not have the same shards \(unpaired shard numbers \[1\]\)"):
+        PrecomputedPool.open(str(pool_dir))
+    np.save(pool_dir / "img_emb" / "img_emb_0001.npy", np.zeros((1200, 8), np.float16))
+    with pytest.raises(PoolError, match=r"img_emb_0001\.npy: dimension 8"):
+        PrecomputedPool.open(str(pool_dir))
+
+
+def test_index_recall_and_resume(pool_dir, tmp_path, monkeypatch):
+    import faiss.contrib.ondisk
+
+    store = PrecomputedPool.open(str(pool_dir)).store("image")
+    directory = str(tmp_path / "index")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(faiss.contrib.ondisk, "merge_ondisk", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_pool_index(store, directory, train_size=3000)
+    monkeypatch.undo()
+    shards = [os.path.join(directory, "shards", f"shard_{s:05d}.index") for s in range(3)]
+    assert all(os.path.exists(path) for path in shards)
+    os.remove(shards[1])  # as if the run had died while encoding shard 1
+    stamps = {s: os.stat(shards[s]).st_mtime_ns for s in (0, 2)}
+    index = build_pool_index(store, directory, train_size=3000, keep_shards=True)
+    assert {s: os.stat(shards[s]).st_mtime_ns for s in (0, 2)} == stamps  # finished shards are not re-encoded
+    assert os.path.exists(shards[1]) and index.ntotal == 3000
+
+    queries = _normalized(np.random.default_rng(1), 100, 16)
+    assert measure_recall(index, store, queries, 10) >= 0.85  # PQ codes re-ranked with the pool's vectors
+    _, exact = exact_topk(store, queries, 1)
+    _, found = index.search(queries, 1)
+    assert np.mean(found[:, 0] == exact[:, 0]) >= 0.8
+    # Reopened from disk (a moved folder works too: the lists are found beside the index).
+    moved = str(tmp_path / "moved")
+    os.rename(directory, moved)
+    reopened = open_pool_index(moved, store, "nprobe=64,k_factor_rf=20")
+    assert reopened.params["nprobe"] == "64" and reopened.k_factor == 20
+    assert measure_recall(reopened, store, queries, 10) >= measure_recall(index, store, queries, 10) - 0.02
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("clip"))
+    torch.manual_seed(0)
+    CLIPModel(make_config()).save_pretrained(path)
+    make_processor().save_pretrained(path)
+    return path
+
+
+def _embedded_pool(path, checkpoint, n=600, model_name=None):
+    """A pool embedded with the tiny CLIP itself, as clip-retrieval would embed LAION with the real one."""
+    model, processor = CLIPModel.from_pretrained(checkpoint).eval(), make_processor()
+    rng = np.random.default_rng(3)
+    captions = [f"a photo of a {COLOURS[rng.integers(4)]} {CLASS_NAMES[rng.integers(4)]}" for _ in range(n)]
+    text = TextEncoder(model, processor.tokenizer, torch.device("cpu"), autocast=contextlib.nullcontext).encode(
+        captions
+    )
+    with torch.no_grad():
+        pixels = processor.image_processor(make_images(n, seed=4), return_tensors="pt")["pixel_values"]
+        images = torch.nn.functional.normalize(
+            _features(model.get_image_features(pixel_values=pixels)), dim=-1
+        ).numpy()
+    cut = [0, 250, 450, n]
+    return write_pool(
+        path,
+        [images[a:b] for a, b in zip(cut, cut[1:])],
+        [text[a:b] for a, b in zip(cut, cut[1:])],
+        captions,
+        model=model_name,
+    )
+
+
+def test_retrieve_from_pool_embeddings(tmp_path, checkpoint):
+    pool = _embedded_pool(tmp_path / "pool", checkpoint)
+    out = tmp_path / "anchors"
+    argv = [
+        "--pool_embeddings",
+        str(pool),
+        "--model_name_or_path",
+        checkpoint,
+        "--output_dir",
+        str(out),
+        "--class_names",
+        *CLASS_NAMES,
+        "--k_per_class",
+        "5",
+        "--cache_dir",
+        str(tmp_path / "cache"),
+    ]
+    assert retrieval.main(argv) == 0
+    anchors = datasets.load_from_disk(str(out))
+    assert set(anchors.column_names) == {"url", "caption", "class_name", "class_index", "score", "pool_index"}
+    assert 0 < len(anchors) <= 5 * len(CLASS_NAMES)
+    row = anchors[0]
+    assert row["url"] == f"https://example.com/{row['pool_index']}.jpg"
+    assert pq.read_table(out / "urls.parquet").num_rows == len(anchors)
+    assert "<img loading='lazy'" in (out / "report.html").read_text()
+    provenance = json.loads((out / retrieval.PROVENANCE_FILE).read_text())
+    assert provenance["index_factory"].startswith("IVF") and provenance["index_recall"] >= 0.8
+    assert provenance["pool"] == str(pool)
+    # text2text searches the caption embeddings; a second run reuses the built index.
+    assert retrieval.main([*argv[:5], str(tmp_path / "t2t"), *argv[6:], "--rule", "text2text"]) == 0
+    assert len(os.listdir(tmp_path / "cache" / "pool-index")) == 2
+    with pytest.raises(SystemExit):
+        retrieval.main(argv + ["--pool", "somewhere"])
+
+
+def test_refuses_another_model(tmp_path, checkpoint):
+    pool = PrecomputedPool.open(str(_embedded_pool(tmp_path / "pool", checkpoint, model_name="openai/clip-vit")))
+    with pytest.raises(PoolError, match="embedded with openai/clip-vit"):
+        check_model(pool, checkpoint, 16)
+    with pytest.raises(PoolError, match="dimension 16, but"):
+        check_model(pool, "openai/clip-vit", 512)
+    other = CLIPModel(make_config()).eval()  # same architecture, other weights: other embedding space
+    encoder = TextEncoder(other, make_processor().tokenizer, torch.device("cpu"), autocast=contextlib.nullcontext)
+    with pytest.raises(PoolError, match="does not reproduce the pool's caption embeddings"):
+        check_model(pool, "openai/clip-vit", 16, encoder.encode)
+    mine = TextEncoder(
+        CLIPModel.from_pretrained(checkpoint).eval(),
+        make_processor().tokenizer,
+        torch.device("cpu"),
+        autocast=contextlib.nullcontext,
+    )
+    assert check_model(pool, "openai/clip-vit", 16, mine.encode) > 0.99
