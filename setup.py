@@ -29,6 +29,8 @@ setup(
         "pillow>=10",  # pillow and numpy: tested on pillow 13.0.0 and numpy 2.4.6 only
         "numpy>=1.26",
         "tqdm",
+        "pyyaml>=5.1",  # evaluation suites and config files (anchorclip CMD run.yaml)
+        "jinja2>=3.0",  # huggingface_hub's ModelCard.from_template renders the model card template
     ],
     extras_require={
         "retrieval": ["faiss-cpu>=1.8"],

@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
+from anchorclip import AnchorCLIPConfig, AnchorCLIPModel, ImageTransform
+from anchorclip.evaluation.zero_shot import ZeroShotScorer
 from anchorclip.miniworld import MINICLIP_PATH, build_tokenizer, load_miniworld_split, miniworld_eval_sets
 from anchorclip.miniworld.tokenizer import BOS_ID, EOS_ID, MAX_LENGTH, PAD_ID
-from anchorclip.miniworld.zeroshot import zero_shot_accuracy
 
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
@@ -42,6 +43,19 @@ def build_model(vocab_size: int) -> CLIPModel:
         projection_dim=128,
     )  # fmt: skip
     return CLIPModel(config)
+
+
+def zero_shot_accuracy(model: CLIPModel, processor: CLIPProcessor, eval_set) -> float:
+    """Top-1 (%) on an `EvalSet` with its own names and templates, by the library's own zero-shot scorer."""
+    from accelerate import Accelerator
+
+    view = AnchorCLIPModel(AnchorCLIPConfig.from_dict(model.config.to_dict()))
+    view.load_state_dict(model.state_dict())
+    transform = ImageTransform.from_image_processor(processor.image_processor)
+    scorer = ZeroShotScorer(
+        view, processor.tokenizer, transform, Accelerator(cpu=True), batch_size=500, progress=False
+    )
+    return 100.0 * scorer.score(eval_set)["top1"]
 
 
 def build_optimizer(model: CLIPModel, lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -90,6 +104,15 @@ def main():
     print(f"data ready: {len(pretrain)} pairs in {time.time() - started:.0f}s", flush=True)
 
     model = build_model(len(tokenizer))
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": 32},
+            crop_size={"height": 32, "width": 32},
+            image_mean=list(MEAN),
+            image_std=list(STD),
+        ),
+        tokenizer=tokenizer,
+    )
     print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M", flush=True)
     optimizer = build_optimizer(model, args.lr, args.weight_decay)
     probe = miniworld_eval_sets(size_per_set=200)["test_photo"]  # cheap progress signal for the log
@@ -122,28 +145,19 @@ def main():
                 flush=True,
             )
         if (step + 1) % 300 == 0:
-            shape_accuracy = zero_shot_accuracy(model, tokenizer, probe, MEAN, STD)
+            shape_accuracy = zero_shot_accuracy(model, processor, probe)
             print(f"step {step + 1} photo shape zero-shot {shape_accuracy:.1f}%", flush=True)
             model.train()
     train_seconds = time.time() - started
 
     model.eval()
-    processor = CLIPProcessor(
-        image_processor=CLIPImageProcessor(
-            size={"shortest_edge": 32},
-            crop_size={"height": 32, "width": 32},
-            image_mean=list(MEAN),
-            image_std=list(STD),
-        ),
-        tokenizer=tokenizer,
-    )
     os.makedirs(args.out, exist_ok=True)
     model.save_pretrained(args.out)
     processor.save_pretrained(args.out)
 
     results = {}
     for name, eval_set in miniworld_eval_sets(size_per_set=args.eval_size).items():
-        results[name] = round(zero_shot_accuracy(model, tokenizer, eval_set, MEAN, STD), 2)
+        results[name] = round(zero_shot_accuracy(model, processor, eval_set), 2)
         print(f"zero-shot {name} ({eval_set.group}): {results[name]:.1f}%", flush=True)
     record = {
         "zero_shot_top1": results,
