@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .anchors.shards import num_chunks, read_json, save_npy_atomic, write_json_atomic
 from .data import decode_image, with_raw_images
 from .transforms import ImageTransform
 
@@ -184,10 +185,6 @@ class EmbeddingStore:
             np.zeros((0, self.dim), np.float32)
 
 
-def _num_shards(num_rows: int, shard_size: int) -> int:
-    return (num_rows + shard_size - 1) // shard_size
-
-
 def _shard_file(path: str, shard: int) -> str:
     return os.path.join(path, f"shard-{shard:06d}.npy")
 
@@ -196,7 +193,7 @@ def _cache_files(meta: dict) -> list[str]:
     """The files of a complete cache, in row order: a streamed pool's are listed, a map-style pool's numbered."""
     if "files" in meta:
         return list(meta["files"])
-    return [f"shard-{s:06d}.npy" for s in range(_num_shards(meta["num_rows"], meta["shard_size"]))]
+    return [f"shard-{s:06d}.npy" for s in range(num_chunks(meta["num_rows"], meta["shard_size"]))]
 
 
 def _chunk_name(source: int, num_sources: int, chunk: int) -> str:
@@ -208,18 +205,9 @@ def _source_marker(path: str, source: int, num_sources: int) -> str:
     return os.path.join(path, f"stream-{source:05d}of{num_sources:05d}.json")
 
 
-def _save_atomic(path: str, array: np.ndarray) -> None:
-    # Written under a temporary name and renamed: a run killed mid-write leaves no truncated shard behind.
-    tmp = f"{path}.tmp-{os.getpid()}.npy"
-    np.save(tmp, array)
-    os.replace(tmp, path)
-
-
 def _write_json(path: str, content: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as file:
-        json.dump(content, file, indent=2)
-    os.replace(tmp, path)
+    # Atomic (see anchorclip.anchors.shards), in the cache's format: indented by 2, ASCII.
+    write_json_atomic(path, content, indent=2, ensure_ascii=True)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -326,9 +314,9 @@ def embed_column(
             _write_json(layout_file, {"shard_size": shard_size})
     accelerator.wait_for_everyone()
 
-    meta = _read_json(meta_file)
+    meta = read_json(meta_file)
     # The shards already on disk decide the layout, so a run resumed with another shard size does not mix two.
-    layout = meta or _read_json(layout_file) or {"shard_size": shard_size}
+    layout = meta or read_json(layout_file) or {"shard_size": shard_size}
     if layout["shard_size"] != shard_size:
         logger.info("Reusing the cache's shard size %d (asked for %d).", layout["shard_size"], shard_size)
     shard_size = layout["shard_size"]
@@ -370,13 +358,6 @@ def embed_column(
     return store
 
 
-def _read_json(path: str) -> dict | None:
-    if not os.path.exists(path):
-        return None
-    with open(path) as file:
-        return json.load(file)
-
-
 def _progress(encoder, accelerator, description: str, total: int | None = None):
     return tqdm(total=total, unit="img" if isinstance(encoder, ImageEncoder) else "txt", unit_scale=True,
                 desc=description, disable=not accelerator.is_local_main_process, smoothing=0.1)
@@ -389,7 +370,7 @@ def _embed_chunks(batches: Iterator[tuple[int, list | None]], encoder, file_of, 
     for chunk, cells in batches:
         if chunk != current:
             if buffer:
-                _save_atomic(file_of(current), np.concatenate(buffer))
+                save_npy_atomic(file_of(current), np.concatenate(buffer))
             buffer, current = [], chunk
         if cells is None:
             continue
@@ -398,7 +379,7 @@ def _embed_chunks(batches: Iterator[tuple[int, list | None]], encoder, file_of, 
         computed += len(cells)
         progress.update(len(cells))
     if buffer:
-        _save_atomic(file_of(current), np.concatenate(buffer))
+        save_npy_atomic(file_of(current), np.concatenate(buffer))
     return computed
 
 
@@ -407,7 +388,7 @@ def _embed_missing(dataset, column, encoder, path, shard_size, batch_size, accel
     so shards that need no work cost nothing)."""
     num_rows = len(dataset)
     dataset = with_raw_images(dataset.select_columns([column]), column)
-    todo = [s for s in range(_num_shards(num_rows, shard_size))
+    todo = [s for s in range(num_chunks(num_rows, shard_size))
             if s % accelerator.num_processes == accelerator.process_index and not os.path.exists(_shard_file(path, s))]
 
     def batches():
@@ -465,10 +446,10 @@ def stream_sources(dataset: datasets.IterableDataset, num_processes: int = 1) ->
 
 def _source_rows(path: str, source: int, num_sources: int, shard_size: int) -> int | None:
     """The row count of a stream file whose chunks are all on disk, else None."""
-    marker = _read_json(_source_marker(path, source, num_sources))
+    marker = read_json(_source_marker(path, source, num_sources))
     if marker is None:
         return None
-    chunks = range(_num_shards(marker["rows"], shard_size))
+    chunks = range(num_chunks(marker["rows"], shard_size))
     done = all(os.path.exists(os.path.join(path, _chunk_name(source, num_sources, c))) for c in chunks)
     return marker["rows"] if done else None
 
@@ -515,7 +496,7 @@ def _embed_stream(dataset, column, encoder, path, shard_size, batch_size, accele
     if sum(lengths) == 0:
         raise ValueError("The pool is empty: there is nothing to embed or retrieve from.")
     files = [_chunk_name(source, num_sources, chunk) for source, rows in enumerate(lengths)
-             for chunk in range(_num_shards(rows, shard_size))]
+             for chunk in range(num_chunks(rows, shard_size))]
     return files, sum(lengths)
 
 

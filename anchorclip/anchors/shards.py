@@ -8,7 +8,8 @@ A *manifest* in the chunk folder records the settings the chunks were computed w
 resuming with other settings is an error rather than a silently mixed output.
 
 `anchorclip.anchors.caption_job` keeps its chunks as `rows-<start>-<stop>.json` (`chunk_path`, `read_chunk`);
-the embedding cache (`anchorclip._embedding`) keeps its own file names and uses the atomic writers.
+the embedding cache (`anchorclip._embedding`) keeps its own `.npy` file names and layout, and writes and reads its
+files with the helpers here (`save_npy_atomic`, `write_json_atomic`, `read_json`, `num_chunks`).
 """
 
 from __future__ import annotations
@@ -71,12 +72,12 @@ def process_state():
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def write_json_atomic(path: str | os.PathLike, payload: Any, *, indent: int = 1) -> None:
-    """Write `payload` as JSON under a temporary name, then rename: a reader sees the old file or the whole new one,
-    never half of it (and a run killed mid-write leaves no truncated file behind)."""
+def write_json_atomic(path: str | os.PathLike, payload: Any, *, indent: int = 1, ensure_ascii: bool = False) -> None:
+    """Write `payload` as JSON (UTF-8) under a temporary name, then rename: a reader sees the old file or the whole
+    new one, never half of it (and a run killed mid-write leaves no truncated file behind)."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(payload, indent=indent, ensure_ascii=False))
+    temporary.write_text(json.dumps(payload, indent=indent, ensure_ascii=ensure_ascii), encoding="utf-8")
     os.replace(temporary, path)
 
 
@@ -108,7 +109,7 @@ def read_chunk(shards_dir: Path, chunk: range, values: str = "captions") -> dict
     """A finished chunk (its list `values` holds one entry per row), or None if it is missing or was cut short (a
     half-written file is never renamed in place, but be lenient with files copied around by hand)."""
     try:
-        record = json.loads(chunk_path(shards_dir, chunk).read_text())
+        record = json.loads(chunk_path(shards_dir, chunk).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return record if len(record.get(values, ())) == len(chunk) else None
@@ -131,7 +132,7 @@ def open_shards_dir(shards_dir: Path, manifest: dict[str, Any], state, *, resume
         if not (shards_dir / MANIFEST_FILE).exists():
             write_json_atomic(shards_dir / MANIFEST_FILE, manifest)
     state.wait_for_everyone()
-    previous = json.loads((shards_dir / MANIFEST_FILE).read_text())
+    previous = json.loads((shards_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
     if previous != manifest:
         changed = sorted(key for key in manifest.keys() | previous.keys() if manifest.get(key) != previous.get(key))
         raise ValueError(
