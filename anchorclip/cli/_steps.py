@@ -3,34 +3,46 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 
 import torch
 import transformers
 
 from ..evaluation import GROUPS, EvalSet
-from ..evaluation.suites import SuiteEntry, build_eval_set, load_suite_sets
+from ..evaluation.suites import SuiteEntry, build_eval_set, list_suites, load_suite_sets
 from ..modeling_anchorclip import AnchorCLIPModel
 from ..reporting import summarize
 from ..wise import wise_ft
 
 
-def eval_sets_from_args(
-    eval_datasets: list[str],
-    eval_suite: str | None,
-    *,
-    data_root: str | None = None,
-    miniworld_size: int | None = None,
-) -> dict[str, EvalSet]:
+@dataclass
+class EvalSetArguments:
+    """Which sets to evaluate on: the same flags, with the same meaning, for `anchorclip train` and `eval`."""
+
+    eval_datasets: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Evaluation sets as NAME@GROUP=SPEC (GROUP: id, domain_shift, zero_shot, retrieval)."},
+    )
+    eval_suite: str | None = field(
+        default=None,
+        metadata={"help": f"An evaluation suite: a shipped one ({', '.join(list_suites())}) or a YAML file."},
+    )
+    eval_data_root: str | None = field(
+        default=None, metadata={"help": "Read a suite's datasets from local copies <eval_data_root>/<name>."}
+    )
+
+
+def eval_sets_from_args(args: EvalSetArguments, miniworld_size: int | None = None) -> dict[str, EvalSet]:
     """`--eval_suite` (a shipped suite or a YAML file) followed by each `--eval_datasets NAME@GROUP=SPEC`.
 
     A `SPEC` is anything `anchorclip.evaluation.formats.load_eval_dataset` reads, with the split after a colon;
     its class names and templates come from the source when it has them (a CLIP_benchmark folder's text files),
     else from the label column's `ClassLabel` and the run's `--eval_templates`.
     """
-    eval_sets = {}
-    if eval_suite:
-        eval_sets.update(load_suite_sets(eval_suite, data_root=data_root, miniworld_size=miniworld_size))
-    for spec in eval_datasets:
+    eval_sets, data_root = {}, args.eval_data_root
+    if args.eval_suite:
+        eval_sets.update(load_suite_sets(args.eval_suite, data_root=data_root, miniworld_size=miniworld_size))
+    for spec in args.eval_datasets:
         name_group, _, dataset_spec = spec.partition("=")
         name, _, group = name_group.partition("@")
         if not dataset_spec or not name:

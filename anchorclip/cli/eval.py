@@ -19,33 +19,21 @@ from dataclasses import asdict, dataclass, field
 from accelerate import PartialState
 from transformers import CLIPProcessor, HfArgumentParser
 
-from ..evaluation.suites import list_suites
 from ..hub import public_name
 from ..modeling_anchorclip import AnchorCLIPModel
 from ..reporting import format_results_table, result_rows, summarize, write_results
 from ..templates import resolve_templates
 from ..trainer import AnchorCLIPTrainer
 from ..training_args import AnchorTrainingArguments
-from ._steps import eval_sets_from_args, hardware, wise_sweep
+from ._steps import EvalSetArguments, eval_sets_from_args, hardware, wise_sweep
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class EvalArguments:
+class EvalArguments(EvalSetArguments):
     model_name_or_path: list[str] = field(
         default_factory=list, metadata={"help": "One or more CLIP checkpoints (Hub ids or folders)."}
-    )
-    eval_datasets: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Evaluation sets as NAME@GROUP=SPEC (GROUP: id, domain_shift, zero_shot, retrieval)."},
-    )
-    eval_suite: str | None = field(
-        default=None,
-        metadata={"help": f"An evaluation suite: a shipped one ({', '.join(list_suites())}) or a YAML file."},
-    )
-    eval_data_root: str | None = field(
-        default=None, metadata={"help": "Read a suite's datasets from local copies <eval_data_root>/<name>."}
     )
     wise_between: list[str] = field(
         default_factory=list, metadata={"help": "ZERO_SHOT FINETUNED: evaluate both and their WiSE-FT blends."}
@@ -90,9 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
         from ..miniworld import SPLITS
 
         size = max(8, round(SPLITS["test_photo"].size * args.miniworld_fraction))
-    eval_sets = eval_sets_from_args(
-        args.eval_datasets, args.eval_suite, data_root=args.eval_data_root, miniworld_size=size
-    )
+    eval_sets = eval_sets_from_args(args, miniworld_size=size)
     if not eval_sets:
         raise SystemExit("anchorclip eval: no evaluation set; give --eval_suite and/or --eval_datasets.")
 

@@ -28,9 +28,9 @@ from transformers import CLIPProcessor, HfArgumentParser
 from transformers.trainer_utils import get_last_checkpoint
 
 from anchorclip import AnchorCLIPModel, AnchorCLIPTrainer, AnchorTrainingArguments
-from anchorclip.cli._steps import eval_sets_from_args, hardware, wise_sweep
+from anchorclip.cli._steps import EvalSetArguments, eval_sets_from_args, hardware, wise_sweep
 from anchorclip.data import LABEL_COLUMNS, class_names_from_features, find_column, load_dataset_any
-from anchorclip.evaluation.suites import list_suites
+from anchorclip.evaluation.formats import class_names_from_file
 from anchorclip.lora import save_merged
 from anchorclip.reporting import format_results_table, result_rows, summarize, write_results
 from anchorclip.trainer import check_steps_will_train
@@ -49,14 +49,17 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
+class DataArguments(EvalSetArguments):
     dataset_name: str | None = field(
         default=None, metadata={"help": "Finetune set: Hub id, image folder or save_to_disk folder ('spec:split')."}
     )
     dataset_split: str = field(default="train")
     max_train_samples: int | None = field(default=None)
-    class_names: str | None = field(
-        default=None, metadata={"help": "Comma-separated class names if the label column is not a ClassLabel."}
+    class_names: list[str] | None = field(
+        default=None, metadata={"help": "Class names in label order, if the label column is not a ClassLabel."}
+    )
+    class_names_file: str | None = field(
+        default=None, metadata={"help": "A text file of class names, one a line in label order (or wnid name)."}
     )
     caption_anchors: str | None = field(
         default=None, metadata={"help": "Captions keyed by finetune row id (output of `anchorclip caption`)."}
@@ -77,17 +80,6 @@ class DataArguments:
     retrieval_templates: str = field(default="simple")
     retrieval_dedup_threshold: float | None = field(
         default=0.95, metadata={"help": "Cosine above which two retrieved anchors count as duplicates."}
-    )
-    eval_datasets: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Evaluation sets as NAME@GROUP=SPEC (GROUP: id, domain_shift, zero_shot, retrieval)."},
-    )
-    eval_suite: str | None = field(
-        default=None,
-        metadata={"help": f"An evaluation suite: a shipped one ({', '.join(list_suites())}) or a YAML file."},
-    )
-    eval_data_root: str | None = field(
-        default=None, metadata={"help": "Read a suite's datasets from local copies <eval_data_root>/<name>."}
     )
     miniworld_fraction: float = field(
         default=1.0, metadata={"help": "Default world only: scale every miniworld split (e.g. 0.02 for a smoke run)."}
@@ -131,12 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
         pairs, provenance["pair_anchors"] = _pair_anchors(class_names, model_args, data_args, training_args, state)
 
     # 4. Evaluation sets: --eval_datasets and --eval_suite (the default world: its own suite).
-    eval_sets = eval_sets_from_args(
-        data_args.eval_datasets,
-        data_args.eval_suite,
-        data_root=data_args.eval_data_root,
-        miniworld_size=_miniworld_size("test_photo", data_args),
-    )
+    eval_sets = eval_sets_from_args(data_args, miniworld_size=_miniworld_size("test_photo", data_args))
 
     trainer = AnchorCLIPTrainer(
         model=model,
@@ -287,11 +274,17 @@ def _miniworld_size(split: str, data_args) -> int | None:
 
 
 def _class_names(data_args, train, label_column) -> list[str]:
-    if data_args.class_names:
-        return [name.strip() for name in data_args.class_names.split(",")]
+    if data_args.class_names and data_args.class_names_file:
+        raise ValueError("Give the class names once: --class_names or --class_names_file.")
+    if data_args.class_names:  # a list: names such as "tench, Tinca tinca" keep their commas
+        return list(data_args.class_names)
     names = class_names_from_features(train, label_column)
+    if data_args.class_names_file:
+        return class_names_from_file(data_args.class_names_file, names)
     if not names:
-        raise ValueError(f"Column {label_column!r} is not a ClassLabel: pass --class_names 'cat,dog,...'.")
+        raise ValueError(
+            f"Column {label_column!r} is not a ClassLabel: pass --class_names cat dog ... or --class_names_file FILE."
+        )
     return names
 
 
