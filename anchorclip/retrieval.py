@@ -111,7 +111,7 @@ class LaunchProcesses:
     mixed_precision = "no"
 
     def __init__(self):
-        from .captioning import process_state
+        from .anchors.shards import process_state
 
         self._state = process_state()
 

@@ -18,7 +18,7 @@ Protocol (what a reviewer would ask for):
 - WiSE-FT rows use α = 0.5 (the WiSE-FT paper's default, not tuned); the plot shows the α sweep.
 
 Anchors are built once through the same code paths users run: captions of the finetune images by the
-shipped mini-captioner (`anchorclip.captioning`), pairs retrieved from the world's pool by the pretrained
+shipped mini-captioner (`anchorclip.anchors.caption_job`), pairs retrieved from the world's pool by the pretrained
 mini-CLIP (`anchorclip.retrieval`). "oracle captions" uses the world's ground-truth captions instead.
 Each run's result is written to `<workdir>/runs/` as it finishes, so an interrupted benchmark resumes.
 """
@@ -39,7 +39,7 @@ import torch
 from transformers import CLIPProcessor
 
 from anchorclip import AnchorCLIPModel, AnchorCLIPTrainer, AnchorTrainingArguments, EvalSet, wise_ft
-from anchorclip.captioning import caption_dataset
+from anchorclip.anchors.caption_job import caption_dataset
 from anchorclip.evaluation import GROUPS
 from anchorclip.miniworld import MINICAPTIONER_PATH, MINICLIP_PATH, load_miniworld_split, miniworld_eval_sets
 from anchorclip.miniworld.prompts import SHAPE_TEMPLATES

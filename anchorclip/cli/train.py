@@ -33,7 +33,7 @@ from anchorclip.data import LABEL_COLUMNS, class_names_from_features, find_colum
 from anchorclip.evaluation.formats import class_names_from_file
 from anchorclip.lora import save_merged
 from anchorclip.reporting import format_results_table, result_rows, summarize, write_results
-from anchorclip.trainer import check_steps_will_train
+from anchorclip.train_data import check_steps_will_train
 
 logger = logging.getLogger(__name__)
 

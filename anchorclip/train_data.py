@@ -1,0 +1,147 @@
+"""The training data of one run: the finetune set, its captions and the retrieved pairs, checked up front and
+wrapped as `AnchoredDataset` + `AnchorCollator` (see batching.py); the step-count check; the trainer's callbacks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+from .batching import AnchorCollator, AnchoredDataset, tokenize_column, tokenize_prompts
+from .data import (
+    CAPTION_COLUMNS,
+    IMAGE_COLUMNS,
+    LABEL_COLUMNS,
+    class_names_from_features,
+    find_column,
+    join_captions,
+    with_raw_images,
+)
+from .templates import resolve_templates
+from .training_args import AnchorTrainingArguments
+from .transforms import ImageTransform
+
+
+def build_train_data(
+    train_dataset,
+    pair_anchors,
+    args: AnchorTrainingArguments,
+    processing_class,
+    model,
+    class_names,
+    caption_anchors=None,
+) -> tuple[AnchoredDataset, AnchorCollator, list[str]]:
+    """Validate the finetune and anchor sets up front; wrap them in an `AnchoredDataset` and its collator.
+
+    Returns the dataset, the collator and the class names (given, else the label column's `ClassLabel` names).
+    """
+    captions = train_dataset
+    if args.uses_captions and caption_anchors is not None:
+        # Joined by id: the finetune rows with a caption (an index mapping, images untouched), captions aligned.
+        train_dataset, captions = join_captions(train_dataset, caption_anchors, args.caption_column)
+    image_column = find_column(train_dataset, args.image_column, IMAGE_COLUMNS, "image")
+    label_column = find_column(train_dataset, args.label_column, LABEL_COLUMNS, "label")
+    class_names = class_names or class_names_from_features(train_dataset, label_column)
+    if not class_names:
+        raise ValueError(
+            f"The label column {label_column!r} is not a ClassLabel; pass class_names=[...] in label-id order."
+        )
+    if len(train_dataset) == 0:
+        raise ValueError("The finetune dataset is empty.")
+    labels = np.asarray(train_dataset[label_column])
+    bad = labels[(labels < 0) | (labels >= len(class_names))]
+    if bad.size:
+        raise ValueError(
+            f"Label ids {sorted(set(bad.tolist()))[:10]} in column {label_column!r} are outside the "
+            f"{len(class_names)} class names (valid ids: 0..{len(class_names) - 1})."
+        )
+    tokenizer = processing_class.tokenizer
+    max_length = min(args.max_text_length, model.config.text_config.max_position_embeddings)
+    caption_ids = pair_caption_ids = None
+    if args.uses_captions:
+        caption_column = find_column(captions, args.caption_column, CAPTION_COLUMNS, "caption")
+        caption_ids = tokenize_column(captions, caption_column, tokenizer, max_length, "Tokenizing captions")
+    pair_image_column = None
+    if args.uses_pairs:
+        if pair_anchors is None or len(pair_anchors) == 0:
+            raise ValueError(
+                f"The pair-anchor set is empty but lambda_pairs={args.lambda_pairs} > 0: pass pair_anchors "
+                "(see `anchorclip retrieve`) or set lambda_pairs=0."
+            )
+        pair_image_column = find_column(pair_anchors, None, IMAGE_COLUMNS, "pair-anchor image")
+        pair_caption_column = find_column(pair_anchors, None, CAPTION_COLUMNS, "pair-anchor caption")
+        pair_caption_ids = tokenize_column(
+            pair_anchors, pair_caption_column, tokenizer, max_length, "Tokenizing pair captions"
+        )
+        pair_anchors = with_raw_images(pair_anchors, pair_image_column)
+    else:
+        pair_anchors = None
+    templates = resolve_templates(args.train_templates)
+    dataset = AnchoredDataset(
+        with_raw_images(train_dataset, image_column),
+        transform=ImageTransform.from_image_processor(processing_class.image_processor, train=True),
+        image_column=image_column,
+        label_column=label_column,
+        caption_ids=caption_ids,
+        pairs=pair_anchors,
+        pair_image_column=pair_image_column,
+        pair_caption_ids=pair_caption_ids,
+        pairs_per_item=args.pair_anchors_per_image if args.uses_pairs else 0,
+        num_templates=len(templates),
+        seed=args.data_seed if args.data_seed is not None else args.seed,
+        strict_images=args.strict_images,
+    )
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    collator = AnchorCollator(
+        prompt_ids=tokenize_prompts(tokenizer, class_names, templates, max_length),
+        num_templates=len(templates),
+        pad_token_id=pad_token_id,
+        with_prompts=args.is_contrastive,
+    )
+    model.config.class_names = list(class_names)
+    model.config.templates = resolve_templates(args.eval_templates)
+    return dataset, collator, class_names
+
+
+def check_steps_will_train(args: AnchorTrainingArguments, num_examples: int | None) -> None:
+    """Raise a `ValueError` if `args` would give zero optimizer steps on `num_examples` finetune examples.
+
+    Called by `AnchorCLIPTrainer.train` and, before any anchor is built, by the example. A set smaller than one
+    global batch never yields a batch under drop_last; we refuse rather than train partial batches: a
+    contrastive step needs its full batch of negatives on every process, and such a set is a configuration
+    mistake (a too-large batch or fraction).
+    """
+    if args.max_steps <= 0 and args.num_train_epochs <= 0:
+        raise ValueError(
+            f"max_steps={args.max_steps} and num_train_epochs={args.num_train_epochs} give zero optimizer steps: "
+            "set one of them > 0."
+        )
+    global_batch = args.train_batch_size * args.world_size * args.gradient_accumulation_steps
+    if num_examples is not None and args.dataloader_drop_last and num_examples < global_batch:
+        raise ValueError(
+            f"The finetune set has {num_examples} examples, fewer than one global batch of {global_batch} "
+            f"(per-device batch {args.train_batch_size} x {args.world_size} processes x "
+            f"{args.gradient_accumulation_steps} accumulation steps): no optimizer step would run. Lower "
+            "per_device_train_batch_size or gradient_accumulation_steps, or use more data."
+        )
+
+
+class ClampLogitScale(TrainerCallback):
+    """Keep the temperature parameter at or below ln(100) after every update, as CLIP does."""
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if model is not None and hasattr(model, "logit_scale"):
+            with torch.no_grad():
+                model.logit_scale.clamp_(max=math.log(100.0))
+
+
+class SetEpoch(TrainerCallback):
+    """Tell the `AnchoredDataset` the epoch (its augmentation and pair order depend on it)."""
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        dataset = getattr(train_dataloader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(math.floor((state.epoch or 0.0) + 1e-6))
