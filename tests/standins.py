@@ -2,11 +2,12 @@
 
 `build_world(root)` writes, under `root`, a folder for every model id and dataset id that a documented
 command uses (`root/openai/clip-vit-base-patch16`, `root/imagenet-1k`, ...). A command run with `root` as
-its working directory then loads these folders instead of the Hub: transformers' `from_pretrained` and
-`anchorclip.data.load_dataset_any` both take an existing local path before trying a Hub id. Everything is
-tiny (32x32 images, 32-wide towers) and in the real format: the same model classes and config keys, the same
-processor classes, ClassLabel columns with the real number of classes, ImageNet's train folder of wnid
-sub-folders, CC3M's webdataset column names.
+its working directory then loads these folders instead of the Hub: transformers' `from_pretrained`,
+`anchorclip.data.load_dataset_any` and `anchorclip.evaluation.formats.load_eval_dataset` all take an existing
+local path before trying a Hub id. Everything is tiny (32x32 images, 32-wide towers) and in the real format:
+the same model classes and config keys, the same processor classes, ClassLabel columns with the real number of
+classes, ImageNet's train folder of wnid sub-folders, CC3M's webdataset column names, CLIP_benchmark's
+webdataset layout (tar shards, classnames.txt with the number of classes the shipped suites expect).
 """
 
 from __future__ import annotations
@@ -33,26 +34,51 @@ CLASSIFICATION_SETS = {
     "imagenet-1k": (IMAGENET_CLASSES, {"train": 48, "validation": 16}),
     "ILSVRC/imagenet-1k": (IMAGENET_CLASSES, {"train": 48, "validation": 16}),
     "imagenet_sketch": (IMAGENET_CLASSES, {"train": 16}),
+    "songweig/imagenet_sketch": (IMAGENET_CLASSES, {"train": 16}),
     "imagenet-sketch": (IMAGENET_CLASSES, {"train": 16}),
     "imagenet-v2": (IMAGENET_CLASSES, {"test": 16}),
-    "vaishaal/ImageNetV2": (IMAGENET_CLASSES, {"test": 16}),
-    "my-org/imagenet-a": (200, {"test": 16}),
-    "my-org/imagenet-r": (200, {"test": 16}),
-    "my-org/objectnet": (113, {"test": 16}),
     "imagenet_subset": (10, {"train": 24}),
-    "my-org/domainnet-real": (345, {"train": 32, "test": 16}),
-    "my-org/domainnet-clipart": (345, {"test": 16}),
-    "my-org/domainnet-sketch": (345, {"test": 16}),
-    "my-org/domainnet-painting": (345, {"test": 16}),
+    "ethz/food101": (101, {"validation": 8}),  # the zeroshot-transfer suite's Food101 (its validation = test)
 }
 # Image-caption pools: id -> (image column, caption column, rows). CC3M's webdataset shards name them jpg/txt.
 POOLS = {
-    "my-org/cc3m": ("image", "caption", 64),
     "my/cc3m": ("image", "caption", 64),
     "pixparse/cc3m-wds": ("jpg", "txt", 64),
     "my_pairs": ("image", "caption", 48),
 }
-IMAGEFOLDERS = {"path/to/imagenet_train": 8}  # ImageNet's train layout: one wnid folder per class, 2 images each
+# CLIP_benchmark webdatasets (Hub repos `clip-benchmark/wds_*`): id -> number of classes (their classnames.txt
+# lines; ImageNet-A/-R and ObjectNet keep their own 200 / 113 labels), as the shipped suites expect them.
+WDS_SETS = {
+    "clip-benchmark/wds_imagenet1k": IMAGENET_CLASSES,
+    "clip-benchmark/wds_imagenetv2": IMAGENET_CLASSES,
+    "clip-benchmark/wds_imagenet_sketch": IMAGENET_CLASSES,
+    "clip-benchmark/wds_imagenet-a": 200,
+    "clip-benchmark/wds_imagenet-r": 200,
+    "clip-benchmark/wds_objectnet": 113,
+    "clip-benchmark/wds_vtab-caltech101": 102,
+    "clip-benchmark/wds_vtab-pets": 37,
+    "clip-benchmark/wds_cars": 196,
+    "clip-benchmark/wds_vtab-flowers": 102,
+    "clip-benchmark/wds_fgvc_aircraft": 100,
+    "clip-benchmark/wds_sun397": 397,
+    "clip-benchmark/wds_vtab-dtd": 47,
+    "clip-benchmark/wds_vtab-eurosat": 10,
+}
+WDS_ROWS, WDS_SHARDS = 8, 2
+# ImageFolders: path -> (class folder names, {split folder: images per class}); "" is a folder of class folders.
+IMAGEFOLDERS = {
+    "path/to/imagenet_train": ([f"n{1440764 + i:08d}" for i in range(8)], {"": 2}),  # ImageNet's wnid folders
+    # UCF101's middle frames, as the zeroshot-transfer suite reads them from --eval_data_root (101 classes).
+    "data/ucf101": ([f"class_{i:03d}" for i in range(101)], {"": 1}),
+}
+# DomainNet, downloaded and unpacked by the user as ImageFolders: real with train/ and test/ (the official split
+# lists), each other domain one folder. A few of DomainNet's 345 class names: folder names are the class names.
+DOMAINNET_CLASSES = "airplane alarm_clock ambulance angel ant anvil apple arm asparagus axe".split()
+IMAGEFOLDERS["data/domainnet/real"] = (DOMAINNET_CLASSES, {"train": 2, "test": 1})
+for _domain in ("clipart", "infograph", "painting", "quickdraw", "sketch"):
+    IMAGEFOLDERS[f"data/domainnet/{_domain}"] = (DOMAINNET_CLASSES, {"": 1})
+# Finetuned checkpoints that docs evaluate without training them on the page (a CLIP stand-in, other weights).
+CHECKPOINTS = {"out/arf-vitb16-imagenet": 16}
 
 WORDS = "a an the of photo sketch painting small big red green blue dog cat car on with in".split()
 
@@ -109,14 +135,14 @@ def clip_tokenizer(folder: Path):
     return CLIPTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"), model_max_length=77)
 
 
-def save_clip(folder: Path, patch_size: int) -> None:
+def save_clip(folder: Path, patch_size: int, seed: int = 0) -> None:
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     tokenizer = clip_tokenizer(folder / "_vocab")
     text = dict(TOWER, vocab_size=len(tokenizer), max_position_embeddings=77)
     text.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=1)
     vision = dict(TOWER, image_size=IMAGE_SIZE, patch_size=patch_size)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
@@ -262,11 +288,36 @@ def save_pool(folder: Path, image_column: str, caption_column: str, rows: int, s
     datasets.DatasetDict({"train": datasets.Dataset.from_dict(pool, features=features)}).save_to_disk(str(folder))
 
 
-def save_imagefolder(folder: Path, num_classes: int, seed: int) -> None:
-    for k, image in enumerate(images(2 * num_classes, seed)):
-        wnid = f"n{1440764 + k // 2:08d}"
-        (folder / wnid).mkdir(parents=True, exist_ok=True)
-        image.save(folder / wnid / f"{wnid}_{k}.JPEG", format="JPEG")
+def save_imagefolder(folder: Path, classes: list[str], splits: dict[str, int], seed: int) -> None:
+    """`folder/<split>/<class>/*.jpg` (`split` "" for a folder of class folders), `per_class` images a class."""
+    for offset, (split, per_class) in enumerate(splits.items()):
+        for k, image in enumerate(images(per_class * len(classes), seed + offset)):
+            name = classes[k // per_class]
+            (folder / split / name).mkdir(parents=True, exist_ok=True)
+            image.save(folder / split / name / f"{name}_{k}.JPEG", format="JPEG")
+
+
+def save_wds(folder: Path, num_classes: int, seed: int, split: str = "test") -> None:
+    """A CLIP_benchmark webdataset: `<split>/0.tar, 1.tar` of KEY.webp + KEY.cls, `<split>/nshards.txt`, and
+    `classnames.txt` (line i names label i) + `zeroshot_classification_templates.txt` (`{c}` for the name)."""
+    import io
+    import tarfile
+
+    (folder / split).mkdir(parents=True, exist_ok=True)
+    (folder / "classnames.txt").write_text("\n".join(class_names(num_classes)) + "\n")
+    (folder / "zeroshot_classification_templates.txt").write_text("a photo of a {c}.\na sketch of a {c}.\n")
+    (folder / split / "nshards.txt").write_text(f"{WDS_SHARDS}\n")
+    rows = list(enumerate(images(WDS_ROWS, seed)))
+    for shard in range(WDS_SHARDS):
+        with tarfile.open(folder / split / f"{shard}.tar", "w") as tar:
+            for i, image in rows[shard::WDS_SHARDS]:
+                buffer = io.BytesIO()
+                image.save(buffer, format="WEBP")
+                label = (i * 37) % num_classes  # spread over the label range
+                for extension, data in (("webp", buffer.getvalue()), ("cls", f"{label}\n".encode())):
+                    member = tarfile.TarInfo(f"s{i:07d}.{extension}")
+                    member.size = len(data)
+                    tar.addfile(member, io.BytesIO(data))
 
 
 # ------------------------------------------------------------------ anchors that docs use but do not build
@@ -276,25 +327,26 @@ def save_imagefolder(folder: Path, num_classes: int, seed: int) -> None:
 ANCHORS = [
     ("imagenet-1k", ["anchors/imagenet-blip2", "my/imagenet-blip2-captions"],
      ["anchors/cc3m-imagenet", "my/cc3m-anchors"]),
-    ("my-org/domainnet-real", ["anchors/domainnet-real-blip2"], ["anchors/cc3m-domainnet"]),
+    ("data/domainnet/real", ["anchors/domainnet-real-blip2"], ["anchors/cc3m-domainnet"]),
 ]  # fmt: skip
 
 
 def build_anchors(root: Path) -> None:
     """Caption and pair anchors named by docs that take them as given, built by anchorclip's own functions."""
     from anchorclip.captioning import caption_dataset
+    from anchorclip.data import load_dataset_any
     from anchorclip.retrieval import retrieve_anchors
 
     clip = str(root / "openai/clip-vit-base-patch16")
     captioner = str(root / "Salesforce/blip2-opt-2.7b")
     for finetune, captioned, pairs in ANCHORS:
-        train = str(root / finetune)
+        train = f"{root / finetune}:train"
         caption_dataset(train, captioner, str(root / captioned[0]), max_new_tokens=8, num_workers=0, progress=False)
-        names = datasets.load_from_disk(train)["train"].features["label"].names
+        names = load_dataset_any(train).features["label"].names
         # Random weights put every pool item nearest to the same few classes: keep all of them, enough pairs
         # for any documented global batch (a pair is used at most once per batch).
         retrieve_anchors(
-            str(root / "my-org/cc3m"),
+            str(root / "pixparse/cc3m-wds"),
             names,
             clip,
             str(root / pairs[0]),
@@ -318,7 +370,11 @@ def build_world(root: str | os.PathLike) -> Path:
         save_classification(root / name, num_classes, splits, seed=100 + seed)
     for seed, (name, (image_column, caption_column, rows)) in enumerate(POOLS.items()):
         save_pool(root / name, image_column, caption_column, rows, seed=200 + seed)
-    for seed, (name, num_classes) in enumerate(IMAGEFOLDERS.items()):
-        save_imagefolder(root / name, num_classes, seed=300 + seed)
+    for seed, (name, (classes, splits)) in enumerate(IMAGEFOLDERS.items()):
+        save_imagefolder(root / name, classes, splits, seed=300 + 10 * seed)
+    for seed, (name, num_classes) in enumerate(WDS_SETS.items()):
+        save_wds(root / name, num_classes, seed=400 + seed)
+    for seed, (name, patch) in enumerate(CHECKPOINTS.items()):
+        save_clip(root / name, patch, seed=1 + seed)
     build_anchors(root)
     return root

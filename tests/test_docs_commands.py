@@ -53,6 +53,8 @@ RULES = [
     (r"^bash benchmarks/gpu_check\.sh\b", PARSE, "needs a GPU; even --cpu-smoke takes ~3 min: bash -n + known flags"),
     (r"^(accelerate launch .*|python )examples/run_anchor_ft\.py\b", RUN, "stand-ins, --max_steps 2, tiny batch, CPU"),
     (r"^(accelerate launch .*-m |python -m )?anchorclip (caption|retrieve)\b", RUN, "stand-in models and data"),
+    (r"^(accelerate launch .*-m |python -m )?anchorclip train\b", RUN, "the example's job: its budget, CPU"),
+    (r"^(accelerate launch .*-m |python -m )?anchorclip eval\b", RUN, "stand-in checkpoints and sets, CPU"),
     (r"^ls ", RUN, "checks that a path the docs show exists"),
 ]
 # Appended to a run (later flags win in argparse and HfArgumentParser).
@@ -67,6 +69,13 @@ EXAMPLE_BUDGET = [
 MINIWORLD_BUDGET = ["--miniworld_fraction", "0.02"]  # the default world, when no --dataset_name is given
 CAPTION_BUDGET = ["--max-new-tokens", "8", "--num-workers", "0", "--no-progress", "--no-resume"]
 RETRIEVE_BUDGET = ["--batch_size", "64", "--num_workers", "0", "--recall_queries", "16"]
+EVAL_BUDGET = [
+    "--per_device_eval_batch_size", "64", "--dataloader_num_workers", "0", "--use_cpu", "--eval_templates", "simple",
+]  # fmt: skip
+# A suite's sets fix their own templates (imagenet-ood: OpenAI's 80 over 1,000 classes, ~22 s of CPU per set and
+# evaluation here): a run's `--eval_suite` is replaced by a copy whose `openai_imagenet` sets use one template
+# (see budget_suite); names, class subsets, formats and every other template set stay as shipped.
+BUDGET_TEMPLATES = ["a photo of a {}."]
 TIMEOUT_S = 300
 
 
@@ -180,6 +189,18 @@ def rule_for(command: Command) -> tuple[str, str, str]:
 
 
 ALL = {page: collect(page) for page in PAGES}
+FILE_BLOCK = re.compile(r"#\s*(\S+\.(?:ya?ml|json))\s*$")
+
+
+def doc_files(page: str) -> dict[str, str]:
+    """Files a page shows and its commands read: a ```yaml block whose first line is `# NAME.yaml`."""
+    files, lines = {}, (ROOT / page).read_text().splitlines()
+    for i, line in enumerate(lines[:-1]):
+        named = FILE_BLOCK.fullmatch(lines[i + 1].strip())
+        if re.match(r"\s*```ya?ml\s*$", line) and named:
+            end = next(j for j in range(i + 1, len(lines)) if lines[j].strip().startswith("```"))
+            files[named.group(1)] = "\n".join(lines[i + 1 : end]) + "\n"
+    return files
 
 
 # ------------------------------------------------------------------ rewriting a command for this machine
@@ -224,12 +245,40 @@ def _launcher(launch_args: list[str], workdir: Path) -> list[str]:
     return flags + (["--multi_gpu"] if processes > 1 else [])
 
 
-def to_run(words: list[str], workdir: Path) -> list[str]:
-    """A documented run command -> the argv that runs it here, with the budget appended."""
+def _options(words: list[str], cwd: Path) -> list[str]:
+    """A subcommand's options as it will see them: a leading config file (`anchorclip eval run.yaml`) expanded."""
+    from anchorclip.cli import config_to_argv
+
+    if words and words[0].endswith((".yaml", ".yml", ".json")) and not words[0].startswith("-"):
+        return config_to_argv(str(cwd / words[0])) + words[1:]
+    return words
+
+
+def budget_suite(suite: str, scratch: Path, cwd: Path) -> str:
+    """A copy of `suite` (shipped name or YAML file under `cwd`) with BUDGET_TEMPLATES for `openai_imagenet`.
+
+    A user's file is copied beside itself (its relative data paths keep working), a shipped suite into
+    `scratch` (its names, subsets and templates files are found in the shipped folders either way)."""
+    from anchorclip.evaluation.suites import SUITES_DIR
+
+    path = cwd / suite
+    target = path.with_name(f"{path.stem}.budget{path.suffix}")
+    if not path.is_file():
+        path, target = Path(SUITES_DIR) / f"{suite}.yaml", scratch / f"{suite}.budget.yaml"
+    data = yaml.safe_load(path.read_text())
+    for entry in data["sets"]:
+        if entry.get("templates") == "openai_imagenet":
+            entry["templates"] = BUDGET_TEMPLATES
+    target.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(target)
+
+
+def to_run(words: list[str], scratch: Path, cwd: Path) -> list[str]:
+    """A documented run command -> the argv that runs it here (in `cwd`), with the budget appended."""
     words = _repo_paths(words)
     if words[:2] == ["accelerate", "launch"]:
         at = next(i for i, w in enumerate(words) if w == "-m" or w.endswith(".py"))
-        prefix = [sys.executable, "-m", "accelerate.commands.launch", *_launcher(words[2:at], workdir)]
+        prefix = [sys.executable, "-m", "accelerate.commands.launch", *_launcher(words[2:at], scratch)]
         words = words[at:]
     elif words[0] == "python":
         prefix, words = [sys.executable], words[1:]
@@ -243,6 +292,15 @@ def to_run(words: list[str], workdir: Path) -> list[str]:
         budget = CAPTION_BUDGET
     elif "retrieve" in words[:3]:
         budget = RETRIEVE_BUDGET
+    elif "train" in words[:3] or "eval" in words[:3]:
+        command = "train" if "train" in words[:3] else "eval"
+        options = _options(words[words.index(command) + 1 :], cwd)
+        budget = list(EVAL_BUDGET if command == "eval" else EXAMPLE_BUDGET)
+        if command == "train" and not {"--dataset_name", "--dataset-name"} & set(options):
+            budget += MINIWORLD_BUDGET
+        suites = [v for f, v in zip(options, options[1:]) if f in ("--eval_suite", "--eval-suite")]
+        if suites:
+            budget += ["--eval_suite", budget_suite(suites[-1], scratch, cwd)]
     else:
         budget = []
     return [*prefix, *words, *budget]
@@ -250,7 +308,8 @@ def to_run(words: list[str], workdir: Path) -> list[str]:
 
 def to_parse(words: list[str]) -> list[str]:
     words = _repo_paths(words)
-    if any(w.endswith("run_anchor_ft.py") for w in words):
+    trains = ("anchorclip", "train") in zip(words, words[1:])
+    if trains or any(w.endswith("run_anchor_ft.py") for w in words):
         words = [*words, "--use_cpu"]  # no GPU here: `--bf16` is validated against the device at parse time
     return words
 
@@ -333,6 +392,10 @@ def test_documented_template_sets_exist():
 def test_commands_parse_with_their_own_parsers(tmp_path, base_env):
     """Parse-only commands, and run commands as written (without the budget), through their own parsers."""
     checks = {c.text: to_parse(_env_and_words(c.argv)[1]) for cs in ALL.values() for c in cs if rule_for(c)[1] != SKIP}
+    for page in PAGES:  # config files the docs show (`anchorclip eval run.yaml`)
+        for name, text in doc_files(page).items():
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name).write_text(text)
     # The checker itself must catch a renamed flag, or a pass below would mean nothing.
     canary = ["accelerate", "launch", str(ROOT / EXAMPLE), "--no_such_flag", "1"]
     result = subprocess.run(
@@ -369,9 +432,12 @@ def test_documented_commands_run(page, world, base_env, tmp_path):
     commands = RUNS[page]
     for output in _outputs(commands):  # what the page builds must be built by the page
         shutil.rmtree(workdir / output, ignore_errors=True)
+    for name, text in doc_files(page).items():  # the config files it shows
+        (workdir / name).parent.mkdir(parents=True, exist_ok=True)
+        (workdir / name).write_text(text)
     for command in commands:
         env, words = _env_and_words(command.argv)
-        argv = to_run(words, tmp_path)
+        argv = to_run(words, tmp_path, workdir)
         result = subprocess.run(
             argv, cwd=workdir, env={**base_env, **env}, capture_output=True, text=True, timeout=TIMEOUT_S
         )
