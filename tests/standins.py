@@ -333,7 +333,7 @@ ANCHORS = [
 
 def build_anchors(root: Path) -> None:
     """Caption and pair anchors named by docs that take them as given, built by anchorclip's own functions."""
-    from anchorclip.captioning import caption_dataset
+    from anchorclip.anchors.caption_job import caption_dataset
     from anchorclip.data import load_dataset_any
     from anchorclip.retrieval import retrieve_anchors
 
