@@ -4,7 +4,7 @@
     accelerate launch examples/run_anchor_ft.py                      # the built-in miniature world, offline
     accelerate launch examples/run_anchor_ft.py \
         --model_name_or_path openai/clip-vit-base-patch16 --dataset_name imagenet-1k \
-        --caption_anchors my/imagenet-blip2-captions --pair_anchors my/cc3m-anchors \
+        --caption_anchors anchors/imagenet-blip2 --pair_anchors anchors/cc3m-imagenet \
         --eval_suite imagenet-ood --method arf --output_dir out/
 
 The recipe, step by step, is `anchorclip.cli.train.main` (installed as `anchorclip train`, the same job):

@@ -42,7 +42,6 @@ CLASSIFICATION_SETS = {
 }
 # Image-caption pools: id -> (image column, caption column, rows). CC3M's webdataset shards name them jpg/txt.
 POOLS = {
-    "my/cc3m": ("image", "caption", 64),
     "pixparse/cc3m-wds": ("jpg", "txt", 64),
     "my_pairs": ("image", "caption", 48),
 }
@@ -325,8 +324,7 @@ def save_wds(folder: Path, num_classes: int, seed: int, split: str = "test") -> 
 
 # finetune set -> caption anchors, pair anchors (each built once, then copied to the other names).
 ANCHORS = [
-    ("imagenet-1k", ["anchors/imagenet-blip2", "my/imagenet-blip2-captions"],
-     ["anchors/cc3m-imagenet", "my/cc3m-anchors"]),
+    ("imagenet-1k", ["anchors/imagenet-blip2"], ["anchors/cc3m-imagenet"]),
     ("data/domainnet/real", ["anchors/domainnet-real-blip2"], ["anchors/cc3m-domainnet"]),
 ]  # fmt: skip
 

@@ -235,3 +235,24 @@ def test_every_command_has_help_and_both_spellings(capsys):
             cli([command, "--help"])
         assert exit_info.value.code == 0
         assert "--output_dir" in capsys.readouterr().out
+
+
+def test_sets_with_equal_names_and_templates_share_one_head(monkeypatch):
+    model = make_model()
+    calls = []
+    build = model.build_zero_shot_head
+    monkeypatch.setattr(model, "build_zero_shot_head", lambda *a, **k: calls.append(a[0]) or build(*a, **k))
+    images = [Image.open(io.BytesIO(_png(i))) for i in range(4)]
+    dataset = datasets.Dataset.from_dict({"image": images, "label": [0, 1, 2, 3]})
+    scorer = _scorer(model)
+    first = scorer.score(EvalSet(dataset, class_names=CLASS_NAMES))
+    assert scorer.score(EvalSet(dataset, class_names=CLASS_NAMES)) == first
+    scorer.score(EvalSet(dataset, class_names=CLASS_NAMES[::-1]))
+    assert len(calls) == 2
+
+
+def test_shipped_class_name_files_by_name():
+    from anchorclip.evaluation.formats import class_names_from_file
+
+    names = class_names_from_file("imagenet1k.json")
+    assert len(names) == 1000 and names[:2] == ["tench", "goldfish"]

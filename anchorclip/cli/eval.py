@@ -1,7 +1,7 @@
 """`anchorclip eval`: evaluate CLIP checkpoints zero-shot on evaluation sets, no finetune set needed.
 
     anchorclip eval --model_name_or_path openai/clip-vit-base-patch16 --eval_suite imagenet-ood --output_dir out/
-    anchorclip eval --model_name_or_path my/finetuned --eval_datasets cars@zero_shot=mysets/wds_cars:test ...
+    anchorclip eval --model_name_or_path out/arf --eval_datasets cars@zero_shot=data/wds_cars:test ...
     anchorclip eval --wise_between openai/clip-vit-base-patch16 out/arf --wise_alphas 0.25 0.5 0.75 ...
 
 Prints the table training prints and writes `results.json` + `results.md` under `--output_dir`, in the
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"method": "eval"}
     if args.wise_between:
         zero_shot, finetuned = args.wise_between
+        results["method"] = public_name(finetuned)  # the table's label of the finetuned row and its blends
         trainer = _trainer(finetuned, training_args, eval_sets)
         results["finetuned"] = summarize(trainer.evaluate())
         if args.wise_alphas:

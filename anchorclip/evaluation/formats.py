@@ -252,6 +252,7 @@ def class_names_from_file(path: str, label_names: list[str] | None = None) -> li
     with `names` (+ optional `wnids`, making it a mapping too) or `mapping` ({folder: name}). A mapping is
     applied to `label_names` (an ImageFolder's WordNet-id folders); a list must have one name per label.
     """
+    path = _shipped_or_given(path)
     names, mapping = _read_names_file(path)
     if label_names is not None and mapping is not None and (names is None or all(map(_WNID.match, label_names))):
         missing = [label for label in label_names if label not in mapping]
@@ -303,3 +304,9 @@ def _load_miniworld(name: str, size: int | None):
         return dataset, SourceInfo("miniworld", image_column="image", caption_column="caption", metadata=metadata)
     templates = list(EVAL_TEMPLATES["shape" if spec.label == "shape" else spec.label])
     return dataset, SourceInfo("miniworld", class_names(name), templates, "image", "label", metadata=metadata)
+
+
+def _shipped_or_given(path: str) -> str:
+    """`path` itself, else a class-name file shipped under anchorclip/assets/classnames (`imagenet1k.json`)."""
+    shipped = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "classnames", path)
+    return path if os.path.exists(path) or not os.path.isfile(shipped) else shipped

@@ -122,9 +122,18 @@ def build_eval_set(
     if spec.startswith("miniworld:"):
         path, split = spec, None
     names_file = _find(entry.class_names["file"], entry.base_dir) if _is_key(entry.class_names, "file") else None
-    dataset, info = load_eval_dataset(
-        path, split, class_names_file=names_file, cache_dir=cache_dir, size=miniworld_size
-    )
+    try:
+        dataset, info = load_eval_dataset(
+            path, split, class_names_file=names_file, cache_dir=cache_dir, size=miniworld_size
+        )
+    except Exception as error:
+        if data_root is not None or os.path.exists(path):
+            raise
+        local = os.path.basename(path.rstrip("/"))
+        raise ValueError(
+            f"Suite set {entry.name!r}: cannot load {spec!r} ({type(error).__name__}: {error}). With a local copy, "
+            f"pass --eval_data_root DIR where DIR/{local} holds it."
+        ) from error
     metadata = {"suite_set": entry.name, "spec": spec, "format": info.kind, **info.metadata, **entry.metadata}
     if entry.group == "retrieval":
         caption_column = entry.caption_column or info.caption_column

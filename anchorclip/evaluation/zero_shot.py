@@ -59,6 +59,7 @@ class ZeroShotScorer:
         self.batch_size, self.num_workers, self.templates = batch_size, num_workers, templates
         self.autocast = autocast or nullcontext
         self.finetune_head, self.progress = finetune_head, progress
+        self._heads: dict[tuple, torch.Tensor] = {}  # sets sharing names and templates share one head
 
     def score(self, eval_set: EvalSet) -> dict[str, float]:
         """The set's metrics: `top1`, `top5`, `mean_per_class_recall` or `{image2text,text2image}_recall@k`."""
@@ -78,8 +79,13 @@ class ZeroShotScorer:
         if self.finetune_head is not None and list(class_names) == list(self.finetune_head[0]):
             head, scale = self.finetune_head[1].float(), 1.0
         else:
-            templates = eval_set.templates or self.templates
-            head = self.model.build_zero_shot_head(class_names, templates, self.tokenizer)
+            if self.finetune_head is not None and len(class_names) == len(self.finetune_head[0]):
+                logger.warning(
+                    "A set with as many classes as the finetune head (%d) but other names is scored with a zero-shot "
+                    "head, not the trained head: train with the set's class names (--class_names_file) to use it.",
+                    len(class_names),
+                )
+            head = self._zero_shot_head(class_names, eval_set.templates or self.templates)
             scale = self.model.logit_scale.exp().float()
         subset = _subset_index(eval_set.class_subset, head.device) if eval_set.class_subset else None
         num_classes = len(eval_set.class_subset) if subset is not None else len(class_names)
@@ -94,6 +100,12 @@ class ZeroShotScorer:
             ranked, labels = self.accelerator.gather_for_metrics((ranked, labels.to(ranked.device)))
             metrics.add_batch(predictions=ranked.cpu().tolist(), references=labels.cpu().view(-1, 1).tolist())
         return metrics.compute()
+
+    def _zero_shot_head(self, class_names, templates) -> torch.Tensor:
+        key = (tuple(class_names), templates if isinstance(templates, str) else tuple(templates or ()))
+        if key not in self._heads:
+            self._heads[key] = self.model.build_zero_shot_head(class_names, templates, self.tokenizer)
+        return self._heads[key]
 
     # ------------------------------------------------------------ retrieval
 
