@@ -126,7 +126,7 @@ def main(argv=None) -> dict:
 
     from anchorclip.anchors.index import build_pool_index, default_pool_factory, open_pool_index
     from anchorclip.anchors.precomputed import PrecomputedPool
-    from anchorclip.retrieval import exact_topk
+    from anchorclip.anchors.pool_index import exact_topk
 
     threads = os.cpu_count()
     pool_dir = os.path.join(args.work_dir, f"pool-{args.rows}")

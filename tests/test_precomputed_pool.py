@@ -16,11 +16,12 @@ import torch
 from conftest import CLASS_NAMES, COLOURS, make_config, make_images, make_processor
 from transformers import CLIPModel
 
-from anchorclip import retrieval
 from anchorclip._embedding import TextEncoder, _features
 from anchorclip.anchors.index import build_pool_index, open_pool_index
+from anchorclip.anchors.pool_index import exact_topk, measure_recall
 from anchorclip.anchors.precomputed import PoolError, PrecomputedPool, check_model
-from anchorclip.retrieval import exact_topk, measure_recall
+from anchorclip.anchors.retrieval import PROVENANCE_FILE
+from anchorclip.cli import retrieve
 
 
 def _normalized(rng, n, d):
@@ -169,7 +170,7 @@ def test_retrieve_from_pool_embeddings(tmp_path, checkpoint):
         "--cache_dir",
         str(tmp_path / "cache"),
     ]
-    assert retrieval.main(argv) == 0
+    assert retrieve.main(argv) == 0
     anchors = datasets.load_from_disk(str(out))
     assert set(anchors.column_names) == {"url", "caption", "class_name", "class_index", "score", "pool_index"}
     assert 0 < len(anchors) <= 5 * len(CLASS_NAMES)
@@ -177,14 +178,14 @@ def test_retrieve_from_pool_embeddings(tmp_path, checkpoint):
     assert row["url"] == f"https://example.com/{row['pool_index']}.jpg"
     assert pq.read_table(out / "urls.parquet").num_rows == len(anchors)
     assert "<img loading='lazy'" in (out / "report.html").read_text()
-    provenance = json.loads((out / retrieval.PROVENANCE_FILE).read_text())
+    provenance = json.loads((out / PROVENANCE_FILE).read_text())
     assert provenance["index_factory"].startswith("IVF") and provenance["index_recall"] >= 0.8
     assert provenance["pool"] == str(pool)
     # text2text searches the caption embeddings; a second run reuses the built index.
-    assert retrieval.main([*argv[:5], str(tmp_path / "t2t"), *argv[6:], "--rule", "text2text"]) == 0
+    assert retrieve.main([*argv[:5], str(tmp_path / "t2t"), *argv[6:], "--rule", "text2text"]) == 0
     assert len(os.listdir(tmp_path / "cache" / "pool-index")) == 2
     with pytest.raises(SystemExit):
-        retrieval.main(argv + ["--pool", "somewhere"])
+        retrieve.main(argv + ["--pool", "somewhere"])
 
 
 def test_refuses_another_model(tmp_path, checkpoint):

@@ -1,4 +1,5 @@
-"""`anchorclip.retrieval`: search, selection rules, embedding cache and the `anchorclip retrieve` CLI.
+"""Retrieval (`anchorclip.anchors.retrieval` and its steps): search, selection rules, embedding cache and the
+`anchorclip retrieve` CLI.
 
 Everything runs on a tiny random CLIP and pools of a few dozen noise images (conftest.py), in seconds.
 """
@@ -15,19 +16,13 @@ import torch
 from conftest import CLASS_NAMES, corrupt_bytes, make_config, make_images, make_pair_dataset, make_processor
 from transformers import CLIPModel
 
-from anchorclip import retrieval
 from anchorclip._embedding import EmbeddingStore
+from anchorclip.anchors import pool_index
+from anchorclip.anchors.pool_embedding import embed_pool
+from anchorclip.anchors.pool_index import build_index, exact_topk, search
+from anchorclip.anchors.retrieval import retrieve_anchors
+from anchorclip.anchors.selection import Candidates, deduplicate, select_anchors
 from anchorclip.data import ColumnError
-from anchorclip.retrieval import (
-    Candidates,
-    build_index,
-    deduplicate,
-    embed_pool,
-    exact_topk,
-    retrieve_anchors,
-    search,
-    select_anchors,
-)
 
 POOL_SIZE = 40
 
@@ -82,19 +77,19 @@ def test_ivf_index_recall_is_measured():
     rng = np.random.default_rng(0)
     store = EmbeddingStore.from_arrays(_normalized(rng, 2000))
     index = build_index(store, "IVF16,Flat", index_params="nprobe=16")  # probing every list: exact
-    assert retrieval.measure_recall(index, store, _normalized(rng, 20), 10) == pytest.approx(1.0)
+    assert pool_index.measure_recall(index, store, _normalized(rng, 20), 10) == pytest.approx(1.0)
 
 
 def test_default_large_pool_index_is_reranked_fast_scan():
-    factory = retrieval.default_index_factory(4_000_000, 64)
+    factory = pool_index.default_index_factory(4_000_000, 64)
     assert factory == "IVF8192,PQ32x4fs,Refine(SQfp16)"
-    assert retrieval.default_index_params(factory) == "nprobe=64,k_factor_rf=32"
-    assert retrieval.search_params(factory, "nprobe=256") == "nprobe=256,k_factor_rf=32"  # overrides per key
+    assert pool_index.default_index_params(factory) == "nprobe=64,k_factor_rf=32"
+    assert pool_index.search_params(factory, "nprobe=256") == "nprobe=256,k_factor_rf=32"  # overrides per key
     # The same kind of index, small: its default parameters reach the base index and the re-ranking.
     rng = np.random.default_rng(0)
     store = EmbeddingStore.from_arrays(_normalized(rng, 4000))
     index = build_index(store, "IVF8,PQ8x4fs,Refine(SQfp16)")  # nprobe 8 probes every list
-    assert retrieval.measure_recall(index, store, _normalized(rng, 20), 10) >= 0.95
+    assert pool_index.measure_recall(index, store, _normalized(rng, 20), 10) >= 0.95
 
 
 # ---------------------------------------------------------------- selection rules
@@ -284,7 +279,7 @@ STREAM_FILE_SIZES = [7, 13, 9, 11]  # uneven, so a row's number depends on the l
 STREAM_SCRIPT = """
 import json, logging, sys
 import datasets
-from anchorclip.retrieval import retrieve_anchors
+from anchorclip.anchors.retrieval import retrieve_anchors
 logging.basicConfig(level=logging.INFO)
 files, checkpoint, cache, out, class_names = json.loads(sys.argv[1])
 pool = datasets.load_dataset("parquet", data_files=files, split="train", streaming=True)
@@ -406,3 +401,13 @@ def test_streamed_pool_on_two_processes_reads_its_files_and_writes_the_same_anch
         assert two[column] == one[column], column
     assert [cell["bytes"] for cell in two.cast_column("image", datasets.Image(decode=False))["image"]] == \
         [cell["bytes"] for cell in one.cast_column("image", datasets.Image(decode=False))["image"]]
+
+
+def test_old_module_still_imports_with_a_warning():
+    import importlib
+    import sys
+
+    sys.modules.pop("anchorclip.retrieval", None)
+    with pytest.warns(FutureWarning, match="anchorclip.retrieval is deprecated"):
+        old = importlib.import_module("anchorclip.retrieval")
+    assert old.build_index is build_index and old.Candidates is Candidates and old.embed_pool is embed_pool

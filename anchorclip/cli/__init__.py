@@ -20,7 +20,7 @@ _COMMANDS = {
     ),
     "eval": ("anchorclip.cli.eval", "Evaluate CLIP checkpoints zero-shot on evaluation sets or suites."),
     "caption": ("anchorclip.cli.caption", "Caption an image dataset with any HF captioning model."),
-    "retrieve": ("anchorclip.retrieval", "Retrieve image-caption anchors from a pool for the downstream classes."),
+    "retrieve": ("anchorclip.cli.retrieve", "Retrieve image-caption anchors from a pool for the downstream classes."),
 }
 
 

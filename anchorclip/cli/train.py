@@ -320,7 +320,7 @@ def _pair_anchors(class_names, model_args, data_args, training_args, state):
         return load_dataset_any(data_args.pair_anchors, split="train"), {"source": data_args.pair_anchors}
     if data_args.pair_pool is None:
         raise ValueError("ARF with lambda_pairs > 0 needs --pair_anchors or --pair_pool (or lambda_pairs 0).")
-    from anchorclip.retrieval import retrieve_anchors
+    from anchorclip.anchors.retrieval import retrieve_anchors
 
     pool, pool_id = data_args.pair_pool, data_args.pair_pool
     if pool == "miniworld:pool":

@@ -1,0 +1,146 @@
+"""The pretrained CLIP and its embeddings of a pool: `load_clip`, `embed_pool` (cached, resumable, split over
+processes; see `anchorclip._embedding`), and the launch's processes (`LaunchProcesses`)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+import numpy as np
+
+from anchorclip._embedding import (
+    EmbeddingStore,
+    ImageEncoder,
+    TextEncoder,
+    cache_key,
+    dataset_fingerprint,
+    default_cache_dir,
+    embed_column,
+    model_fingerprint,
+)
+from anchorclip.data import CAPTION_COLUMNS, IMAGE_COLUMNS, find_column, load_dataset_any
+
+logger = logging.getLogger(__name__)
+
+
+def load_clip(model_name_or_path, processor=None):
+    """A `CLIPModel` in eval mode and its processor, from a name/path (or an already loaded model)."""
+    from transformers import AutoProcessor, CLIPModel
+
+    if isinstance(model_name_or_path, (str, os.PathLike)):
+        model = CLIPModel.from_pretrained(model_name_or_path)
+        processor = processor or AutoProcessor.from_pretrained(model_name_or_path)
+    else:
+        model = model_name_or_path
+        if processor is None:
+            processor = AutoProcessor.from_pretrained(model.config._name_or_path)
+    return model.eval(), processor
+
+
+class LaunchProcesses:
+    """The processes of the launch (one, `accelerate launch` or `torchrun`), embedding in full precision.
+
+    The default `accelerator` of `embed_pool` and `retrieve_anchors`: it has what they use of an `Accelerator`
+    (device, process index, barriers, autocast) but creates no `AcceleratorState`, so a `Trainer` built later in
+    the same process still chooses its own mixed precision (`--bf16`). Pass an `Accelerator` to embed in its
+    mixed precision instead (`anchorclip retrieve` does).
+    """
+
+    mixed_precision = "no"
+
+    def __init__(self):
+        from anchorclip.anchors.shards import process_state
+
+        self._state = process_state()
+
+    def __getattr__(self, name: str):
+        return getattr(self._state, name)
+
+    @staticmethod
+    def autocast():
+        return contextlib.nullcontext()
+
+
+def resolve_dataset(data, split: str | None, streaming: bool) -> tuple[object, str | None]:
+    """`(dataset, spec)`: load a spec with `load_dataset_any`, or pass a loaded dataset through."""
+    if isinstance(data, (str, os.PathLike)):
+        return load_dataset_any(str(data), split=split, streaming=streaming), str(data)
+    return data, None
+
+
+def embed_pool(
+    pool,
+    model,
+    processor,
+    *,
+    kind: str = "image",
+    column: str | None = None,
+    split: str | None = "train",
+    streaming: bool = False,
+    pool_id: str | None = None,
+    cache_dir: str | None = None,
+    shard_size: int = 4096,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    accelerator=None,
+) -> EmbeddingStore:
+    """Embed the images (`kind="image"`) or captions (`kind="text"`) of a pool into a shard cache.
+
+    `pool` is a dataset spec (Hub id, local folder, `save_to_disk` folder; `"spec:split"` allowed) or a
+    loaded `Dataset`/`IterableDataset`. The cache lives under `cache_dir/<kind>-<digest>`, the digest being
+    that of the model weights, the pool (`pool_id`, else its spec or fingerprint), the column, the
+    preprocessing and the precision: another model never reads these embeddings. Returns a memory-mapped
+    `EmbeddingStore` whose row `i` is pool row `i`, also for a stream embedded on several processes (each reads
+    only its own files of it; see `_embedding.py`).
+    """
+    if kind not in ("image", "text"):
+        raise ValueError(f"kind must be 'image' or 'text', got {kind!r}.")
+    accelerator = accelerator or LaunchProcesses()
+    dataset, spec = resolve_dataset(pool, split, streaming)
+    candidates = IMAGE_COLUMNS if kind == "image" else CAPTION_COLUMNS
+    column = find_column(dataset, column, candidates, "image" if kind == "image" else "caption")
+    pool_id = pool_id or dataset_fingerprint(dataset, spec, split if spec else None)
+    model = model.to(accelerator.device).eval()
+    if kind == "image":
+        encoder = ImageEncoder(
+            model,
+            processor.image_processor if hasattr(processor, "image_processor") else processor,
+            accelerator.device,
+            num_workers,
+            accelerator.autocast,
+        )
+    else:
+        encoder = TextEncoder(
+            model, getattr(processor, "tokenizer", processor), accelerator.device, autocast=accelerator.autocast
+        )
+    key = cache_key(
+        kind, model_fingerprint(model), pool_id, column, encoder.preprocessing, str(accelerator.mixed_precision)
+    )
+    return embed_column(
+        dataset,
+        column,
+        encoder,
+        kind=kind,
+        key=key,
+        cache_dir=cache_dir or default_cache_dir(),
+        shard_size=shard_size,
+        batch_size=batch_size,
+        accelerator=accelerator,
+        description=f"Embedding {kind}s of {spec or pool_id}",
+    )
+
+
+def evaluation_embeddings(leakage_sets, model, processor, embed_kwargs) -> np.ndarray:
+    """The valid image embeddings of all evaluation sets (cached like the pool)."""
+    evaluation = []
+    for entry in leakage_sets:
+        # A spec without ":split" means its test split; "imagenet-1k:validation" names another.
+        store = embed_pool(entry, model, processor, kind="image", split="test", **embed_kwargs)
+        evaluation.append(store.to_numpy()[store.valid])
+        logger.info(
+            "Leakage guard: %d images from %s.",
+            int(store.valid.sum()),
+            entry if isinstance(entry, str) else "a dataset",
+        )
+    return np.concatenate(evaluation)
