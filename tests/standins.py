@@ -332,8 +332,8 @@ ANCHORS = [
 def build_anchors(root: Path) -> None:
     """Caption and pair anchors named by docs that take them as given, built by anchorclip's own functions."""
     from anchorclip.anchors.caption_job import caption_dataset
+    from anchorclip.anchors.retrieval import RetrievalArguments, retrieve_anchors
     from anchorclip.data import load_dataset_any
-    from anchorclip.retrieval import retrieve_anchors
 
     clip = str(root / "openai/clip-vit-base-patch16")
     captioner = str(root / "Salesforce/blip2-opt-2.7b")
@@ -343,16 +343,16 @@ def build_anchors(root: Path) -> None:
         names = load_dataset_any(train).features["label"].names
         # Random weights put every pool item nearest to the same few classes: keep all of them, enough pairs
         # for any documented global batch (a pair is used at most once per batch).
-        retrieve_anchors(
-            str(root / "pixparse/cc3m-wds"),
-            names,
-            clip,
-            str(root / pairs[0]),
+        settings = RetrievalArguments(
+            model_name_or_path=clip,
+            output_dir=str(root / pairs[0]),
+            pool=str(root / "pixparse/cc3m-wds"),
             k_per_class=64,
             oversample=1,
             dedup_threshold=None,
             num_workers=0,
         )
+        retrieve_anchors(settings, class_names=names)
         for copies in (captioned, pairs):
             for name in copies[1:]:  # the same anchors under another name a doc uses
                 shutil.copytree(root / copies[0], root / name)

@@ -20,9 +20,10 @@ from anchorclip._embedding import EmbeddingStore
 from anchorclip.anchors import pool_index
 from anchorclip.anchors.pool_embedding import embed_pool
 from anchorclip.anchors.pool_index import build_index, exact_topk, search
-from anchorclip.anchors.retrieval import retrieve_anchors
+from anchorclip.anchors.retrieval import RetrievalArguments, retrieve_anchors
 from anchorclip.anchors.selection import Candidates, deduplicate, select_anchors
 from anchorclip.data import ColumnError
+from anchorclip.templates import SIMPLE_TEMPLATES
 
 POOL_SIZE = 40
 
@@ -47,12 +48,11 @@ def pool():
     return make_pair_dataset(POOL_SIZE, seed=1)
 
 
-def _retrieve(pool, checkpoint, tmp_path, **kwargs):
-    kwargs.setdefault("cache_dir", str(tmp_path / "cache"))
-    kwargs.setdefault("shard_size", 16)
-    kwargs.setdefault("batch_size", 8)
-    return retrieve_anchors(pool, kwargs.pop("class_names", CLASS_NAMES), checkpoint, str(tmp_path / "anchors"),
-                            **kwargs)
+def _retrieve(pool, checkpoint, tmp_path, class_names=CLASS_NAMES, finetune=None, leakage_sets=None, **settings):
+    """`retrieve_anchors` with `RetrievalArguments(**settings)`; loaded datasets are passed beside the settings."""
+    settings = {"cache_dir": str(tmp_path / "cache"), "shard_size": 16, "batch_size": 8, **settings}
+    args = RetrievalArguments(model_name_or_path=checkpoint, output_dir=str(tmp_path / "anchors"), **settings)
+    return retrieve_anchors(args, pool, class_names, finetune=finetune, leakage_sets=leakage_sets)
 
 
 # ---------------------------------------------------------------- search
@@ -68,8 +68,9 @@ def test_exact_search_equals_numpy_topk():
     np.testing.assert_array_equal(ids, expected)
     np.testing.assert_allclose(scores, np.take_along_axis(brute, expected, 1), rtol=1e-5, atol=1e-5)
     # The chunked exact search used to measure approximate indexes agrees too.
-    chunked = EmbeddingStore(path="", shards=[pool[:123], pool[123:]], offsets=np.array([0, 123, 500]),
-                             valid=np.ones(500, bool))
+    chunked = EmbeddingStore(
+        path="", shards=[pool[:123], pool[123:]], offsets=np.array([0, 123, 500]), valid=np.ones(500, bool)
+    )
     np.testing.assert_array_equal(exact_topk(chunked, queries, 10)[1], expected)
 
 
@@ -97,8 +98,9 @@ def test_default_large_pool_index_is_reranked_fast_scan():
 
 def test_per_class_k_and_global_budget():
     rng = np.random.default_rng(0)
-    candidates = Candidates(label=np.repeat(np.arange(4), 25), row=np.arange(100),
-                            score=rng.random(100).astype(np.float32))
+    candidates = Candidates(
+        label=np.repeat(np.arange(4), 25), row=np.arange(100), score=rng.random(100).astype(np.float32)
+    )
     selected = select_anchors(candidates, 4, k_per_class=5, budget=None)
     assert np.bincount(selected.label).tolist() == [5, 5, 5, 5]
     for label in range(4):  # the top 5 of each class, by score
@@ -153,15 +155,76 @@ def test_leakage_guard_removes_eval_duplicates(pool, checkpoint, tmp_path):
     assert 5 in _retrieve(pool, checkpoint, tmp_path, **kwargs)["pool_index"]  # without the guard it is there
 
 
+def _wds_folder(root, images):
+    """A CLIP_benchmark webdataset folder (`test/0.tar` of KEY.png + KEY.cls, `classnames.txt`): what
+    `load_dataset_any` cannot read and `anchorclip eval` can."""
+    import io
+    import tarfile
+
+    (root / "test").mkdir(parents=True)
+    (root / "classnames.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+    (root / "test" / "nshards.txt").write_text("1\n")
+    with tarfile.open(root / "test" / "0.tar", "w") as tar:
+        for i, image in enumerate(images):
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            for extension, data in (("png", buffer.getvalue()), ("cls", b"0\n")):
+                member = tarfile.TarInfo(f"s{i:07d}.{extension}")
+                member.size = len(data)
+                tar.addfile(member, io.BytesIO(data))
+    return str(root)
+
+
+def test_leakage_guard_reads_evaluation_folders_as_eval_does(pool, checkpoint, tmp_path):
+    spec = _wds_folder(tmp_path / "wds_set", [pool[7]["image"], *make_images(2, seed=98)])
+    args = RetrievalArguments(
+        model_name_or_path=checkpoint,
+        output_dir=str(tmp_path / "anchors"),
+        leakage_sets=[spec],
+        leakage_threshold=0.999,
+        k_per_class=100,
+        dedup_threshold=0,
+        cache_dir=str(tmp_path / "cache"),
+        shard_size=16,
+        batch_size=8,
+    )
+    clean = retrieve_anchors(args, pool, CLASS_NAMES)
+    assert 7 not in clean["pool_index"] and len(clean) == POOL_SIZE - 1
+    provenance = json.loads((tmp_path / "anchors" / "anchorclip_provenance.json").read_text())
+    assert provenance["leakage_sets"] == [spec] and provenance["dedup_threshold"] is None  # 0 is "off", as None
+    assert provenance["settings"]["leakage_sets"] == [spec] and provenance["settings"]["k_per_class"] == 100
+
+
+def test_settings_have_one_spelling_for_off_and_for_templates():
+    args = RetrievalArguments(model_name_or_path="m", output_dir="o", dedup_threshold=0, templates="photo")
+    assert args.dedup_threshold is None and args.templates == ["photo"]
+    assert RetrievalArguments(model_name_or_path="m", output_dir="o", dedup_threshold=-1).dedup_threshold is None
+    assert RetrievalArguments(model_name_or_path="m", output_dir="o").resolved_templates() == list(SIMPLE_TEMPLATES)
+    literal = RetrievalArguments(model_name_or_path="m", output_dir="o", templates=["a {}.", "the {}."])
+    assert literal.resolved_templates() == ["a {}.", "the {}."]
+    with pytest.raises(ValueError, match="rule"):
+        RetrievalArguments(model_name_or_path="m", output_dir="o", rule="image2text")
+
+
 @pytest.mark.parametrize("rule, query_mode", [("text2text", "each"), ("image2image", "ensemble")])
 def test_other_rules(pool, checkpoint, tmp_path, rule, query_mode):
     from conftest import make_classification_dataset
 
     finetune = make_classification_dataset(8) if rule == "image2image" else None
     # An approximate index on the way: its recall against exact search is measured and recorded.
-    anchors = _retrieve(pool, checkpoint, tmp_path, class_names=None if finetune else CLASS_NAMES, rule=rule,
-                        query_mode=query_mode, finetune=finetune, k_per_class=3, dedup_threshold=None,
-                        index_factory="IVF2,Flat", index_params="nprobe=1")
+    anchors = _retrieve(
+        pool,
+        checkpoint,
+        tmp_path,
+        class_names=None if finetune else CLASS_NAMES,
+        rule=rule,
+        query_mode=query_mode,
+        finetune=finetune,
+        k_per_class=3,
+        dedup_threshold=None,
+        index_factory="IVF2,Flat",
+        index_params="nprobe=1",
+    )
     assert 0 < len(anchors) <= 3 * len(CLASS_NAMES)
     provenance = json.loads((tmp_path / "anchors" / "anchorclip_provenance.json").read_text())
     assert provenance["rule"] == rule and provenance["index_factory"] == "IVF2,Flat"
@@ -218,9 +281,10 @@ def test_undecodable_images_are_skipped_and_counted(tmp_path):
     pool = make_pair_dataset(6).cast_column("image", datasets.Image(decode=False))
     cells = list(pool["image"])
     cells[2] = corrupt_bytes()
-    pool = datasets.Dataset.from_dict({"image": cells, "caption": pool["caption"]},
-                                      features=datasets.Features({"image": datasets.Image(decode=False),
-                                                                  "caption": datasets.Value("string")}))
+    pool = datasets.Dataset.from_dict(
+        {"image": cells, "caption": pool["caption"]},
+        features=datasets.Features({"image": datasets.Image(decode=False), "caption": datasets.Value("string")}),
+    )
     torch.manual_seed(0)
     store = embed_pool(pool, CLIPModel(make_config()), make_processor(), cache_dir=str(tmp_path), batch_size=4)
     assert store.valid.tolist() == [True, True, False, True, True, True]
@@ -250,9 +314,25 @@ def test_cli_end_to_end_with_streaming(pool, checkpoint, tmp_path):
     from anchorclip.cli import main
 
     pool.save_to_disk(str(tmp_path / "pool"))
-    common = ["--pool", str(tmp_path / "pool"), "--model_name_or_path", checkpoint, "--cache_dir",
-              str(tmp_path / "cache"), "--shard_size", "16", "--batch_size", "8", "--k_per_class", "3",
-              "--class_names", *CLASS_NAMES, "--templates", "a photo of a {}.", "a sketch of a {}."]
+    common = [
+        "--pool",
+        str(tmp_path / "pool"),
+        "--model_name_or_path",
+        checkpoint,
+        "--cache_dir",
+        str(tmp_path / "cache"),
+        "--shard_size",
+        "16",
+        "--batch_size",
+        "8",
+        "--k_per_class",
+        "3",
+        "--class_names",
+        *CLASS_NAMES,
+        "--templates",
+        "a photo of a {}.",
+        "a sketch of a {}.",
+    ]
     assert main(["retrieve", *common, "--output_dir", str(tmp_path / "out")]) == 0
     anchors = datasets.load_from_disk(str(tmp_path / "out"))
     assert 0 < len(anchors) <= 12
@@ -279,12 +359,13 @@ STREAM_FILE_SIZES = [7, 13, 9, 11]  # uneven, so a row's number depends on the l
 STREAM_SCRIPT = """
 import json, logging, sys
 import datasets
-from anchorclip.anchors.retrieval import retrieve_anchors
+from anchorclip.anchors.retrieval import RetrievalArguments, retrieve_anchors
 logging.basicConfig(level=logging.INFO)
 files, checkpoint, cache, out, class_names = json.loads(sys.argv[1])
 pool = datasets.load_dataset("parquet", data_files=files, split="train", streaming=True)
-retrieve_anchors(pool, class_names, checkpoint, out, pool_id="stream", cache_dir=cache, shard_size=4, batch_size=4,
-                 k_per_class=5, dedup_threshold=None)
+args = RetrievalArguments(model_name_or_path=checkpoint, output_dir=out, pool_id="stream", cache_dir=cache,
+                          shard_size=4, batch_size=4, k_per_class=5, dedup_threshold=None)
+retrieve_anchors(args, pool, class_names)
 """
 
 
@@ -324,7 +405,8 @@ def _stream(files):
 
 
 def test_streamed_pool_each_process_reads_its_files_and_a_run_on_one_process_resumes(
-        pool, stream_files, tmp_path, caplog):
+    pool, stream_files, tmp_path, caplog
+):
     torch.manual_seed(0)
     model, processor = CLIPModel(make_config()).eval(), make_processor()
     original, embedded = model.get_image_features, []
@@ -336,8 +418,10 @@ def test_streamed_pool_each_process_reads_its_files_and_a_run_on_one_process_res
     model.get_image_features = counting
     kwargs = dict(cache_dir=str(tmp_path / "cache"), shard_size=4, batch_size=4, pool_id="stream")
     # Process 0 of 2 alone: it reads files 0 and 2 only, then finds that nobody embedded files 1 and 3.
-    with caplog.at_level("INFO", logger="anchorclip._embedding"), \
-            pytest.raises(RuntimeError, match=r"Stream files \[1, 3\] of 4 have no complete embeddings"):
+    with (
+        caplog.at_level("INFO", logger="anchorclip._embedding"),
+        pytest.raises(RuntimeError, match=r"Stream files \[1, 3\] of 4 have no complete embeddings"),
+    ):
         embed_pool(_stream(stream_files), model, processor, accelerator=_Rank(0, 2), **kwargs)
     assert sum(embedded) == 7 + 9
     assert "process 0 read 2 of 4 stream files (16 rows) and embedded 16 rows" in caplog.text
@@ -365,7 +449,8 @@ def test_streams_that_cannot_be_split_are_refused_clearly(stream_files, tmp_path
 
 
 def test_streamed_pool_on_two_processes_reads_its_files_and_writes_the_same_anchors(
-        stream_files, checkpoint, tmp_path):
+    stream_files, checkpoint, tmp_path
+):
     import socket
     import subprocess
     import sys
@@ -376,11 +461,31 @@ def test_streamed_pool_on_two_processes_reads_its_files_and_writes_the_same_anch
     script = tmp_path / "retrieve_stream.py"
     script.write_text(STREAM_SCRIPT)
     run = [str(tmp_path / "cache2"), str(tmp_path / "two"), CLASS_NAMES]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-               str(port), str(script), json.dumps([stream_files, checkpoint, *run])]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-           "ACCELERATE_USE_CPU": "true"}  # gloo on the CPU, also where a GPU is visible
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+        str(script),
+        json.dumps([stream_files, checkpoint, *run]),
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "ACCELERATE_USE_CPU": "true",
+    }  # gloo on the CPU, also where a GPU is visible
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     # Each process read only its own files (0 and 2: 7 + 9 rows; 1 and 3: 13 + 11 rows).
@@ -390,17 +495,26 @@ def test_streamed_pool_on_two_processes_reads_its_files_and_writes_the_same_anch
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the launched processes, so the two embed with the same arithmetic
     try:
-        one = retrieve_anchors(_stream(stream_files), CLASS_NAMES, checkpoint, str(tmp_path / "one"), pool_id="stream",
-                               cache_dir=str(tmp_path / "cache1"), shard_size=4, batch_size=4, k_per_class=5,
-                               dedup_threshold=None)
+        args = RetrievalArguments(
+            model_name_or_path=checkpoint,
+            output_dir=str(tmp_path / "one"),
+            pool_id="stream",
+            cache_dir=str(tmp_path / "cache1"),
+            shard_size=4,
+            batch_size=4,
+            k_per_class=5,
+            dedup_threshold=None,
+        )
+        one = retrieve_anchors(args, _stream(stream_files), CLASS_NAMES)
     finally:
         torch.set_num_threads(threads)
     two = datasets.load_from_disk(str(tmp_path / "two"))
     assert len(one) >= 5  # several anchors (one class per item leaves some classes short of k)
     for column in ("pool_index", "class_index", "score", "caption"):
         assert two[column] == one[column], column
-    assert [cell["bytes"] for cell in two.cast_column("image", datasets.Image(decode=False))["image"]] == \
-        [cell["bytes"] for cell in one.cast_column("image", datasets.Image(decode=False))["image"]]
+    assert [cell["bytes"] for cell in two.cast_column("image", datasets.Image(decode=False))["image"]] == [
+        cell["bytes"] for cell in one.cast_column("image", datasets.Image(decode=False))["image"]
+    ]
 
 
 def test_old_module_still_imports_with_a_warning():
@@ -411,3 +525,24 @@ def test_old_module_still_imports_with_a_warning():
     with pytest.warns(FutureWarning, match="anchorclip.retrieval is deprecated"):
         old = importlib.import_module("anchorclip.retrieval")
     assert old.build_index is build_index and old.Candidates is Candidates and old.embed_pool is embed_pool
+
+
+def test_old_keyword_signature_still_works_with_a_warning(pool, checkpoint, tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        from anchorclip.retrieval import retrieve_anchors as old_retrieve_anchors
+    settings = {"cache_dir": str(tmp_path / "cache"), "shard_size": 16, "batch_size": 8, "k_per_class": 3}
+    with pytest.warns(FutureWarning, match="RetrievalArguments"):
+        old = old_retrieve_anchors(
+            pool,
+            CLASS_NAMES,
+            checkpoint,
+            str(tmp_path / "old"),
+            dedup_threshold=None,
+            templates=("a photo of a {}.",),
+            **settings,
+        )
+    new = _retrieve(pool, checkpoint, tmp_path, dedup_threshold=None, templates=["a photo of a {}."], **settings)
+    assert old["pool_index"] == new["pool_index"] and len(new) > 0

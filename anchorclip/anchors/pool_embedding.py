@@ -132,15 +132,23 @@ def embed_pool(
 
 
 def evaluation_embeddings(leakage_sets, model, processor, embed_kwargs) -> np.ndarray:
-    """The valid image embeddings of all evaluation sets (cached like the pool)."""
+    """The valid image embeddings of all evaluation sets (cached like the pool).
+
+    A spec is loaded as `anchorclip eval` loads it (`load_eval_dataset`): CLIP_benchmark webdataset folders and Hub
+    `wds_*` repos, ImageFolders (their only split), `save_to_disk` folders and Hub datasets; its `test` split unless
+    the spec names another (`imagenet-1k:validation`). Loaded datasets are used as they are.
+    """
+    from anchorclip.evaluation.formats import load_eval_dataset
+
     evaluation = []
     for entry in leakage_sets:
-        # A spec without ":split" means its test split; "imagenet-1k:validation" names another.
-        store = embed_pool(entry, model, processor, kind="image", split="test", **embed_kwargs)
+        if isinstance(entry, (str, os.PathLike)):
+            dataset, _ = load_eval_dataset(str(entry))
+            pool_id = dataset_fingerprint(dataset, str(entry), "test")  # keyed by the spec, as the pool is
+            store = embed_pool(dataset, model, processor, kind="image", pool_id=pool_id, **embed_kwargs)
+        else:
+            store = embed_pool(entry, model, processor, kind="image", **embed_kwargs)
         evaluation.append(store.to_numpy()[store.valid])
-        logger.info(
-            "Leakage guard: %d images from %s.",
-            int(store.valid.sum()),
-            entry if isinstance(entry, str) else "a dataset",
-        )
+        name = str(entry) if isinstance(entry, (str, os.PathLike)) else "a dataset"
+        logger.info("Leakage guard: %d images from %s.", int(store.valid.sum()), name)
     return np.concatenate(evaluation)

@@ -11,52 +11,31 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import asdict
+
+from transformers import HfArgumentParser
 
 from anchorclip.anchors.retrieval import RetrievalArguments, retrieve_anchors
 
-__all__ = ["RetrievalArguments", "main"]
+__all__ = ["RetrievalArguments", "main", "parse_args"]
+
+DESCRIPTION = "Retrieve image-caption anchors from a pool for the downstream classes."
 
 
-def main(argv: list[str] | None = None) -> int:
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser(RetrievalArguments)
-    parser.prog = "anchorclip retrieve"
+def parse_args(argv: list[str] | None = None) -> RetrievalArguments:
+    parser = HfArgumentParser(RetrievalArguments, prog="anchorclip retrieve", description=DESCRIPTION)
     (args,) = parser.parse_args_into_dataclasses(args=argv)
     if (args.pool is None) == (args.pool_embeddings is None):
         parser.error("pass one of --pool and --pool_embeddings")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    class_names = list(args.class_names or [])
-    if args.class_names_file:
-        with open(args.class_names_file, encoding="utf-8") as file:
-            class_names += [line.strip() for line in file if line.strip()]
-    templates = args.templates[0] if len(args.templates) == 1 and "{}" not in args.templates[0] else args.templates
-    options = asdict(args)
-    for name in (
-        "pool",
-        "model_name_or_path",
-        "output_dir",
-        "class_names",
-        "class_names_file",
-        "finetune_dataset",
-        "templates",
-        "dedup_threshold",
-    ):
-        options.pop(name)
     from accelerate import Accelerator
 
-    retrieve_anchors(
-        args.pool,
-        class_names or None,
-        args.model_name_or_path,
-        args.output_dir,
-        finetune=args.finetune_dataset,
-        accelerator=Accelerator(),  # the command owns its processes: embed in the launcher's mixed precision
-        templates=templates,
-        dedup_threshold=args.dedup_threshold if args.dedup_threshold > 0 else None,
-        **options,
-    )
+    # The command owns its processes: it embeds in the launcher's mixed precision.
+    retrieve_anchors(args, accelerator=Accelerator())
     return 0
 
 

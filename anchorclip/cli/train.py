@@ -74,12 +74,20 @@ class DataArguments(EvalSetArguments):
     pair_pool: str | None = field(
         default=None, metadata={"help": "Build pair anchors by retrieval from this image-caption pool if none given."}
     )
+    # In-process `anchorclip retrieve`: these flags are `RetrievalArguments` fields, with the command's defaults.
     retrieval_rule: str = field(default="text2image", metadata={"help": "text2image, text2text or image2image."})
-    retrieval_k_per_class: int = field(default=600)
-    retrieval_query_mode: str = field(default="ensemble", metadata={"help": "ensemble or per_template queries."})
-    retrieval_templates: str = field(default="simple")
+    retrieval_k_per_class: int = field(default=100, metadata={"help": "Pair anchors per class."})
+    retrieval_oversample: float = field(default=2.0, metadata={"help": "Retrieve k_per_class*oversample per query."})
+    retrieval_query_mode: str = field(default="ensemble", metadata={"help": "ensemble or each (one per template)."})
+    retrieval_templates: list[str] = field(
+        default_factory=lambda: ["simple"],
+        metadata={"help": "A template set name (simple, photo, openai_imagenet) or templates with one {}."},
+    )
     retrieval_dedup_threshold: float | None = field(
-        default=0.95, metadata={"help": "Cosine above which two retrieved anchors count as duplicates."}
+        default=0.95, metadata={"help": "Cosine at which two retrieved anchors are duplicates; 0 (or None) disables."}
+    )
+    retrieval_leakage_sets: list[str] | None = field(
+        default=None, metadata={"help": "Evaluation sets whose near-duplicates are removed from the pool."}
     )
     miniworld_fraction: float = field(
         default=1.0, metadata={"help": "Default world only: scale every miniworld split (e.g. 0.02 for a smoke run)."}
@@ -227,7 +235,10 @@ def miniworld_preset(given) -> dict:
         # > 0.95: embedding-space de-duplication would discard most genuine anchors.
         retrieval_dedup_threshold=None,
         # The mini-CLIP's word-level vocabulary covers the world's own prompts, not OpenAI's 80 templates.
-        retrieval_templates="photo" if given.retrieval_query_mode == "ensemble" else SHAPE_TEMPLATES,
+        retrieval_templates=["photo"] if given.retrieval_query_mode == "ensemble" else list(SHAPE_TEMPLATES),
+        # 600 pairs per class, searched 3x deep: the pool's classes are few and the anchors plentiful.
+        retrieval_k_per_class=600,
+        retrieval_oversample=3.0,
         # Training defaults that fit the world (chosen on the finetune_val split; see docs/results).
         max_steps=200,
         per_device_train_batch_size=128,
@@ -322,53 +333,64 @@ def _pair_anchors(class_names, model_args, data_args, training_args, state):
         raise ValueError("ARF with lambda_pairs > 0 needs --pair_anchors or --pair_pool (or lambda_pairs 0).")
     from anchorclip.anchors.retrieval import retrieve_anchors
 
-    pool, pool_id = data_args.pair_pool, data_args.pair_pool
-    if pool == "miniworld:pool":
+    pool = None  # a spec, loaded by `retrieve_anchors` as `anchorclip retrieve --pool` loads it
+    output = os.path.join(training_args.output_dir, "anchors", "pairs")
+    args = _retrieval_args(model_args, data_args, output)
+    if data_args.pair_pool == "miniworld:pool":
         from anchorclip.miniworld import load_miniworld_split
 
         pool = load_miniworld_split("pool", size=_miniworld_size("pool", data_args))
-        pool_id = f"miniworld-pool-{len(pool)}"
-    output = os.path.join(training_args.output_dir, "anchors", "pairs")
+        args.pool, args.pool_id = None, f"miniworld-pool-{len(pool)}"
     provenance_file = os.path.join(output, "anchorclip_provenance.json")
     cached = os.path.isfile(provenance_file)
     state.wait_for_everyone()  # every process has looked before the builder below can write that file
     if cached:
-        _check_cached_pairs(output, model_args, data_args, pool_id)
+        _check_cached_pairs(output, args)
         anchors = datasets.load_from_disk(output)  # built by an earlier (or interrupted) run
     else:
-        anchors = retrieve_anchors(
-            pool,
-            class_names,
-            model_args.model_name_or_path,
-            output,
-            rule=data_args.retrieval_rule,
-            k_per_class=data_args.retrieval_k_per_class,
-            templates=data_args.retrieval_templates,
-            query_mode=data_args.retrieval_query_mode,
-            dedup_threshold=data_args.retrieval_dedup_threshold,
-            oversample=3.0,
-            pool_id=pool_id,
-        )
+        anchors = retrieve_anchors(args, pool, class_names)
     with open(provenance_file) as handle:
         return anchors, json.load(handle)
 
 
-def _check_cached_pairs(output: str, model_args, data_args, pool_id: str) -> None:
+def _retrieval_args(model_args, data_args, output: str):
+    """The `anchorclip retrieve` job that `--pair_pool` and the `--retrieval_*` flags stand for: the command's
+    defaults for every setting that has no train flag, so both build (and record) the same anchors."""
+    from anchorclip.anchors.retrieval import RetrievalArguments
+
+    return RetrievalArguments(
+        model_name_or_path=model_args.model_name_or_path,
+        output_dir=output,
+        pool=data_args.pair_pool,
+        rule=data_args.retrieval_rule,
+        k_per_class=data_args.retrieval_k_per_class,
+        oversample=data_args.retrieval_oversample,
+        query_mode=data_args.retrieval_query_mode,
+        templates=data_args.retrieval_templates,
+        dedup_threshold=data_args.retrieval_dedup_threshold,
+        leakage_sets=data_args.retrieval_leakage_sets,
+    )
+
+
+def _check_cached_pairs(output: str, args) -> None:
     """Refuse pair anchors that an earlier run built with another model, pool or retrieval setting."""
     from transformers import CLIPModel
 
-    from anchorclip._embedding import model_fingerprint
+    from anchorclip._embedding import dataset_fingerprint, model_fingerprint
 
     with open(os.path.join(output, "anchorclip_provenance.json")) as handle:
         stored = json.load(handle)
     requested = {
         # Loaded as `retrieve_anchors` loads it, so that the digests are comparable.
-        "model_fingerprint": model_fingerprint(CLIPModel.from_pretrained(model_args.model_name_or_path)),
-        "pool_id": pool_id,
-        "rule": data_args.retrieval_rule,
-        "k_per_class": data_args.retrieval_k_per_class,
-        "query_mode": data_args.retrieval_query_mode,
-        "dedup_threshold": data_args.retrieval_dedup_threshold,
+        "model_fingerprint": model_fingerprint(CLIPModel.from_pretrained(args.model_name_or_path)),
+        "pool_id": args.pool_id or dataset_fingerprint(None, args.pool, args.pool_split),  # as the command keys it
+        "rule": args.rule,
+        "k_per_class": args.k_per_class,
+        "oversample": args.oversample,
+        "query_mode": args.query_mode,
+        "templates": args.resolved_templates(),
+        "dedup_threshold": args.dedup_threshold,  # None when off, however it was spelled
+        "leakage_sets": list(args.leakage_sets or []),
     }
     changed = [key for key, value in requested.items() if stored.get(key) != value]
     if changed:
