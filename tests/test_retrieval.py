@@ -546,3 +546,18 @@ def test_old_keyword_signature_still_works_with_a_warning(pool, checkpoint, tmp_
         )
     new = _retrieve(pool, checkpoint, tmp_path, dedup_threshold=None, templates=["a photo of a {}."], **settings)
     assert old["pool_index"] == new["pool_index"] and len(new) > 0
+
+
+def test_train_runs_the_commands_job_and_keeps_the_miniworld_anchors(tmp_path):
+    from anchorclip.cli.train import _retrieval_args, parse_args
+
+    # The default (miniworld) job: its pairs are today's (k 600, searched 3x deep, no de-duplication, one template).
+    model_args, data_args, _ = parse_args(["--output_dir", str(tmp_path)])
+    args = _retrieval_args(model_args, data_args, "out")
+    assert (args.k_per_class, args.oversample, args.dedup_threshold, args.templates) == (600, 3.0, None, ["photo"])
+    # Any other dataset: `anchorclip retrieve`'s defaults, setting for setting.
+    argv = ["--dataset_name", "d", "--pair_pool", "p", "--model_name_or_path", "m", "--output_dir", str(tmp_path)]
+    model_args, data_args, _ = parse_args(argv)
+    assert _retrieval_args(model_args, data_args, "out") == RetrievalArguments(
+        model_name_or_path="m", output_dir="out", pool="p"
+    )
