@@ -16,7 +16,7 @@ import torch
 from conftest import CLASS_NAMES, COLOURS, make_config, make_images, make_processor
 from transformers import CLIPModel
 
-from anchorclip._embedding import TextEncoder, _features
+from anchorclip.anchors.encoders import TextEncoder, projected_features
 from anchorclip.anchors.index import build_pool_index, open_pool_index
 from anchorclip.anchors.pool_index import exact_topk, measure_recall
 from anchorclip.anchors.precomputed import PoolError, PrecomputedPool, check_model
@@ -141,7 +141,7 @@ def _embedded_pool(path, checkpoint, n=600, model_name=None):
     with torch.no_grad():
         pixels = processor.image_processor(make_images(n, seed=4), return_tensors="pt")["pixel_values"]
         images = torch.nn.functional.normalize(
-            _features(model.get_image_features(pixel_values=pixels)), dim=-1
+            projected_features(model.get_image_features(pixel_values=pixels)), dim=-1
         ).numpy()
     cut = [0, 250, 450, n]
     return write_pool(

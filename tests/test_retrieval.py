@@ -16,8 +16,8 @@ import torch
 from conftest import CLASS_NAMES, corrupt_bytes, make_config, make_images, make_pair_dataset, make_processor
 from transformers import CLIPModel
 
-from anchorclip._embedding import EmbeddingStore
 from anchorclip.anchors import pool_index
+from anchorclip.anchors.embedding_store import EmbeddingStore
 from anchorclip.anchors.pool_embedding import embed_pool
 from anchorclip.anchors.pool_index import build_index, exact_topk, search
 from anchorclip.anchors.retrieval import RetrievalArguments, retrieve_anchors
@@ -419,7 +419,7 @@ def test_streamed_pool_each_process_reads_its_files_and_a_run_on_one_process_res
     kwargs = dict(cache_dir=str(tmp_path / "cache"), shard_size=4, batch_size=4, pool_id="stream")
     # Process 0 of 2 alone: it reads files 0 and 2 only, then finds that nobody embedded files 1 and 3.
     with (
-        caplog.at_level("INFO", logger="anchorclip._embedding"),
+        caplog.at_level("INFO", logger="anchorclip.anchors.embed_column"),
         pytest.raises(RuntimeError, match=r"Stream files \[1, 3\] of 4 have no complete embeddings"),
     ):
         embed_pool(_stream(stream_files), model, processor, accelerator=_Rank(0, 2), **kwargs)

@@ -1,5 +1,5 @@
 """The pretrained CLIP and its embeddings of a pool: `load_clip`, `embed_pool` (cached, resumable, split over
-processes; see `anchorclip._embedding`), and the launch's processes (`LaunchProcesses`)."""
+processes; see `anchorclip.anchors.embed_column`), and the launch's processes (`LaunchProcesses`)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,15 @@ import os
 
 import numpy as np
 
-from anchorclip._embedding import (
+from anchorclip.anchors.embed_column import embed_column
+from anchorclip.anchors.embedding_store import (
     EmbeddingStore,
-    ImageEncoder,
-    TextEncoder,
     cache_key,
     dataset_fingerprint,
     default_cache_dir,
-    embed_column,
     model_fingerprint,
 )
+from anchorclip.anchors.encoders import ImageEncoder, TextEncoder
 from anchorclip.data import CAPTION_COLUMNS, IMAGE_COLUMNS, find_column, load_dataset_any
 
 logger = logging.getLogger(__name__)
@@ -92,7 +91,7 @@ def embed_pool(
     that of the model weights, the pool (`pool_id`, else its spec or fingerprint), the column, the
     preprocessing and the precision: another model never reads these embeddings. Returns a memory-mapped
     `EmbeddingStore` whose row `i` is pool row `i`, also for a stream embedded on several processes (each reads
-    only its own files of it; see `_embedding.py`).
+    only its own files of it; see `anchorclip.anchors.embed_column`).
     """
     if kind not in ("image", "text"):
         raise ValueError(f"kind must be 'image' or 'text', got {kind!r}.")

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from anchorclip._embedding import EmbeddingStore
+from anchorclip.anchors.embedding_store import EmbeddingStore
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 The pipeline, top to bottom:
 
 1. **Embed** the pool once with the *pretrained* CLIP (`embed_pool`): batched, split over Accelerate
-   processes, cached as resumable `.npy` shards keyed by model + pool + column (see `_embedding.py`).
+   processes, cached as resumable `.npy` shards keyed by model + pool + column (see `embed_column`).
 2. **Query** per class: the L2-normalised mean of the prompt-template ensemble (`query_mode="ensemble"`),
    or one query per template (`"each"`, "style-diverse": a single "a photo of a ..." query returns
    photo-style anchors only). `image2image` uses the finetune images instead of prompts.
@@ -35,7 +35,8 @@ import datasets
 import numpy as np
 import torch
 
-from anchorclip._embedding import TextEncoder, dataset_fingerprint, default_cache_dir, model_fingerprint
+from anchorclip.anchors.embedding_store import dataset_fingerprint, default_cache_dir, model_fingerprint
+from anchorclip.anchors.encoders import TextEncoder
 from anchorclip.anchors.pool_embedding import (
     LaunchProcesses,
     embed_pool,

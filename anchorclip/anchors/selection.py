@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from anchorclip._embedding import EmbeddingStore, TextEncoder
+from anchorclip.anchors.embedding_store import EmbeddingStore
+from anchorclip.anchors.encoders import TextEncoder
 from anchorclip.anchors.pool_index import faiss_module
 
 logger = logging.getLogger(__name__)

@@ -376,7 +376,7 @@ def _check_cached_pairs(output: str, args) -> None:
     """Refuse pair anchors that an earlier run built with another model, pool or retrieval setting."""
     from transformers import CLIPModel
 
-    from anchorclip._embedding import dataset_fingerprint, model_fingerprint
+    from anchorclip.anchors.embedding_store import dataset_fingerprint, model_fingerprint
 
     with open(os.path.join(output, "anchorclip_provenance.json")) as handle:
         stored = json.load(handle)
