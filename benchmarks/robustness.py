@@ -19,7 +19,7 @@ Protocol (what a reviewer would ask for):
 
 Anchors are built once through the same code paths users run: captions of the finetune images by the
 shipped mini-captioner (`anchorclip.anchors.caption_job`), pairs retrieved from the world's pool by the pretrained
-mini-CLIP (`anchorclip.retrieval`). "oracle captions" uses the world's ground-truth captions instead.
+mini-CLIP (`anchorclip.anchors.retrieval`). "oracle captions" uses the world's ground-truth captions instead.
 Each run's result is written to `<workdir>/runs/` as it finishes, so an interrupted benchmark resumes.
 """
 
@@ -40,11 +40,11 @@ from transformers import CLIPProcessor
 
 from anchorclip import AnchorCLIPModel, AnchorCLIPTrainer, AnchorTrainingArguments, EvalSet, wise_ft
 from anchorclip.anchors.caption_job import caption_dataset
+from anchorclip.anchors.retrieval import RetrievalArguments, retrieve_anchors
 from anchorclip.evaluation import GROUPS
 from anchorclip.miniworld import MINICAPTIONER_PATH, MINICLIP_PATH, load_miniworld_split, miniworld_eval_sets
 from anchorclip.miniworld.prompts import SHAPE_TEMPLATES
 from anchorclip.reporting import summarize
-from anchorclip.retrieval import retrieve_anchors
 
 # name: (family whose learning rate it uses, trainer arguments, caption source, pair source)
 METHODS = {
@@ -56,6 +56,12 @@ METHODS = {
     "ARF w/o pair anchors": ("arf", {"method": "arf", "lambda_pairs": 0.0}, "captioner", None),
     "ARF, oracle captions": ("arf", {"method": "arf"}, "oracle", "photo"),
     "ARF, style-diverse retrieval": ("arf", {"method": "arf"}, "captioner", "diverse"),
+    # Cheaper anchors: one retrieved pair for every 2 or 4 finetune images (benchmarks/step_time.py: their cost).
+    "ARF, 0.5 pair/image": ("arf", {"method": "arf", "pair_anchors_per_image": 0.5}, "captioner", "photo"),
+    "ARF, 0.25 pair/image": ("arf", {"method": "arf", "pair_anchors_per_image": 0.25}, "captioner", "photo"),
+    "ARF w/o caption anchors, 0.25 pair/image": (
+        "arf", {"method": "arf", "lambda_caption": 0.0, "pair_anchors_per_image": 0.25}, None, "photo",
+    ),
 }
 WISE_OF = {"WiSE-FT (FT, α=0.5)": "FT", "FLYP + WiSE-FT (α=0.5)": "FLYP", "ARF + WiSE-FT (α=0.5)": "ARF"}
 WISE_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -75,19 +81,17 @@ def build_anchors(workdir: str, k_per_class: int) -> dict:
         "photo": ("photo", "ensemble"),
         "diverse": (list(SHAPE_TEMPLATES), "each"),
     }.items():
-        output = os.path.join(workdir, "anchors", f"pairs_{name}")
-        pairs[name] = retrieve_anchors(
-            pool,
-            class_names,
-            MINICLIP_PATH,
-            output,
-            templates=templates,
+        settings = RetrievalArguments(
+            model_name_or_path=MINICLIP_PATH,
+            output_dir=os.path.join(workdir, "anchors", f"pairs_{name}"),
+            templates=[templates] if isinstance(templates, str) else templates,
             query_mode=query_mode,
             k_per_class=k_per_class,
             pool_id="miniworld-pool",
-            dedup_threshold=None,  # distinct renderings; see examples/run_anchor_ft.py
+            dedup_threshold=None,  # distinct renderings; see the miniworld preset in anchorclip/cli/train.py
             oversample=3.0,
         )
+        pairs[name] = retrieve_anchors(settings, pool, class_names)
     return {"captioner": captions, "oracle": finetune, "pairs": pairs, "class_names": class_names}
 
 

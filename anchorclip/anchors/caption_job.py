@@ -41,8 +41,8 @@ from typing import Any, Literal
 
 import datasets
 
-from anchorclip._embedding import model_fingerprint
 from anchorclip.anchors.captioning import Captioner, caption_chunks
+from anchorclip.anchors.embedding_store import model_fingerprint
 from anchorclip.anchors.shards import (
     chunks_for_process,
     open_shards_dir,

@@ -29,7 +29,7 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-from .._embedding import EmbeddingStore
+from .embedding_store import EmbeddingStore
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ A *manifest* in the chunk folder records the settings the chunks were computed w
 resuming with other settings is an error rather than a silently mixed output.
 
 `anchorclip.anchors.caption_job` keeps its chunks as `rows-<start>-<stop>.json` (`chunk_path`, `read_chunk`);
-the embedding cache (`anchorclip._embedding`) keeps its own `.npy` file names and layout, and writes and reads its
-files with the helpers here (`save_npy_atomic`, `write_json_atomic`, `read_json`, `num_chunks`).
+the embedding cache (`anchorclip.anchors.embed_column`) keeps its own `.npy` file names and layout, and writes and
+reads its files with the helpers here (`save_npy_atomic`, `write_json_atomic`, `read_json`, `num_chunks`).
 """
 
 from __future__ import annotations
