@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
 
 import torch
-from common import build_model, machine, median_time, synthetic_batch
+from common import build_model, machine, synthetic_batch
 from tokenizers import Tokenizer, models
 from transformers import CLIPImageProcessor, CLIPProcessor, PreTrainedTokenizerFast
 
@@ -63,7 +64,7 @@ def main() -> None:
     model, spec = build_model(args.config)
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
-    results = {}
+    steps = {}
     for name, (method, captions, pairs) in VARIANTS.items():
         trainer = _trainer(model, method, captions, pairs, args.bf16)
         batch = synthetic_batch(spec, args.batch, pairs, captions, device)
@@ -75,7 +76,22 @@ def main() -> None:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-        median, _ = median_time(step, args.steps, args.warmup, sync)
+        steps[name] = step
+        for _ in range(args.warmup):
+            step()
+    # Round-robin: round r times one step of every variant, so that a change in the machine's load (a shared
+    # CI machine) slows all variants alike and the ratios stay meaningful.
+    times = {name: [] for name in steps}
+    for _ in range(args.steps):
+        for name, step in steps.items():
+            sync()
+            start = time.perf_counter()
+            step()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    results = {}
+    for name, (_, _, pairs) in VARIANTS.items():
+        median = statistics.median(times[name])
         results[name] = {
             "median_s": median,
             "images_per_s": args.batch / median,
@@ -107,7 +123,7 @@ def main() -> None:
             f"# ARF vs FLYP step time\n\nCommand: `python benchmarks/step_time.py {' '.join(sys.argv[1:])}`  \n"
             f"Machine: {report['machine']}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}. Config "
             f"`{args.config}`, finetune batch {args.batch}, median of {args.steps} steps after {args.warmup} "
-            f"warm-up steps (forward, backward and AdamW step).\n\n"
+            f"warm-up steps (forward, backward and AdamW step), variants timed round-robin.\n\n"
             "| variant | pair-anchor batch | median step ms | finetune images/s | step time / FLYP |\n"
             "|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
         )
