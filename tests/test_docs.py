@@ -30,3 +30,26 @@ def test_docs_links_resolve():
                 if target.startswith(("http", "#")) or not target:
                     continue
                 assert (page.parent / target.split("#")[0]).exists(), f"{page.name} links to missing {target}"
+
+
+def test_package_map_in_docs_index_matches_the_tree():
+    """Every module and folder of anchorclip/ is named in docs/index.md's map, and everything it names exists."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "docs" / "index.md").read_text()
+    table = text.split("## The package at a glance")[1].split("## ")[0]
+    package = root / "anchorclip"
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package)
+        if path.name in ("__init__.py", "__main__.py"):
+            continue
+        if len(relative.parts) == 1:
+            assert f"`{path.name}`" in table, f"{relative} is missing from the package map"
+        else:
+            assert f"`{relative.parts[0]}/`" in table, f"{relative.parts[0]}/ is missing from the package map"
+            if relative.parts[0] in ("anchors", "evaluation", "hub") and not path.stem.startswith("_"):
+                assert f"`{path.stem}`" in table, f"{relative} is missing from the package map"
+    for name in re.findall(r"`([\w/]+\.py)`", table):
+        assert (package / name).exists(), f"the package map names {name}, which does not exist"
