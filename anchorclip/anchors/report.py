@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import datasets
 import numpy as np
@@ -112,6 +112,50 @@ def _thumbnail(cell, size: int = 112) -> str | None:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+_PROVENANCE_KEYS = (
+    "model", "rule", "query_mode", "k_per_class", "budget", "dedup_threshold", "leakage_threshold",
+    "index_factory", "index_recall", "counts",
+)  # fmt: skip
+
+
+def render_report(
+    path: str,
+    class_names: Sequence[str],
+    labels: np.ndarray,
+    card: Callable[[int], str],
+    *,
+    per_class: int = 12,
+    title: str = "Retrieved anchors",
+    note: str | None = None,
+    provenance: dict | None = None,
+) -> None:
+    """A self-contained HTML page: the retrieval settings, then per class the `card(row)` of its first
+    `per_class` anchors. Anchors with images (`write_report`) and with URLs (`url_anchors`) share it."""
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        (
+            f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif;margin:1em}}"
+            ".row{display:flex;flex-wrap:wrap;gap:8px}.card{width:140px;font-size:11px}"
+            ".card img{width:112px;height:112px;object-fit:contain;background:#eee;display:block}"
+            "h2{font-size:15px;margin:1.2em 0 .3em}</style></head><body>"
+        ),
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    if note:
+        parts.append(f"<p>{html.escape(note)}</p>")
+    if provenance:
+        summary = {key: provenance.get(key) for key in _PROVENANCE_KEYS if key in provenance}
+        parts.append(f"<pre>{html.escape(json.dumps(summary, indent=1))}</pre>")
+    for label, name in enumerate(class_names):
+        rows = np.nonzero(labels == label)[0]
+        parts.append(f"<h2>{html.escape(name)} — {len(rows)} anchors</h2><div class='row'>")
+        parts += [card(int(row)) for row in rows[:per_class]]
+        parts.append("</div>")
+    parts.append("</body></html>")
+    with open(path, "w", encoding="utf-8") as file:
+        file.write("\n".join(parts))
+
+
 def write_report(
     anchors: datasets.Dataset,
     class_names: Sequence[str],
@@ -124,44 +168,11 @@ def write_report(
     """A self-contained HTML page: per class, its top `per_class` anchors (inline PNG thumbnails, caption, score)."""
     raw = with_raw_images(anchors, "image")
     labels = np.asarray(raw["class_index"], dtype=np.int64) if len(raw) else np.zeros(0, np.int64)
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        (
-            f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif;margin:1em}}"
-            ".row{display:flex;flex-wrap:wrap;gap:8px}.card{width:140px;font-size:11px}"
-            ".card img{width:112px;height:112px;object-fit:contain;background:#eee;display:block}"
-            "h2{font-size:15px;margin:1.2em 0 .3em}</style></head><body>"
-        ),
-        f"<h1>{html.escape(title)}</h1>",
-    ]
-    if provenance:
-        summary = {
-            key: provenance.get(key)
-            for key in (
-                "model",
-                "rule",
-                "query_mode",
-                "k_per_class",
-                "budget",
-                "dedup_threshold",
-                "leakage_threshold",
-                "index_factory",
-                "index_recall",
-                "counts",
-            )
-        }
-        parts.append(f"<pre>{html.escape(json.dumps(summary, indent=1))}</pre>")
-    for label, name in enumerate(class_names):
-        rows = np.nonzero(labels == label)[0]
-        parts.append(f"<h2>{html.escape(name)} — {len(rows)} anchors</h2><div class='row'>")
-        for row in rows[:per_class]:
-            item = raw[int(row)]
-            thumbnail = _thumbnail(item["image"])
-            image = f"<img src='data:image/png;base64,{thumbnail}'>" if thumbnail else "<div>(undecodable)</div>"
-            parts.append(
-                f"<div class='card'>{image}<b>{item['score']:.3f}</b> {html.escape(str(item['caption']))}</div>"
-            )
-        parts.append("</div>")
-    parts.append("</body></html>")
-    with open(path, "w", encoding="utf-8") as file:
-        file.write("\n".join(parts))
+
+    def card(row: int) -> str:
+        item = raw[row]
+        thumbnail = _thumbnail(item["image"])
+        image = f"<img src='data:image/png;base64,{thumbnail}'>" if thumbnail else "<div>(undecodable)</div>"
+        return f"<div class='card'>{image}<b>{item['score']:.3f}</b> {html.escape(str(item['caption']))}</div>"
+
+    render_report(path, class_names, labels, card, per_class=per_class, title=title, provenance=provenance)

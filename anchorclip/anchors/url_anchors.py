@@ -9,7 +9,6 @@ thumbnails are the URLs themselves (the browser fetches them; dead links show as
 from __future__ import annotations
 
 import html
-import json
 import os
 from collections.abc import Sequence
 
@@ -17,6 +16,7 @@ import datasets
 import numpy as np
 
 from .precomputed import CAPTION_COLUMNS, URL_COLUMNS, PrecomputedPool
+from .report import render_report
 
 URLS_FILE = "urls.parquet"
 
@@ -65,41 +65,14 @@ def write_url_report(
 ) -> None:
     """`report.html` for URL anchors: per class, its top `per_class` anchors as linked images with captions."""
     labels = np.asarray(anchors["class_index"], dtype=np.int64) if len(anchors) else np.zeros(0, np.int64)
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif;margin:1em}}"
-        ".row{display:flex;flex-wrap:wrap;gap:8px}.card{width:140px;font-size:11px}"
-        ".card img{width:112px;height:112px;object-fit:contain;background:#eee;display:block}</style>"
-        "</head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-        "<p>Images load from their pool URLs; some may be gone.</p>",
-    ]
-    if provenance:
-        summary = {
-            key: provenance.get(key)
-            for key in (
-                "model",
-                "rule",
-                "query_mode",
-                "k_per_class",
-                "budget",
-                "index_factory",
-                "index_recall",
-                "counts",
-            )
-        }
-        parts.append(f"<pre>{html.escape(json.dumps(summary, indent=1))}</pre>")
-    for label, name in enumerate(class_names):
-        rows = np.nonzero(labels == label)[0]
-        parts.append(f"<h2>{html.escape(name)} — {len(rows)} anchors</h2><div class='row'>")
-        for row in rows[:per_class]:
-            item = anchors[int(row)]
-            url = html.escape(str(item["url"]), quote=True)
-            parts.append(
-                f"<div class='card'><a href='{url}'><img loading='lazy' referrerpolicy='no-referrer' "
-                f"src='{url}'></a><b>{item['score']:.3f}</b> {html.escape(str(item['caption']))}</div>"
-            )
-        parts.append("</div>")
-    parts.append("</body></html>")
-    with open(path, "w", encoding="utf-8") as file:
-        file.write("\n".join(parts))
+
+    def card(row: int) -> str:
+        item = anchors[row]
+        url = html.escape(str(item["url"]), quote=True)
+        return (
+            f"<div class='card'><a href='{url}'><img loading='lazy' referrerpolicy='no-referrer' "
+            f"src='{url}'></a><b>{item['score']:.3f}</b> {html.escape(str(item['caption']))}</div>"
+        )
+
+    note = "Images load from their pool URLs; some may be gone."
+    render_report(path, class_names, labels, card, per_class=per_class, title=title, note=note, provenance=provenance)
