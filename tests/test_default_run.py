@@ -29,7 +29,7 @@ def test_default_world_run(tmp_path, monkeypatch, capsys):
     assert "| zero-shot |" in printed and "| arf |" in printed
     results = json.load(open(out / "results.json"))
     assert set(results["finetuned"]["sets"]) == set(EVAL_SPLITS)
-    assert set(results["finetuned"]["groups"]) == {"id", "domain_shift", "zero_shot"}
+    assert set(results["finetuned"]["groups"]) == {"id", "domain_shift", "zero_shot", "retrieval"}
     assert results["provenance"]["caption_anchors"]["captioner"].endswith("minicaptioner")
     assert results["provenance"]["pair_anchors"]["counts"]["anchors"] > 0
     assert (out / "model.safetensors").is_file() and (out / "checkpoint-2").is_dir()
