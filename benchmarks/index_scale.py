@@ -125,8 +125,8 @@ def main(argv=None) -> dict:
     import faiss
 
     from anchorclip.anchors.index import build_pool_index, default_pool_factory, open_pool_index
-    from anchorclip.anchors.precomputed import PrecomputedPool
     from anchorclip.anchors.pool_index import exact_topk
+    from anchorclip.anchors.precomputed import PrecomputedPool
 
     threads = os.cpu_count()
     pool_dir = os.path.join(args.work_dir, f"pool-{args.rows}")
