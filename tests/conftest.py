@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPProcessor, PreTrainedTokenizerFast
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, PreTrainedTokenizerFast
 
 from anchorclip import AnchorCLIPModel
 
@@ -142,3 +142,13 @@ def tiny_model():
 @pytest.fixture
 def processor():
     return make_processor()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny plain-CLIP checkpoint on disk, as `anchorclip retrieve` and `retrieve_anchors` load one."""
+    path = str(tmp_path_factory.mktemp("clip"))
+    torch.manual_seed(0)
+    CLIPModel(make_config()).save_pretrained(path)
+    make_processor().save_pretrained(path)
+    return path

@@ -121,15 +121,6 @@ def test_index_recall_and_resume(pool_dir, tmp_path, monkeypatch):
     assert measure_recall(reopened, store, queries, 10) >= measure_recall(index, store, queries, 10) - 0.02
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("clip"))
-    torch.manual_seed(0)
-    CLIPModel(make_config()).save_pretrained(path)
-    make_processor().save_pretrained(path)
-    return path
-
-
 def _embedded_pool(path, checkpoint, n=600, model_name=None):
     """A pool embedded with the tiny CLIP itself, as clip-retrieval would embed LAION with the real one."""
     model, processor = CLIPModel.from_pretrained(checkpoint).eval(), make_processor()

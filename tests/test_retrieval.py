@@ -34,16 +34,6 @@ def _normalized(rng, n, d=16):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A tiny CLIP checkpoint on disk, as `retrieve_anchors` and the CLI load one."""
-    path = str(tmp_path_factory.mktemp("clip"))
-    torch.manual_seed(0)
-    CLIPModel(make_config()).save_pretrained(path)
-    make_processor().save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def pool():
     return make_pair_dataset(POOL_SIZE, seed=1)
 
