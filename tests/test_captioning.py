@@ -155,6 +155,21 @@ def test_new_weights_under_the_same_path_are_not_resumed(captioner_dir, dataset_
         caption_dataset(dataset_dir, str(path), tmp_path / "out", batch_size=4, num_workers=0, progress=False)
 
 
+def test_a_moved_captioner_folder_resumes_its_captions(captioner_dir, dataset_dir, tmp_path, monkeypatch):
+    # The cache is keyed by the weights, not by where they lie: a moved checkout (or a Hub id against its
+    # local download) keeps its captions.
+    first = tmp_path / "here" / "captioner"
+    shutil.copytree(captioner_dir, first)
+    reference = caption_dataset(dataset_dir, str(first), tmp_path / "out", batch_size=4, num_workers=0, progress=False)
+    moved = tmp_path / "there" / "captioner"
+    shutil.move(str(first.parent), str(moved.parent))
+    calls = []
+    real_generate = Captioner.generate
+    monkeypatch.setattr(Captioner, "generate", lambda self, inputs: calls.append(1) or real_generate(self, inputs))
+    again = caption_dataset(dataset_dir, str(moved), tmp_path / "out", batch_size=4, num_workers=0, progress=False)
+    assert calls == [] and again["caption"] == reference["caption"]
+
+
 def test_undecodable_images_are_skipped_and_listed(captioner, tmp_path):
     data = _make_dataset(tmp_path / "ds", num_rows=6, corrupt_rows=(1, 4))
     out = tmp_path / "out"

@@ -40,13 +40,15 @@ def default_cache_dir() -> str:
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """A short digest of the weights, so two checkpoints with the same name (or none) never share a cache.
+    """A short digest of the config and weights, so two checkpoints with the same name (or none) never share a
+    cache, and one checkpoint keeps its caches wherever it lies (a moved folder, a Hub id or its local download).
 
     Hashing every parameter of a ViT-L would take seconds; a strided sample of each tensor plus its sum
     separates any two checkpoints that differ in training, at a cost of milliseconds.
     """
-    digest = hashlib.sha256(str(getattr(model.config, "_name_or_path", "")).encode())
-    digest.update(model.config.to_json_string(use_diff=False).encode())
+    config = model.config.to_dict()
+    config.pop("_name_or_path", None)
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     with torch.no_grad():
         for name, param in model.state_dict().items():
             flat = param.detach().reshape(-1)

@@ -120,6 +120,11 @@ def pending_chunks(shards_dir: Path, chunks: list[range], values: str = "caption
     return [chunk for chunk in chunks if read_chunk(shards_dir, chunk, values) is None]
 
 
+# Recorded for the reader, not compared: a model folder that moved (or a Hub id against its local download) is the
+# same model when its weights fingerprint is the same.
+INFORMATIVE_KEYS = ("captioner",)
+
+
 def open_shards_dir(shards_dir: Path, manifest: dict[str, Any], state, *, resume: bool) -> None:
     """Create `shards_dir` (emptied first unless `resume`) and check that the chunks in it, if any, were computed
     with `manifest`'s settings; raises `ValueError` naming the settings that differ. Every process calls this."""
@@ -133,8 +138,12 @@ def open_shards_dir(shards_dir: Path, manifest: dict[str, Any], state, *, resume
             write_json_atomic(shards_dir / MANIFEST_FILE, manifest)
     state.wait_for_everyone()
     previous = json.loads((shards_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
-    if previous != manifest:
-        changed = sorted(key for key in manifest.keys() | previous.keys() if manifest.get(key) != previous.get(key))
+    changed = sorted(
+        key
+        for key in manifest.keys() | previous.keys()
+        if key not in INFORMATIVE_KEYS and manifest.get(key) != previous.get(key)
+    )
+    if changed:
         raise ValueError(
             f"{shards_dir} holds chunks computed with other settings (differences in: {', '.join(changed)}). "
             f"Use the same settings to resume, another output_dir, or resume=False (--no_resume) to start over."
