@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import CLASS_NAMES, corrupt_bytes, make_config, make_images, make_pair_dataset, make_processor
-from transformers import CLIPModel
+from transformers import CLIPModel, CLIPProcessor
 
 from anchorclip.anchors import pool_index
 from anchorclip.anchors.embedding_store import EmbeddingStore
@@ -99,6 +99,67 @@ def test_per_class_k_and_global_budget():
     budgeted = select_anchors(candidates, 4, k_per_class=5, budget=10)
     assert len(budgeted) == 10
     assert sorted(np.bincount(budgeted.label).tolist()) == [2, 2, 3, 3]  # balanced: round-robin by rank
+
+
+def test_mmr_prefers_an_unlike_candidate_over_a_near_copy_of_the_best():
+    # One class; candidate 1 is a near copy of the best (0), candidate 2 scores lower but looks different.
+    embeddings = np.array([[1.0, 0.0], [0.999, 0.045], [0.0, 1.0], [0.7, 0.7]], dtype=np.float32)
+    candidates = Candidates(
+        label=np.zeros(4, np.int64), row=np.array([10, 11, 12, 13]), score=np.array([0.9, 0.89, 0.5, 0.4])
+    )
+    plain = select_anchors(candidates, 1, k_per_class=2, budget=None)
+    assert sorted(plain.row.tolist()) == [10, 11]  # top 2 by score: the best and its copy
+    diverse = select_anchors(candidates, 1, k_per_class=2, budget=None, embeddings=embeddings, diversity=0.5)
+    assert sorted(diverse.row.tolist()) == [10, 12]
+    # The first pick is always the best-scored; diversity only changes what follows it.
+    only = select_anchors(candidates, 1, k_per_class=1, budget=None, embeddings=embeddings, diversity=0.9)
+    assert only.row.tolist() == [10]
+    with pytest.raises(ValueError, match="diversity"):
+        select_anchors(candidates, 1, k_per_class=2, budget=None, embeddings=embeddings, diversity=1.5)
+    with pytest.raises(ValueError, match="embeddings"):
+        select_anchors(candidates, 1, k_per_class=2, budget=None, diversity=0.5)
+
+
+def test_mmr_keeps_classes_apart_and_quotas():
+    rng = np.random.default_rng(0)
+    embeddings = _normalized(rng, 60)
+    candidates = Candidates(label=np.repeat(np.arange(3), 20), row=np.arange(60), score=rng.random(60))
+    selected = select_anchors(candidates, 3, k_per_class=5, budget=12, embeddings=embeddings, diversity=0.5)
+    assert len(selected) == 12 and sorted(np.bincount(selected.label).tolist()) == [4, 4, 4]
+    for label, row in zip(selected.label, selected.row):
+        assert candidates.label[row] == label  # rows stay with their class
+
+
+def test_retrieval_with_diversity_spreads_the_anchors(pool, checkpoint, tmp_path):
+    settings = dict(k_per_class=3, oversample=10.0, dedup_threshold=None)
+    plain = _retrieve(pool, checkpoint, tmp_path / "plain", **settings)
+    diverse = _retrieve(pool, checkpoint, tmp_path / "diverse", diversity=0.8, **settings)
+    provenance = json.loads((tmp_path / "diverse" / "anchors" / "anchorclip_provenance.json").read_text())
+    assert provenance["diversity"] == 0.8 and provenance["settings"]["diversity"] == 0.8
+    assert len(diverse) == len(plain)
+    store = _pool_image_embeddings(pool, checkpoint)
+
+    def redundancy(anchors) -> float:  # mean cosine between two anchors of one class
+        values = []
+        for label in set(anchors["class_index"]):
+            rows = [r for r, c in zip(anchors["pool_index"], anchors["class_index"]) if c == label]
+            vectors = store[rows]
+            sims = vectors @ vectors.T
+            values.append((sims.sum() - np.trace(sims)) / max(1, len(rows) * (len(rows) - 1)))
+        return float(np.mean(values))
+
+    assert redundancy(diverse) < redundancy(plain)
+    with pytest.raises(ValueError, match="diversity"):
+        RetrievalArguments(model_name_or_path="m", output_dir="o", diversity=-0.1)
+
+
+def _pool_image_embeddings(pool, checkpoint) -> np.ndarray:
+    model, processor = CLIPModel.from_pretrained(checkpoint), CLIPProcessor.from_pretrained(checkpoint)
+    with torch.no_grad():
+        pixels = processor(images=[item["image"].convert("RGB") for item in pool], return_tensors="pt")["pixel_values"]
+        features = model.get_image_features(pixel_values=pixels)
+        features = getattr(features, "pooler_output", features)
+    return torch.nn.functional.normalize(features, dim=-1).numpy()
 
 
 def test_deduplication_collapses_planted_duplicates():

@@ -113,7 +113,7 @@ def _thumbnail(cell, size: int = 112) -> str | None:
 
 
 _PROVENANCE_KEYS = (
-    "model", "rule", "query_mode", "k_per_class", "budget", "dedup_threshold", "leakage_threshold",
+    "model", "rule", "query_mode", "k_per_class", "budget", "dedup_threshold", "diversity", "leakage_threshold",
     "index_factory", "index_recall", "counts",
 )  # fmt: skip
 

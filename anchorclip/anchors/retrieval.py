@@ -176,7 +176,7 @@ def retrieve_anchors(
 
     # 1. Embeddings (cached). Image embeddings are also what de-duplication and the leakage guard compare.
     counts: dict = {}
-    needs_images = rule != "text2text" or args.dedup_threshold is not None or bool(leakage)
+    needs_images = rule != "text2text" or args.dedup_threshold is not None or bool(leakage) or args.diversity > 0
     if precomputed is not None:
         image_store = precomputed.store("image") if needs_images else None
         caption_store = precomputed.store("text") if rule == "text2text" else None
@@ -270,7 +270,14 @@ def retrieve_anchors(
         if args.dedup_threshold is not None:
             deduplicated = deduplicate(assigned, image_store.gather(assigned.row), args.dedup_threshold)
         counts["near_duplicates_removed"] = len(assigned) - len(deduplicated)
-        selected = select_anchors(deduplicated, len(class_names), k_per_class, budget)
+        selected = select_anchors(
+            deduplicated,
+            len(class_names),
+            k_per_class,
+            budget,
+            embeddings=image_store.gather(deduplicated.row) if args.diversity > 0 else None,
+            diversity=args.diversity,
+        )
         per_class = np.bincount(selected.label, minlength=len(class_names))
         counts["anchors"] = len(selected)
         counts["per_class"] = {
@@ -314,6 +321,7 @@ def retrieve_anchors(
             "oversample": args.oversample,
             "k_search": k_search,
             "dedup_threshold": args.dedup_threshold,
+            "diversity": args.diversity,
             "leakage_sets": [s if isinstance(s, str) else dataset_fingerprint(s) for s in leakage],
             "leakage_threshold": args.leakage_threshold,
             "index_factory": factory,

@@ -65,6 +65,13 @@ class RetrievalArguments:
     dedup_threshold: float | None = field(
         default=0.95, metadata={"help": "Cosine at which two anchor images are near-duplicates; 0 (or None) disables."}
     )
+    diversity: float = field(
+        default=0.0,
+        metadata={
+            "help": "0 = the top-scored k per class; in (0, 1]: pick them by maximal marginal relevance over the "
+            "pool's image embeddings (weight of dissimilarity to the anchors already picked; raise oversample)."
+        },
+    )
     leakage_sets: list[str] | None = field(
         default=None,
         metadata={
@@ -101,6 +108,8 @@ class RetrievalArguments:
             raise ValueError("k_per_class and budget must be positive.")
         if self.dedup_threshold is not None and self.dedup_threshold <= 0:
             self.dedup_threshold = None  # one spelling of "off", so that provenances compare equal
+        if not 0.0 <= self.diversity <= 1.0:
+            raise ValueError(f"diversity must be in [0, 1], got {self.diversity}.")
         self.templates = [self.templates] if isinstance(self.templates, str) else list(self.templates or ["simple"])
 
     def resolved_templates(self) -> list[str]:

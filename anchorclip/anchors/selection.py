@@ -1,5 +1,6 @@
 """Which pool items become anchors: the queries (class prompts or finetune images), the search results as
-candidates, the leakage guard, one class per item, near-duplicate removal, and the per-class / global quotas."""
+candidates, the leakage guard, one class per item, near-duplicate removal, the per-class / global quotas, and
+optionally a diverse (maximal-marginal-relevance) choice within each class."""
 
 from __future__ import annotations
 
@@ -130,9 +131,21 @@ def deduplicate(candidates: Candidates, embeddings: np.ndarray, threshold: float
     return candidates.take(keep)
 
 
-def select_anchors(candidates: Candidates, num_classes: int, k_per_class: int, budget: int | None) -> Candidates:
-    """Top `k_per_class` per class by score; then, over budget, round-robin by rank so classes stay balanced."""
+def select_anchors(
+    candidates: Candidates,
+    num_classes: int,
+    k_per_class: int,
+    budget: int | None,
+    embeddings: np.ndarray | None = None,
+    diversity: float = 0.0,
+) -> Candidates:
+    """Top `k_per_class` per class by score (or, with `diversity` > 0, in maximal-marginal-relevance order over
+    `embeddings`, aligned with `candidates`); then, over budget, round-robin by rank so classes stay balanced."""
     order = np.lexsort((-candidates.score, candidates.label))
+    if diversity > 0:
+        if embeddings is None:
+            raise ValueError("diversity > 0 needs the candidates' image embeddings.")
+        order = mmr_order(candidates, embeddings, order, k_per_class, diversity)
     ordered = candidates.take(order)
     starts = np.searchsorted(ordered.label, np.arange(num_classes))
     rank = np.arange(len(ordered)) - starts[ordered.label]
@@ -141,6 +154,42 @@ def select_anchors(candidates: Candidates, num_classes: int, k_per_class: int, b
         keep = np.lexsort((-ordered.score, rank))[:budget]
         ordered = ordered.take(np.sort(keep))
     return ordered
+
+
+def mmr_order(
+    candidates: Candidates, embeddings: np.ndarray, order: np.ndarray, k_per_class: int, diversity: float
+) -> np.ndarray:
+    """`order` (candidates grouped by class, best score first) with each class's first `k_per_class` re-picked
+    by maximal marginal relevance (Carbonell & Goldstein, 1998): greedily the candidate maximising
+    `(1 - diversity) * relevance - diversity * (its highest cosine to an image already picked for the class)`.
+
+    Relevance is the query score min-max scaled to [0, 1] within the class, so that `diversity` means the same
+    for any model's score range. Only the pool's own image embeddings are compared: the anchors spread over
+    whatever renditions, backgrounds and viewpoints the pool holds, with no knowledge of the test domains
+    (unlike querying with domain words, `query_mode="each"` over style templates)."""
+    if not 0.0 <= diversity <= 1.0:
+        raise ValueError(f"diversity must be in [0, 1], got {diversity}.")
+    labels = candidates.label[order]
+    bounds = np.flatnonzero(np.diff(labels)) + 1
+    picked_order = []
+    for block in np.split(order, bounds):
+        vectors = normalize(np.asarray(embeddings[block], dtype=np.float32))
+        score = candidates.score[block].astype(np.float64)
+        spread = score.max() - score.min()
+        relevance = (score - score.min()) / spread if spread > 0 else np.ones_like(score)
+        redundancy = np.full(len(block), -1.0)  # lowest cosine: no penalty before the first pick
+        available = np.ones(len(block), dtype=bool)
+        picks = []
+        for _ in range(min(k_per_class, len(block))):
+            gain = (1 - diversity) * relevance - diversity * redundancy
+            gain[~available] = -np.inf
+            pick = int(np.argmax(gain))  # ties: the earlier, i.e. higher-scored, candidate
+            picks.append(pick)
+            available[pick] = False
+            np.maximum(redundancy, vectors @ vectors[pick], out=redundancy)
+        rest = np.flatnonzero(available)  # beyond k: never selected, kept in score order
+        picked_order.append(block[np.concatenate([np.asarray(picks, dtype=np.int64), rest])])
+    return np.concatenate(picked_order) if picked_order else order
 
 
 def leaked_rows(
