@@ -6,6 +6,7 @@ over [class prompts; captions; pair captions]; then
     L = L_cls(finetune images, prompts)
       + λ1 L_caption(finetune images, captions)
       + λ2 L_pairs(pair images, pair captions)
+      [+ λ3 L_distill(pair images): ‖f(x) − f₀(x)‖² against the frozen pretrained image tower f₀; off by default]
 
 so the finetune image features are computed once and serve both L_cls and L_caption.
 
@@ -19,6 +20,7 @@ one extra no-grad forward per micro-batch.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections import defaultdict
@@ -42,11 +44,33 @@ from .transforms import ImageTransform
 
 logger = logging.getLogger(__name__)
 
-LOSS_TERMS = ("loss_cls", "loss_caption", "loss_pairs", "loss_ce")
+LOSS_TERMS = ("loss_cls", "loss_caption", "loss_pairs", "loss_distill", "loss_ce")
 
 
 class NonFiniteLossError(RuntimeError):
     """Training stopped because the loss became NaN or infinite."""
+
+
+class FrozenImageTower(nn.Module):
+    """A frozen copy of a CLIP model's image tower (encoder + projection): the targets of `L_distill`.
+
+    Copied when the trainer is built, i.e. from the weights the finetune starts from (a resumed run is
+    built from the same pretrained model, so its targets are the same)."""
+
+    def __init__(self, model: AnchorCLIPModel):
+        super().__init__()
+        self.vision_model = copy.deepcopy(model.vision_model)
+        self.visual_projection = copy.deepcopy(model.visual_projection)
+        self.requires_grad_(False)
+        self.eval()
+
+    @torch.no_grad()
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        pooled = self.vision_model(pixel_values=pixel_values).pooler_output
+        return F.normalize(self.visual_projection(pooled), dim=-1)
+
+    def train(self, mode: bool = True) -> FrozenImageTower:
+        return super().train(False)  # dropout and the like stay off: the targets are the pretrained features
 
 
 class AnchorCLIPTrainer(Trainer):
@@ -112,6 +136,11 @@ class AnchorCLIPTrainer(Trainer):
         if args.method == "lp_ft":
             # Read when Trainer builds its Accelerator (below): the image tower gets no gradient while probing.
             args.ddp_find_unused_parameters = True
+        self.distill_targets: FrozenImageTower | None = None
+        if args.uses_distillation:
+            if is_lora_model(model):
+                raise ValueError("lambda_distill > 0: pass the plain AnchorCLIPModel (LoRA is applied from args).")
+            self.distill_targets = FrozenImageTower(model)
         # LoRA (anchorclip/lora.py): wrap in a PeftModel before Trainer builds the optimizer.
         if args.lora_r > 0 and not is_lora_model(model):
             model = apply_lora_from_args(model, args)
@@ -230,6 +259,7 @@ class AnchorCLIPTrainer(Trainer):
             with torch.no_grad():
                 self._window_cache = [self._encode(model, self._prepare_inputs(batch)) for batch in self._window]
         features = self._encode(model, inputs)
+        own_pair_images = features["pair_images"]  # this micro-batch's, before the window's are joined
         if window > 1:
             parts = [features if j == micro else self._window_cache[j] for j in range(window)]
             features = {key: torch.cat([part[key] for part in parts]) for key in features}
@@ -264,7 +294,15 @@ class AnchorCLIPTrainer(Trainer):
         # Each of the `window` backward passes must carry the full gradient of its micro-batch's features,
         # while the reported value sums to the window's loss: value loss/window, gradient of loss.
         reported = loss.detach() / window
-        return reported + (loss - loss.detach()), terms
+        total = reported + (loss - loss.detach())
+        if self.distill_targets is not None:
+            # A per-image term, so a micro-batch's share of the window's mean is its own mean / window.
+            self.distill_targets.to(own_pair_images.device)
+            pixels = inputs["pixel_values"][inputs["labels"].shape[0] :]
+            targets = self.distill_targets(pixels).to(own_pair_images.dtype)
+            terms["loss_distill"] = (own_pair_images.float() - targets.float()).pow(2).sum(dim=-1).mean()
+            total = total + self.args.lambda_distill * terms["loss_distill"] / window
+        return total, terms
 
     # ------------------------------------------------------------------ logs
 

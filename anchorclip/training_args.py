@@ -21,7 +21,8 @@ DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")  # attention p
 class AnchorTrainingArguments(TrainingArguments):
     """Arguments of `AnchorCLIPTrainer`.
 
-    The total loss of `method="arf"` is L_cls + lambda_caption * L_caption + lambda_pairs * L_pairs; `"flyp"`
+    The total loss of `method="arf"` is L_cls + lambda_caption * L_caption + lambda_pairs * L_pairs
+    (+ lambda_distill * L_distill, an option beyond the paper); `"flyp"`
     is L_cls alone; `"ft"` and `"lp_ft"` train the image tower and a linear head (initialised from the
     zero-shot head) with cross-entropy; `"zeroshot"` trains nothing. Setting a lambda to 0 drops that anchor
     set (the ARF ablations).
@@ -30,6 +31,13 @@ class AnchorTrainingArguments(TrainingArguments):
     method: str = field(default="arf", metadata={"help": f"One of {METHODS}."})
     lambda_caption: float = field(default=1.0, metadata={"help": "λ1: weight of the caption-anchor loss."})
     lambda_pairs: float = field(default=1.0, metadata={"help": "λ2: weight of the retrieved-pair anchor loss."})
+    lambda_distill: float = field(
+        default=0.0,
+        metadata={
+            "help": "λ3 (beyond the paper; 0 = off): weight of anchor-feature distillation, the squared distance "
+            "between the pair-anchor images' embeddings and those of the frozen pretrained image tower."
+        },
+    )
     pair_anchors_per_image: float = field(
         default=1,
         metadata={
@@ -79,9 +87,14 @@ class AnchorTrainingArguments(TrainingArguments):
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}.")
         if self.duplicate_classes not in DUPLICATE_MODES:
             raise ValueError(f"duplicate_classes must be one of {DUPLICATE_MODES}, got {self.duplicate_classes!r}.")
-        if self.lambda_caption < 0 or self.lambda_pairs < 0:
-            raise ValueError("lambda_caption and lambda_pairs must be >= 0.")
+        if self.lambda_caption < 0 or self.lambda_pairs < 0 or self.lambda_distill < 0:
+            raise ValueError("lambda_caption, lambda_pairs and lambda_distill must be >= 0.")
         self.pair_anchors_per_image = _pairs_per_image(self.pair_anchors_per_image, self.per_device_train_batch_size)
+        if self.lambda_distill > 0 and not self.uses_pairs:
+            raise ValueError(
+                "lambda_distill > 0 distills the pair anchors' image features: it needs method='arf' with pair "
+                "anchors (lambda_pairs > 0 and pair_anchors_per_image > 0)."
+            )
         if not 0.0 <= self.lp_fraction <= 1.0:
             raise ValueError("lp_fraction must be in [0, 1].")
         if self.remove_unused_columns:
@@ -121,6 +134,10 @@ class AnchorTrainingArguments(TrainingArguments):
     @property
     def uses_pairs(self) -> bool:
         return self.method == "arf" and self.lambda_pairs > 0 and self.pair_anchors_per_image > 0
+
+    @property
+    def uses_distillation(self) -> bool:
+        return self.uses_pairs and self.lambda_distill > 0
 
     @property
     def is_contrastive(self) -> bool:

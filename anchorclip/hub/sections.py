@@ -91,6 +91,8 @@ def hyperparameter_rows(training_args: dict, method: str, results: dict, lora: d
             ("λ2 (pair anchors, `lambda_pairs`)", a.get("lambda_pairs")),
             ("retrieved pairs per finetune image", a.get("pair_anchors_per_image")),
         ]
+        if a.get("lambda_distill"):
+            rows.append(("λ3 (anchor-feature distillation, `lambda_distill`)", a.get("lambda_distill")))
     steps = (results.get("train") or {}).get("global_step") or a.get("max_steps")
     rows += [
         ("learning rate", a.get("learning_rate")),
@@ -161,8 +163,13 @@ def anchor_lines(provenance: dict) -> list[str]:
 def loss_text(method: str, a: dict) -> str:
     temperature = "frozen temperature (LoRA)" if a.get("lora_r") else "learned temperature"
     if method == "arf":
+        distill = (
+            f" + {a['lambda_distill']}·L_distill (pair images' features vs the frozen pretrained image tower)"
+            if a.get("lambda_distill")
+            else ""
+        )
         return (
-            f"L_cls + {a.get('lambda_caption')}·L_tc + {a.get('lambda_pairs')}·L_itp "
+            f"L_cls + {a.get('lambda_caption')}·L_tc + {a.get('lambda_pairs')}·L_itp{distill} "
             f"(symmetric CLIP contrastive losses, {temperature})"
         )
     if method == "flyp":
