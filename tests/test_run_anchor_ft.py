@@ -108,6 +108,9 @@ def test_stale_pair_anchors_are_refused(world, tmp_path):
     changed = [*args[:-2], "--retrieval_k_per_class", "4", *args[-2:]]
     with pytest.raises(ValueError, match=r"other settings \(differences in: k_per_class\)"):
         run_anchor_ft.main(changed)
+    diversified = [*args[:-2], "--retrieval_diversity", "0.5", *args[-2:]]
+    with pytest.raises(ValueError, match=r"other settings \(differences in: diversity\)"):
+        run_anchor_ft.main(diversified)
 
 
 def test_a_set_smaller_than_one_batch_fails_before_anchors_are_built(world, tmp_path):

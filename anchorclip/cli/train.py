@@ -86,6 +86,10 @@ class DataArguments(EvalSetArguments):
     retrieval_dedup_threshold: float | None = field(
         default=0.95, metadata={"help": "Cosine at which two retrieved anchors are duplicates; 0 (or None) disables."}
     )
+    retrieval_diversity: float = field(
+        default=0.0,
+        metadata={"help": "0, or in (0, 1]: pick each class's anchors by maximal marginal relevance (see retrieve)."},
+    )
     retrieval_leakage_sets: list[str] | None = field(
         default=None, metadata={"help": "Evaluation sets whose near-duplicates are removed from the pool."}
     )
@@ -368,6 +372,7 @@ def _retrieval_args(model_args, data_args, output: str):
         query_mode=data_args.retrieval_query_mode,
         templates=data_args.retrieval_templates,
         dedup_threshold=data_args.retrieval_dedup_threshold,
+        diversity=data_args.retrieval_diversity,
         leakage_sets=data_args.retrieval_leakage_sets,
     )
 
@@ -390,8 +395,10 @@ def _check_cached_pairs(output: str, args) -> None:
         "query_mode": args.query_mode,
         "templates": args.resolved_templates(),
         "dedup_threshold": args.dedup_threshold,  # None when off, however it was spelled
+        "diversity": args.diversity,
         "leakage_sets": list(args.leakage_sets or []),
     }
+    stored.setdefault("diversity", 0.0)  # anchors built before the setting existed were not diversified
     changed = [key for key, value in requested.items() if stored.get(key) != value]
     if changed:
         raise ValueError(
