@@ -17,6 +17,12 @@ Protocol (what a reviewer would ask for):
   anchor order); the table reports the mean ± std over seeds of each group mean and every per-set number;
 - WiSE-FT rows use α = 0.5 (the WiSE-FT paper's default, not tuned); the plot shows the α sweep.
 
+Rows beyond the paper (issue 12): "MMR-diverse retrieval" picks each class's pair anchors by maximal marginal
+relevance over the pool's image embeddings (`--diversity 0.9`, photo queries: domain-agnostic); "style-diverse
+retrieval (domain-aware)" queries with templates naming the test renditions, a reference that knows the test
+domains, not a method; "anchor distillation" adds `lambda_distill` = 10 (set once, not tuned) and is its own lr
+family, since it changes how far a learning rate moves the model.
+
 Anchors are built once through the same code paths users run: captions of the finetune images by the
 shipped mini-captioner (`anchorclip.anchors.caption_job`), pairs retrieved from the world's pool by the pretrained
 mini-CLIP (`anchorclip.anchors.retrieval`). "oracle captions" uses the world's ground-truth captions instead.
@@ -55,7 +61,15 @@ METHODS = {
     "ARF w/o caption anchors": ("arf", {"method": "arf", "lambda_caption": 0.0}, None, "photo"),
     "ARF w/o pair anchors": ("arf", {"method": "arf", "lambda_pairs": 0.0}, "captioner", None),
     "ARF, oracle captions": ("arf", {"method": "arf"}, "oracle", "photo"),
-    "ARF, style-diverse retrieval": ("arf", {"method": "arf"}, "captioner", "diverse"),
+    # Domain-aware: queries name the test domains' renditions (sketch, painting, pixel art); an upper reference.
+    "ARF, style-diverse retrieval (domain-aware)": ("arf", {"method": "arf"}, "captioner", "diverse"),
+    # Domain-agnostic: maximal marginal relevance over the pool's image embeddings, photo queries only.
+    "ARF, MMR-diverse retrieval": ("arf", {"method": "arf"}, "captioner", "mmr"),
+    # Beyond the paper: the pair images' features distilled towards the frozen pretrained image tower.
+    "ARF + anchor distillation": ("arf_distill", {"method": "arf", "lambda_distill": 10.0}, "captioner", "photo"),
+    "ARF + anchor distillation, MMR-diverse retrieval": (
+        "arf_distill", {"method": "arf", "lambda_distill": 10.0}, "captioner", "mmr",
+    ),
     # Cheaper anchors: one retrieved pair for every 2 or 4 finetune images (benchmarks/step_time.py: their cost).
     "ARF, 0.5 pair/image": ("arf", {"method": "arf", "pair_anchors_per_image": 0.5}, "captioner", "photo"),
     "ARF, 0.25 pair/image": ("arf", {"method": "arf", "pair_anchors_per_image": 0.25}, "captioner", "photo"),
@@ -63,6 +77,7 @@ METHODS = {
         "arf", {"method": "arf", "lambda_caption": 0.0, "pair_anchors_per_image": 0.25}, None, "photo",
     ),
 }
+MMR_DIVERSITY = 0.9
 WISE_OF = {"WiSE-FT (FT, α=0.5)": "FT", "FLYP + WiSE-FT (α=0.5)": "FLYP", "ARF + WiSE-FT (α=0.5)": "ARF"}
 WISE_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -77,9 +92,11 @@ def build_anchors(workdir: str, k_per_class: int) -> dict:
     )
     pool = load_miniworld_split("pool")
     pairs = {}
-    for name, (templates, query_mode) in {
-        "photo": ("photo", "ensemble"),
-        "diverse": (list(SHAPE_TEMPLATES), "each"),
+    for name, (templates, query_mode, diversity, oversample) in {
+        "photo": ("photo", "ensemble", 0.0, 3.0),
+        "diverse": (list(SHAPE_TEMPLATES), "each", 0.0, 3.0),
+        # A wide shortlist (8k per class) for maximal marginal relevance to choose from.
+        "mmr": ("photo", "ensemble", MMR_DIVERSITY, 8.0),
     }.items():
         settings = RetrievalArguments(
             model_name_or_path=MINICLIP_PATH,
@@ -89,7 +106,8 @@ def build_anchors(workdir: str, k_per_class: int) -> dict:
             k_per_class=k_per_class,
             pool_id="miniworld-pool",
             dedup_threshold=None,  # distinct renderings; see the miniworld preset in anchorclip/cli/train.py
-            oversample=3.0,
+            oversample=oversample,
+            diversity=diversity,
         )
         pairs[name] = retrieve_anchors(settings, pool, class_names)
     return {"captioner": captions, "oracle": finetune, "pairs": pairs, "class_names": class_names}
