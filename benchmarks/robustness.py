@@ -312,6 +312,9 @@ def main() -> None:
     parser.add_argument("--lr_protocol", choices=["per_family", "shared"], default="per_family",
                         help="each family's own validation-chosen lr, or FLYP's for every method")
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--sweep_every_method", action="store_true",
+                        help="also train every method (not only each family's first) at every lr with the first seed; "
+                        "shown in the sweep table, never used to choose")
     parser.add_argument("--workdir", default="outputs/robustness")
     parser.add_argument("--output", default="docs/results/robustness")
     parser.add_argument("--eval_size", type=int, default=None, help="images per evaluation set (default: 1000)")
@@ -337,6 +340,11 @@ def main() -> None:
         scores = {lr: run["val"] for lr, run in sweep[representative[family]].items()}
         chosen[family] = max(scores, key=scores.get)
         print(f"{family}: validation top-1 by lr {scores} -> lr {chosen[family]:g}")
+    if args.sweep_every_method:  # every method at every lr (seed 0), to read how each depends on the lr
+        others = [name for name in args.methods if name not in sweep]
+        extra = iter(run_all([(name, lr, args.seeds[0]) for name in others for lr in args.lr_grid], anchors, args,
+                             eval_sets))  # fmt: skip
+        sweep.update({name: {lr: next(extra) for lr in args.lr_grid} for name in others})
     if args.lr_protocol == "shared":
         chosen = dict.fromkeys(chosen, chosen["flyp"])
         print(f"every method uses FLYP's lr {chosen['flyp']:g}")
