@@ -36,6 +36,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -379,7 +380,7 @@ def main() -> None:
             ]
 
     report = {
-        "command": "python benchmarks/robustness.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/robustness.py " + shlex.join(sys.argv[1:]),
         "protocol": __doc__.split("Protocol")[1].split("Anchors are")[0].strip(),
         "steps": args.steps, "batch": args.batch, "seeds": args.seeds, "lr_grid": args.lr_grid,
         "lr_protocol": args.lr_protocol,
