@@ -123,7 +123,8 @@ def retrieve_anchors(
     finetune_data = finetune_label_column = None
     class_names = _given_class_names(args, class_names)
     if finetune is not None:
-        finetune_data, _ = resolve_dataset(finetune, args.finetune_split, False)
+        with accelerator.main_process_first():  # one process builds the datasets cache; the others then read it
+            finetune_data, _ = resolve_dataset(finetune, args.finetune_split, False)
         finetune_label_column = find_column(finetune_data, args.finetune_label_column, LABEL_COLUMNS, "label")
         if class_names is None:
             class_names = class_names_from_features(finetune_data, finetune_label_column)
@@ -157,7 +158,8 @@ def retrieve_anchors(
     else:
         if pool is None and args.pool is None:
             raise ValueError("No pool: pass one (or set RetrievalArguments.pool or pool_embeddings).")
-        pool_data, pool_spec = resolve_dataset(args.pool if pool is None else pool, pool_split, args.streaming)
+        with accelerator.main_process_first():
+            pool_data, pool_spec = resolve_dataset(args.pool if pool is None else pool, pool_split, args.streaming)
         if isinstance(pool_data, datasets.Dataset) and len(pool_data) == 0:
             raise ValueError(
                 f"The pool {pool_spec or ''} is empty: there is nothing to retrieve from.".replace("  ", " ")
