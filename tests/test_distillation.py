@@ -3,7 +3,7 @@
 import pytest
 import torch
 from conftest import make_model, make_pair_dataset, make_processor
-from test_trainer import make_args, make_trainer, parameters
+from test_trainer import assert_accumulation_equals_large_batch, make_args, make_trainer
 
 from anchorclip import AnchorTrainingArguments
 from anchorclip.hub.sections import hyperparameter_rows, loss_text
@@ -45,21 +45,7 @@ def test_distillation_holds_pair_features_near_the_pretrained_ones(tmp_path):
 
 
 def test_distillation_with_gradient_accumulation_equals_large_batch(tmp_path):
-    common = dict(
-        lambda_distill=3.0, max_steps=2, optim="sgd", learning_rate=0.5, weight_decay=0.0, max_grad_norm=0.0,
-        lr_scheduler_type="constant", duplicate_classes="mask",
-    )  # fmt: skip
-    large = make_trainer(tmp_path / "large", per_device_train_batch_size=8, gradient_accumulation_steps=1, **common)
-    small = make_trainer(tmp_path / "small", per_device_train_batch_size=2, gradient_accumulation_steps=4, **common)
-    start = parameters(large.model)
-    large.train()
-    small.train()
-    moved = False
-    for name, before in start.items():
-        after_large, after_small = large.model.get_parameter(name), small.model.get_parameter(name)
-        torch.testing.assert_close(after_small, after_large, atol=5e-6, rtol=1e-4, msg=name)
-        moved |= not torch.equal(after_large, before)
-    assert moved
+    large, small = assert_accumulation_equals_large_batch(tmp_path, atol=5e-6, lambda_distill=3.0, max_steps=2)
     large_logs = [e["loss_distill"] for e in large.state.log_history if "loss" in e]
     small_logs = [e["loss_distill"] for e in small.state.log_history if "loss" in e]
     assert small_logs == pytest.approx(large_logs, abs=1e-4) and large_logs[-1] > 0

@@ -92,16 +92,19 @@ def test_step_runs_one_image_pass_and_one_text_pass(tmp_path):
 
 @pytest.mark.parametrize("method", ["arf", "flyp", "ft"])
 def test_gradient_accumulation_equals_large_batch(tmp_path, method):
+    large, small = assert_accumulation_equals_large_batch(tmp_path, method=method, max_steps=1)
+    large_loss = next(e["loss"] for e in large.state.log_history if "loss" in e)
+    small_loss = next(e["loss"] for e in small.state.log_history if "loss" in e)
+    assert small_loss == pytest.approx(large_loss, abs=1e-4)
+
+
+def assert_accumulation_equals_large_batch(tmp_path, atol: float = 2e-6, **overrides):
+    """Train batch 8 at once and as 4 micro-batches of 2 (SGD, no clipping); the weights must agree.
+    Returns both trainers."""
     common = dict(
-        method=method,
-        max_steps=1,
-        optim="sgd",
-        learning_rate=0.5,
-        weight_decay=0.0,
-        max_grad_norm=0.0,
-        lr_scheduler_type="constant",
-        duplicate_classes="mask",
-    )
+        optim="sgd", learning_rate=0.5, weight_decay=0.0, max_grad_norm=0.0, lr_scheduler_type="constant",
+        duplicate_classes="mask", **overrides,
+    )  # fmt: skip
     large = make_trainer(tmp_path / "large", per_device_train_batch_size=8, gradient_accumulation_steps=1, **common)
     small = make_trainer(tmp_path / "small", per_device_train_batch_size=2, gradient_accumulation_steps=4, **common)
     start = parameters(large.model)
@@ -110,12 +113,10 @@ def test_gradient_accumulation_equals_large_batch(tmp_path, method):
     moved = False
     for name, before in start.items():
         after_large, after_small = large.model.get_parameter(name), small.model.get_parameter(name)
-        torch.testing.assert_close(after_small, after_large, atol=2e-6, rtol=1e-4, msg=name)
+        torch.testing.assert_close(after_small, after_large, atol=atol, rtol=1e-4, msg=name)
         moved |= not torch.equal(after_large, before)
     assert moved
-    large_loss = next(e["loss"] for e in large.state.log_history if "loss" in e)
-    small_loss = next(e["loss"] for e in small.state.log_history if "loss" in e)
-    assert small_loss == pytest.approx(large_loss, abs=1e-4)
+    return large, small
 
 
 @pytest.mark.parametrize("method", ["arf", "lp_ft"])
