@@ -54,8 +54,14 @@ def synthetic_batch(spec: dict, batch: int, pairs_per_image: float, captions: bo
     num_captions = batch if captions else 0
     length = spec["caption_tokens"] if (captions or num_pairs) else spec["prompt_tokens"]
     num_texts = batch + num_captions + num_pairs
+    eos, pad = (2, 1) if spec["text"]["vocab_size"] > 10_000 else (3, 1)
     input_ids = torch.randint(3, spec["text"]["vocab_size"], (num_texts, length))
-    input_ids[:, -1] = 2 if spec["text"]["vocab_size"] > 10_000 else 3  # EOS last: pooled token
+    input_ids[:, -1] = eos  # EOS last: pooled token
+    attention_mask = torch.ones(num_texts, length, dtype=torch.long)
+    # The collator pads every text to the batch's longest (a caption): the prompts end early, then padding.
+    prompt_end = spec["prompt_tokens"] - 1
+    input_ids[:batch, prompt_end], input_ids[:batch, prompt_end + 1 :] = eos, pad
+    attention_mask[:batch, prompt_end + 1 :] = 0
     # The text keys the collator adds (`anchorclip.batching.text_key`): the loss masks equal captions.
     keys = torch.tensor([text_key(ids) for ids in input_ids.tolist()])
     return {
@@ -63,7 +69,7 @@ def synthetic_batch(spec: dict, batch: int, pairs_per_image: float, captions: bo
         "pair_keys": keys[batch + num_captions :].to(device),
         "pixel_values": torch.randn(batch + num_pairs, 3, size, size, device=device),
         "input_ids": input_ids.to(device),
-        "attention_mask": torch.ones(num_texts, length, dtype=torch.long, device=device),
+        "attention_mask": attention_mask.to(device),
         "labels": torch.randint(0, 1000, (batch,), device=device),
         "num_captions": num_captions,
         "num_pairs": num_pairs,
