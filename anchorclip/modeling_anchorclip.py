@@ -16,7 +16,6 @@ A linear head trained by the FT / LP-FT baselines is kept outside the CLIP state
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Sequence
 
@@ -60,7 +59,6 @@ class AnchorCLIPModel(CLIPModel):
         return_loss: bool | None = None,
         finetune_head: bool = False,
         train_image_tower: bool = True,
-        text_segments: Sequence[int] | None = None,
         **kwargs,
     ) -> CLIPOutput:
         """`CLIPModel.forward` with both inputs; one tower's normalised embeddings with one input.
@@ -68,11 +66,6 @@ class AnchorCLIPModel(CLIPModel):
         `finetune_head=True` (images only) adds `logits_per_image`, the linear head's logits on the
         normalised image features; `train_image_tower=False` then computes the features without gradients
         (LP-FT's probing phase: only the head learns).
-
-        `text_segments` (sizes of consecutive row groups of `input_ids`, e.g. ARF's prompts, captions and
-        pair captions) encodes each group cut to its own longest text: a batch is padded to its longest
-        caption, and short class prompts would otherwise pay for a caption's length in the text tower.
-        Right padding only (CLIP's): a causal text tower's real tokens never see the padding that is cut.
         """
         if finetune_head:
             if self.finetune_head is None or pixel_values is None or input_ids is not None:
@@ -82,12 +75,6 @@ class AnchorCLIPModel(CLIPModel):
             image_embeds = F.normalize(features, dim=-1)
             logits = image_embeds.float() @ self.finetune_head.float().t()
             return CLIPOutput(logits_per_image=logits, image_embeds=image_embeds)
-        if text_segments is not None and input_ids is not None and position_ids is None and not return_loss:
-            image_embeds = None
-            if pixel_values is not None:
-                image_embeds = F.normalize(self.get_image_features(pixel_values=pixel_values).pooler_output, dim=-1)
-            text_embeds = self._segmented_text_embeds(input_ids, attention_mask, text_segments)
-            return CLIPOutput(image_embeds=image_embeds, text_embeds=text_embeds)
         if input_ids is not None and pixel_values is not None:
             return super().forward(
                 input_ids=input_ids,
@@ -110,24 +97,6 @@ class AnchorCLIPModel(CLIPModel):
         if image_embeds is None and text_embeds is None:
             raise ValueError("Pass input_ids, pixel_values, or both.")
         return CLIPOutput(image_embeds=image_embeds, text_embeds=text_embeds)
-
-    def _segmented_text_embeds(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, segments: Sequence[int]
-    ) -> torch.Tensor:
-        if sum(segments) != input_ids.shape[0]:
-            raise ValueError(f"text_segments {list(segments)} do not add up to the {input_ids.shape[0]} texts.")
-        bounds = [(start - size, start) for size, start in zip(segments, itertools.accumulate(segments)) if size]
-        lengths = [input_ids.shape[1]] * len(bounds)
-        if attention_mask is not None:  # each segment's columns after its longest text are padding only
-            lengths = [int(attention_mask[a:b].any(dim=0).nonzero().max()) + 1 for a, b in bounds]
-        if all(length == input_ids.shape[1] for length in lengths):
-            bounds, lengths = [(0, input_ids.shape[0])], [input_ids.shape[1]]  # nothing to cut: one pass
-        embeds = []
-        for (start, end), length in zip(bounds, lengths, strict=True):
-            mask = attention_mask[start:end, :length] if attention_mask is not None else None
-            features = self.get_text_features(input_ids=input_ids[start:end, :length], attention_mask=mask)
-            embeds.append(F.normalize(features.pooler_output, dim=-1))
-        return torch.cat(embeds)
 
     # ------------------------------------------------------------ zero-shot
 

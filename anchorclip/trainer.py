@@ -238,17 +238,12 @@ class AnchorCLIPTrainer(Trainer):
         return F.cross_entropy(logits.logits_per_image, inputs["labels"])
 
     def _encode(self, model, inputs) -> dict[str, torch.Tensor]:
-        """One image pass and one text pass per length class (prompts; anchor captions), split into the segments
-        of an ARF batch."""
+        """One image pass and one text pass, split into the segments of an ARF batch."""
+        outputs = model(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], pixel_values=inputs["pixel_values"]
+        )
         batch = inputs["labels"].shape[0]
         num_captions, num_pairs = inputs["num_captions"], inputs["num_pairs"]
-        outputs = model(
-            input_ids=inputs["input_ids"],
-            attention_mask=inputs["attention_mask"],
-            pixel_values=inputs["pixel_values"],
-            # Two text passes at most: the short class prompts are not padded to the anchor captions' length.
-            text_segments=(batch, num_captions + num_pairs),
-        )
         images, texts = outputs.image_embeds, outputs.text_embeds
         return {
             "images": images[:batch],
