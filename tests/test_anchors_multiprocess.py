@@ -3,6 +3,7 @@ on every rank (the builders own the barriers), then trains; the weights equal a 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -50,6 +51,8 @@ def test_in_process_anchors_on_two_processes_train_like_one(tmp_path):
             "--model_name_or_path", str(tmp_path / "clip"), "--dataset_name", str(tmp_path / "train"),
             "--captioner", captioner, "--caption_batch_size", "4", "--pair_pool", str(tmp_path / "pool"),
             "--retrieval_k_per_class", "20", "--retrieval_dedup_threshold", "0",
+            # MMR runs on the main process only; every rank must then train on its selection
+            "--retrieval_diversity", "0.5", "--retrieval_oversample", "2",
             "--method", "arf", "--output_dir", str(out), "--max_steps", "3",
             "--per_device_train_batch_size", str(16 // processes), "--optim", "sgd", "--learning_rate", "0.5",
             "--max_grad_norm", "0", "--warmup_steps", "0", "--save_strategy", "no", "--report_to", "none",
@@ -59,6 +62,8 @@ def test_in_process_anchors_on_two_processes_train_like_one(tmp_path):
         weights[processes] = load_file(out / "model.safetensors")
         captions = datasets.load_from_disk(str(out / "anchors" / "captions"))
         assert captions.column_names == ["row_index", "caption"] and len(captions) == 32
+        provenance = json.loads((out / "anchors" / "pairs" / "anchorclip_provenance.json").read_text())
+        assert provenance["diversity"] == 0.5, provenance
     start = load_file(tmp_path / "clip" / "model.safetensors")
     assert any(not torch.equal(start[name], weights[1][name]) for name in start)  # it trained
     assert weights[2].keys() == weights[1].keys()

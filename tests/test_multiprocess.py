@@ -96,6 +96,8 @@ if __name__ == "__main__":  # the launched script: one example run per argv in t
 METHODS = {
     # method: extra flags, the parameters it must train
     "arf": (["--wise_alphas", "0.5"], ["text_projection.weight", "visual_projection.weight"]),
+    # the distillation term is a per-process mean over local pair images: DDP's gradient average must make it global
+    "arf_distill": (["--lambda_distill", "2.0"], ["text_projection.weight", "visual_projection.weight"]),
     "flyp": ([], ["text_projection.weight", "visual_projection.weight"]),
     "ft": (["--wise_alphas", "0.5"], ["visual_projection.weight", "finetune_head"]),
     # steps 0 and 1 probe (global_step < 0.5 x 3), step 2 finetunes: both phases in three steps
@@ -128,6 +130,7 @@ def world(tmp_path_factory) -> Path:
 
 def example_args(world: Path, method: str, per_device_batch: int) -> list[str]:
     extra, _ = METHODS[method]
+    method = method.removesuffix("_distill")  # a METHODS key names a variant; --method takes the method
     return [
         "--model_name_or_path", str(world / "clip"), "--dataset_name", str(world / "train"),
         "--caption_anchors", str(world / "captions"), "--pair_anchors", str(world / "pairs"),
