@@ -1,12 +1,15 @@
-"""Train the shipped mini-captioner: a tiny ViT encoder + tiny GPT-2 decoder (cross-attention), from scratch.
+"""Train the shipped mini-captioner: mini-CLIP's image tower + a tiny GPT-2 decoder (cross-attention).
 
     python scripts/train_minicaptioner.py                    # writes anchorclip/assets/minicaptioner/
     python scripts/train_minicaptioner.py --steps 20 --out /tmp/captioner-smoke   # a quick smoke run
+    python scripts/train_minicaptioner.py --encoder scratch  # the first versions' from-scratch ViT encoder
 
-It plays BLIP-2's role for the miniworld: the captions of the text-compensated anchors (ARF's L_tc).
-Trained with teacher forcing on the `pretrain` split's captions; the folder is a plain
-`VisionEncoderDecoderModel` + `ViTImageProcessor` + the word-level tokenizer, so captioning is
-`model.generate(pixel_values=...)` and `tokenizer.batch_decode(..., skip_special_tokens=True)`.
+It plays BLIP-2's role for the miniworld: the captions of the text-compensated anchors (ARF's L_tc). Like
+BLIP-2, whose image encoder is a pretrained CLIP ViT, the encoder starts from the shipped mini-CLIP's vision
+tower (pretrained on the same `pretrain` split, so no other data is seen); a from-scratch ViT learns the
+shape, the attribute learned last, far more slowly. Trained with teacher forcing on the `pretrain` split's
+captions; the folder is a plain `VisionEncoderDecoderModel` + image processor + the word-level tokenizer, so
+captioning is `model.generate(pixel_values=...)` and `tokenizer.batch_decode(..., skip_special_tokens=True)`.
 Writes `eval_results.json` with the attribute recall of greedy captions on a held-out sample.
 """
 
@@ -21,18 +24,20 @@ import time
 import numpy as np
 import torch
 from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionModel,
     GPT2Config,
+    GPT2LMHeadModel,
     VisionEncoderDecoderConfig,
     VisionEncoderDecoderModel,
     ViTConfig,
     ViTImageProcessor,
 )
 
-from anchorclip.miniworld import MINICAPTIONER_PATH, build_tokenizer, load_miniworld_split
+from anchorclip.miniworld import MINICAPTIONER_PATH, MINICLIP_PATH, build_tokenizer, load_miniworld_split
 from anchorclip.miniworld.attributes import ATTRIBUTES
 from anchorclip.miniworld.tokenizer import BOS_ID, EOS_ID, MAX_LENGTH, PAD_ID
 
-MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # ViTImageProcessor's defaults
 HELD_OUT_SEED = 9001  # a fresh sample of the pretrain distribution, for measuring caption quality
 
 # A caption "names" an attribute value if it contains any of these words (synonyms from the grammar).
@@ -52,24 +57,36 @@ ATTRIBUTE_WORDS = {
 }
 
 
-def build_model(vocab_size: int) -> VisionEncoderDecoderModel:
-    encoder = ViTConfig(
-        image_size=32, patch_size=8, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-        intermediate_size=256,
-    )  # fmt: skip
+def build_model(vocab_size: int, encoder_init: str) -> tuple[VisionEncoderDecoderModel, object]:
+    """The captioner and the image processor that feeds it: mini-CLIP's vision tower (`encoder_init` "miniclip",
+    with CLIP's normalisation) or a from-scratch ViT ("scratch", mean/std 0.5) under a 3-layer GPT-2."""
     decoder = GPT2Config(
         vocab_size=vocab_size, n_positions=MAX_LENGTH, n_embd=128, n_layer=3, n_head=4, n_inner=256,
         bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID, add_cross_attention=True, is_decoder=True,
     )  # fmt: skip
-    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    if encoder_init == "miniclip":
+        encoder = CLIPVisionModel.from_pretrained(MINICLIP_PATH)
+        model = VisionEncoderDecoderModel(encoder=encoder, decoder=GPT2LMHeadModel(decoder))
+        clip = CLIPImageProcessor.from_pretrained(MINICLIP_PATH)
+        processor = CLIPImageProcessor(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+            image_mean=clip.image_mean, image_std=clip.image_std,
+        )  # fmt: skip
+    else:
+        encoder = ViTConfig(
+            image_size=32, patch_size=8, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+            intermediate_size=256,
+        )  # fmt: skip
+        config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+        model = VisionEncoderDecoderModel(config=config)
+        processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     # The decoder starts from BOS and stops at EOS; padding is never a target (labels -100).
-    config.decoder_start_token_id, config.pad_token_id, config.eos_token_id = BOS_ID, PAD_ID, EOS_ID
-    model = VisionEncoderDecoderModel(config=config)
+    model.config.decoder_start_token_id, model.config.pad_token_id, model.config.eos_token_id = BOS_ID, PAD_ID, EOS_ID
     generation = model.generation_config
     generation.decoder_start_token_id, generation.bos_token_id = BOS_ID, BOS_ID
     generation.eos_token_id, generation.pad_token_id = EOS_ID, PAD_ID
     generation.max_length, generation.num_beams, generation.do_sample = MAX_LENGTH, 1, False
-    return model
+    return model, processor
 
 
 def pixel_tensor(images) -> torch.Tensor:
@@ -77,8 +94,10 @@ def pixel_tensor(images) -> torch.Tensor:
     return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
 
 
-def normalise(images_uint8: torch.Tensor) -> torch.Tensor:
-    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+def normalise(images_uint8: torch.Tensor, processor) -> torch.Tensor:
+    """The processor's rescale + normalise, batched on tensors (the images are already 32x32)."""
+    mean = torch.tensor(processor.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(processor.image_std).view(1, 3, 1, 1)
     return (images_uint8.float() / 255.0 - mean) / std
 
 
@@ -94,14 +113,14 @@ def names_value(caption_words: set[str], attribute: str, value: str) -> bool:
 
 
 @torch.no_grad()
-def attribute_recall(model, tokenizer, dataset, batch_size: int = 250) -> dict:
+def attribute_recall(model, tokenizer, processor, dataset, batch_size: int = 250) -> dict:
     """Per attribute: % of images whose caption names the true value, and % of named values that are right."""
     model.eval()
     captions, seconds = [], 0.0
     for start in range(0, len(dataset), batch_size):
         batch = dataset[start : start + batch_size]
         began = time.time()
-        output = model.generate(pixel_values=normalise(pixel_tensor(batch["image"])))
+        output = model.generate(pixel_values=normalise(pixel_tensor(batch["image"]), processor))
         seconds += time.time() - began
         captions += tokenizer.batch_decode(output, skip_special_tokens=True)
     report = {"ms_per_image_greedy_batched": round(1000 * seconds / len(dataset), 2), "examples": captions[:8]}
@@ -124,19 +143,51 @@ def attribute_recall(model, tokenizer, dataset, batch_size: int = 250) -> dict:
     return report
 
 
+def measure(model, tokenizer, processor, eval_size: int) -> dict:
+    """Caption quality on the held-out pretrain sample (every style, 12 shapes) and on `finetune_val` (the
+    finetune distribution: the photos of the 8 classes whose captions ARF's caption anchors are)."""
+    held_out = load_miniworld_split("pretrain", size=eval_size, seed=HELD_OUT_SEED)
+    finetune_val = load_miniworld_split("finetune_val", size=eval_size)
+    return {
+        "attribute_recall": attribute_recall(model, tokenizer, processor, held_out),
+        "attribute_recall_finetune_val": attribute_recall(model, tokenizer, processor, finetune_val),
+        "eval_size": eval_size,
+        "held_out": f"pretrain distribution, seed {HELD_OUT_SEED}; finetune_val",
+    }
+
+
+def evaluate_folder(folder: str, eval_size: int) -> None:
+    """Measure a saved captioner and merge the numbers into its eval_results.json (greedy: deterministic)."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    model, tokenizer = VisionEncoderDecoderModel.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    report = measure(model, tokenizer, AutoImageProcessor.from_pretrained(folder), eval_size)
+    path = os.path.join(folder, "eval_results.json")
+    record = json.load(open(path)) if os.path.isfile(path) else {}
+    with open(path, "w") as file:
+        json.dump(record | report, file, indent=2)
+    print(json.dumps(report, indent=2))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=MINICAPTIONER_PATH)
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--encoder", choices=("miniclip", "scratch"), default="miniclip")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--encoder-lr-scale", type=float, default=1.0, help="the encoder's lr = lr x this")
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--pretrain-size", type=int, default=None, help="default: the split's 60,000")
     parser.add_argument("--eval-size", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="use 1 when other jobs share the 2 cores: 3x faster")
+    parser.add_argument("--evaluate", metavar="FOLDER", help="only measure a saved captioner (into its eval_results)")
     args = parser.parse_args()
+    if args.evaluate:
+        torch.set_num_threads(args.threads)
+        return evaluate_folder(args.evaluate, args.eval_size)
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -151,9 +202,13 @@ def main():
     labels[labels == PAD_ID] = -100
     print(f"data ready: {len(pretrain)} pairs in {time.time() - started:.0f}s", flush=True)
 
-    model = build_model(len(tokenizer))
+    model, processor = build_model(len(tokenizer), args.encoder)
     print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M", flush=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=args.weight_decay)
+    groups = [
+        {"params": list(model.encoder.parameters()), "scale": args.encoder_lr_scale},
+        {"params": [p for n, p in model.named_parameters() if not n.startswith("encoder.")], "scale": 1.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.98), weight_decay=args.weight_decay)
     generator = torch.Generator().manual_seed(args.seed)
     order, cursor = torch.randperm(len(pretrain), generator=generator), 0
     model.train()
@@ -163,8 +218,8 @@ def main():
         batch = order[cursor : cursor + args.batch_size]
         cursor += args.batch_size
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, args.steps, args.warmup, args.lr)
-        loss = model(pixel_values=normalise(images[batch]), labels=labels[batch]).loss
+            group["lr"] = group["scale"] * lr_at(step, args.steps, args.warmup, args.lr)
+        loss = model(pixel_values=normalise(images[batch], processor), labels=labels[batch]).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -177,15 +232,9 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
-    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=list(MEAN), image_std=list(STD)).save_pretrained(
-        args.out
-    )
+    processor.save_pretrained(args.out)
 
-    held_out = load_miniworld_split("pretrain", size=args.eval_size, seed=HELD_OUT_SEED)
-    record = {
-        "attribute_recall": attribute_recall(model, tokenizer, held_out),
-        "eval_size": args.eval_size,
-        "held_out": f"pretrain distribution, seed {HELD_OUT_SEED}",
+    record = measure(model, tokenizer, processor, args.eval_size) | {
         "train_seconds": round(train_seconds),
         "final_loss": round(loss.item(), 4),
         "args": vars(args) | {"out": None},
