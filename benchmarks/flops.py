@@ -70,14 +70,14 @@ def text_forward_flops(spec: dict, length: int) -> float:
 
 
 def step_flops(
-    spec: dict, batch: int, pairs_per_image: int, captions: bool, text_length: int | None = None
+    spec: dict, batch: int, pairs_per_image: float, captions: bool, text_length: int | None = None
 ) -> dict[str, float]:
     """FLOPs of one training step (forward + backward) on the batch `benchmarks.common.synthetic_batch` builds.
 
     `text_length`: the padded text length (default: the config's caption length when there are captions or
     pairs, else its prompt length, as `synthetic_batch` does).
     """
-    num_pairs = batch * pairs_per_image
+    num_pairs = int(batch * pairs_per_image)  # fractional: one pair for every 1/pairs_per_image images
     num_captions = batch if captions else 0
     if text_length is None:
         text_length = spec["caption_tokens"] if (captions or num_pairs) else spec["prompt_tokens"]
@@ -124,13 +124,17 @@ def main() -> None:
         "arf, captions only": step_flops(spec, args.batch, 0, True),
         "arf, 1 pair/image": step_flops(spec, args.batch, 1, True),
         "arf, 2 pairs/image": step_flops(spec, args.batch, 2, True),
+        # Cheaper anchors: one pair for every 2 or 4 finetune images, with and without caption anchors.
+        "arf, 0.5 pair/image": step_flops(spec, args.batch, 0.5, True),
+        "arf, 0.25 pair/image": step_flops(spec, args.batch, 0.25, True),
+        "arf, no captions, 0.25 pair/image": step_flops(spec, args.batch, 0.25, False),
     }
     base = rows["flyp"]["train_step"]
     print(f"\nbatch {args.batch}, train step = 3 x forward")
-    print(f"{'variant':<20} {'images':>6} {'texts':>6} {'len':>4} {'TFLOP/step':>11} {'image %':>8} {'x FLYP':>7}")
+    print(f"{'variant':<34} {'images':>6} {'texts':>6} {'len':>4} {'TFLOP/step':>11} {'image %':>8} {'x FLYP':>7}")
     for name, row in rows.items():
         share = row["image_forward"] / row["forward"] * 100
-        print(f"{name:<20} {row['num_images']:>6} {row['num_texts']:>6} {row['text_length']:>4} "
+        print(f"{name:<34} {row['num_images']:>6} {row['num_texts']:>6} {row['text_length']:>4} "
               f"{row['train_step'] / 1e12:>11.2f} {share:>7.1f}% {row['train_step'] / base:>6.2f}x")  # fmt: skip
     ratio = arf_flyp_ratio(spec, args.batch)
     print(f"\nARF (1 pair/image) / FLYP FLOPs: {ratio:.3f}x -> compute-bound ARF images/s = {1 / ratio:.3f} x FLYP")

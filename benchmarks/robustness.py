@@ -77,6 +77,10 @@ METHODS = {
     "ARF w/o caption anchors, 0.25 pair/image": (
         "arf", {"method": "arf", "lambda_caption": 0.0, "pair_anchors_per_image": 0.25}, None, "photo",
     ),
+    # The budget preset's candidate: the cheapest setting, with pairs that cover more than the photo style.
+    "ARF w/o caption anchors, 0.25 pair/image, MMR-diverse retrieval": (
+        "arf", {"method": "arf", "lambda_caption": 0.0, "pair_anchors_per_image": 0.25}, None, "mmr",
+    ),
 }
 MMR_DIVERSITY = 0.9
 WISE_OF = {"WiSE-FT (FT, α=0.5)": "FT", "FLYP + WiSE-FT (α=0.5)": "FLYP", "ARF + WiSE-FT (α=0.5)": "ARF"}
