@@ -347,6 +347,8 @@ def base_env(tmp_path_factory):
         HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(cache / "hf"),
         ANCHORCLIP_CACHE=str(cache / "anchorclip"), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
         PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
+        # A crash by signal (a rare SIGBUS in the 2-process retrieve command) then prints each process's stack.
+        PYTHONFAULTHANDLER="1",
     )  # fmt: skip
     return env
 
