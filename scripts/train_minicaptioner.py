@@ -176,7 +176,6 @@ def main():
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--encoder", choices=("miniclip", "scratch"), default="miniclip")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--encoder-lr-scale", type=float, default=1.0, help="the encoder's lr = lr x this")
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--pretrain-size", type=int, default=None, help="default: the split's 60,000")
@@ -204,11 +203,7 @@ def main():
 
     model, processor = build_model(len(tokenizer), args.encoder)
     print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M", flush=True)
-    groups = [
-        {"params": list(model.encoder.parameters()), "scale": args.encoder_lr_scale},
-        {"params": [p for n, p in model.named_parameters() if not n.startswith("encoder.")], "scale": 1.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.98), weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=args.weight_decay)
     generator = torch.Generator().manual_seed(args.seed)
     order, cursor = torch.randperm(len(pretrain), generator=generator), 0
     model.train()
@@ -218,7 +213,7 @@ def main():
         batch = order[cursor : cursor + args.batch_size]
         cursor += args.batch_size
         for group in optimizer.param_groups:
-            group["lr"] = group["scale"] * lr_at(step, args.steps, args.warmup, args.lr)
+            group["lr"] = lr_at(step, args.steps, args.warmup, args.lr)
         loss = model(pixel_values=normalise(images[batch], processor), labels=labels[batch]).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
