@@ -130,9 +130,22 @@ def test_mmr_keeps_classes_apart_and_quotas():
         assert candidates.label[row] == label  # rows stay with their class
 
 
+def test_written_anchors_are_by_class_best_first_whatever_the_pool_order(pool, tmp_path):
+    from anchorclip.anchors.report import write_anchors
+
+    # Selected items whose pool order (rows 1, 3, 5, 7) is neither their class order nor their score order.
+    selected = Candidates(
+        label=np.array([0, 0, 1, 1]), row=np.array([5, 1, 7, 3]), score=np.array([0.9, 0.8, 0.7, 0.6])
+    )
+    anchors = write_anchors(pool, "image", "caption", selected, CLASS_NAMES, str(tmp_path / "anchors"))
+    assert anchors["pool_index"] == [5, 1, 7, 3]
+    assert anchors["caption"] == [pool[row]["caption"] for row in [5, 1, 7, 3]]
+    assert anchors["class_index"] == [0, 0, 1, 1]
+
+
 def test_retrieval_with_diversity_spreads_the_anchors(pool, checkpoint, tmp_path):
     settings = dict(k_per_class=3, oversample=10.0, dedup_threshold=None)
-    plain = _retrieve(pool, checkpoint, tmp_path / "plain", **settings)
+    plain = _retrieve(pool, checkpoint, tmp_path / "plain", diversity=0.0, **settings)  # the paper's top k
     diverse = _retrieve(pool, checkpoint, tmp_path / "diverse", diversity=0.8, **settings)
     provenance = json.loads((tmp_path / "diverse" / "anchors" / "anchorclip_provenance.json").read_text())
     assert provenance["diversity"] == 0.8 and provenance["settings"]["diversity"] == 0.8
@@ -602,10 +615,11 @@ def test_old_keyword_signature_still_works_with_a_warning(pool, checkpoint, tmp_
 def test_train_runs_the_commands_job_and_keeps_the_miniworld_anchors(tmp_path):
     from anchorclip.cli.train import _retrieval_args, parse_args
 
-    # The default (miniworld) job: its pairs are today's (k 600, searched 3x deep, no de-duplication, one template).
+    # The default (miniworld) job: k 600 picked by MMR from a shortlist 8x as deep, no de-duplication, one template.
     model_args, data_args, _ = parse_args(["--output_dir", str(tmp_path)])
     args = _retrieval_args(model_args, data_args, "out")
-    assert (args.k_per_class, args.oversample, args.dedup_threshold, args.templates) == (600, 3.0, None, ["photo"])
+    assert (args.k_per_class, args.oversample, args.dedup_threshold, args.templates) == (600, 8.0, None, ["photo"])
+    assert args.diversity == 0.9
     # Any other dataset: `anchorclip retrieve`'s defaults, setting for setting.
     argv = ["--dataset_name", "d", "--pair_pool", "p", "--model_name_or_path", "m", "--output_dir", str(tmp_path)]
     model_args, data_args, _ = parse_args(argv)

@@ -92,10 +92,9 @@ def write_anchors(pool, image_column, caption_column, selected: Candidates, clas
             )
             # Rows come in pool order; reorder by class, best first (what a person reads in the report and what
             # a trainer may truncate). `np.lexsort` rather than `Dataset.sort`: no pyarrow sort of the table.
+            # Row j of `anchors` is the j-th selected item in pool order, so the sort keys are taken in that order.
             in_pool_order = np.argsort(selected.row, kind="stable")
-            anchors = anchors.select(
-                in_pool_order[np.lexsort((-selected.score[in_pool_order], selected.label[in_pool_order]))]
-            )
+            anchors = anchors.select(np.lexsort((-selected.score[in_pool_order], selected.label[in_pool_order])))
         else:
             anchors = datasets.Dataset.from_dict({name: [] for name in features}, features=features)
         anchors.save_to_disk(output_dir)
