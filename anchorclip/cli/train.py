@@ -77,7 +77,9 @@ class DataArguments(EvalSetArguments):
     # In-process `anchorclip retrieve`: these flags are `RetrievalArguments` fields, with the command's defaults.
     retrieval_rule: str = field(default="text2image", metadata={"help": "text2image, text2text or image2image."})
     retrieval_k_per_class: int = field(default=100, metadata={"help": "Pair anchors per class."})
-    retrieval_oversample: float = field(default=2.0, metadata={"help": "Retrieve k_per_class*oversample per query."})
+    retrieval_oversample: float = field(
+        default=8.0, metadata={"help": "Retrieve k_per_class*oversample per query (diversity's shortlist)."}
+    )
     retrieval_query_mode: str = field(default="ensemble", metadata={"help": "ensemble or each (one per template)."})
     retrieval_templates: list[str] = field(
         default_factory=lambda: ["simple"],
@@ -87,8 +89,8 @@ class DataArguments(EvalSetArguments):
         default=0.95, metadata={"help": "Cosine at which two retrieved anchors are duplicates; 0 (or None) disables."}
     )
     retrieval_diversity: float = field(
-        default=0.0,
-        metadata={"help": "0, or in (0, 1]: pick each class's anchors by maximal marginal relevance (see retrieve)."},
+        default=0.9,
+        metadata={"help": "In (0, 1]: pick each class's pairs by maximal marginal relevance (see retrieve); 0: top k"},
     )
     retrieval_leakage_sets: list[str] | None = field(
         default=None, metadata={"help": "Evaluation sets whose near-duplicates are removed from the pool."}
@@ -240,9 +242,10 @@ def miniworld_preset(given) -> dict:
         retrieval_dedup_threshold=None,
         # The mini-CLIP's word-level vocabulary covers the world's own prompts, not OpenAI's 80 templates.
         retrieval_templates=["photo"] if given.retrieval_query_mode == "ensemble" else list(SHAPE_TEMPLATES),
-        # 600 pairs per class, searched 3x deep: the pool's classes are few and the anchors plentiful.
+        # 600 pairs per class (the pool's classes are few and the anchors plentiful), picked by maximal marginal
+        # relevance from a shortlist 8x as deep: the retrieval default, spelled out with the k it goes with.
         retrieval_k_per_class=600,
-        retrieval_oversample=3.0,
+        retrieval_oversample=8.0,
         # Training defaults that fit the world (chosen on the finetune_val split; see docs/results).
         max_steps=200,
         per_device_train_batch_size=128,
