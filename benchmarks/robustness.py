@@ -17,7 +17,8 @@ Protocol (what a reviewer would ask for):
   on `finetune_val`, as a user who adopts that variant would tune it;
 - the chosen configuration is then run with every seed (seeds change data order, augmentation and
   anchor order); the table reports the mean ± std over seeds of each group mean and every per-set number;
-- WiSE-FT rows use α = 0.5 (the WiSE-FT paper's default, not tuned); the plot shows the α sweep.
+- WiSE-FT rows ensemble each seed's finetuned model with the zero-shot one at the α in {0, 0.25, 0.5, 0.75, 1}
+  best on `finetune_val` with seed 0 (like the lr; `--wise_alpha` fixes it instead); the plot shows the α sweep.
 
 Rows beyond the paper (issue 12): "MMR-diverse retrieval" picks each class's pair anchors by maximal marginal
 relevance over the pool's image embeddings (`--diversity 0.9`, photo queries: domain-agnostic); "style-diverse
@@ -85,7 +86,12 @@ METHODS = {
     ),
 }
 MMR_DIVERSITY = 0.9
-WISE_OF = {"WiSE-FT (FT, α=0.5)": "FT", "FLYP + WiSE-FT (α=0.5)": "FLYP", "ARF + WiSE-FT (α=0.5)": "ARF"}
+# The finetuned method each WiSE-FT row ensembles with the zero-shot model, and its row label.
+WISE_OF = {
+    "FT": "WiSE-FT (FT, α={alpha:g})",
+    "FLYP": "FLYP + WiSE-FT (α={alpha:g})",
+    "ARF": "ARF + WiSE-FT (α={alpha:g})",
+}
 WISE_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
@@ -120,11 +126,17 @@ def build_anchors(workdir: str, k_per_class: int) -> dict:
     return {"captioner": captions, "oracle": finetune, "pairs": pairs, "class_names": class_names}
 
 
-def train_one(name: str, lr: float, seed: int, anchors: dict, args, eval_sets: dict, workdir: str) -> dict:
-    """Train one configuration and evaluate it (and its WiSE-FT sweep); cached as JSON."""
+def train_one(
+    name: str, lr: float, seed: int, anchors: dict, args, eval_sets: dict, workdir: str, wise: bool = False
+) -> dict:
+    """Train one configuration and evaluate it (and, with `wise`, its WiSE-FT sweep on validation and tests);
+    cached as JSON."""
     path = os.path.join(workdir, "runs", f"{name.replace(' ', '_').replace('/', '')}-lr{lr:g}-s{seed}.json")
     if os.path.isfile(path):
-        return json.load(open(path))
+        cached = json.load(open(path))
+        if not wise or "wise_val" in cached:
+            return cached
+        print(f"{os.path.basename(path)}: cached without the WiSE-FT validation sweep; training it again")
     family, overrides, captions, pairs = METHODS[name]
     # The finetune set carries the oracle captions; the captioner's come as a table joined to it by row id.
     train, caption_table = anchors["oracle"], anchors["captioner"] if captions == "captioner" else None
@@ -146,15 +158,18 @@ def train_one(name: str, lr: float, seed: int, anchors: dict, args, eval_sets: d
     result = {"name": name, "lr": lr, "seed": seed, "train_seconds": round(time.time() - start, 1)}
     result["val"] = trainer.evaluate({"val": eval_sets["val"]})["eval_val_top1"]
     result["test"] = summarize(trainer.evaluate(_tests(eval_sets)))
-    if name in WISE_OF.values():
+    if wise:
         zero_shot = AnchorCLIPModel.from_pretrained(MINICLIP_PATH)
-        finetuned, result["wise"] = trainer.model, {}
+        finetuned, result["wise"], result["wise_val"] = trainer.model, {}, {}
         head = zero_shot_head(zero_shot, trainer) if finetuned.finetune_head is not None else None
         for alpha in WISE_ALPHAS:
             if alpha == 1.0:  # θ(1) is the finetuned model itself
-                result["wise"]["1.0"] = result["test"]
+                result["wise"]["1.0"], result["wise_val"]["1.0"] = result["test"], result["val"]
                 continue
             trainer.model = wise_ft(zero_shot, finetuned, alpha, zero_shot_head=head)
+            result["wise_val"][str(alpha)] = trainer.evaluate({"val": eval_sets["val"]}, metric_key_prefix="wise")[
+                "wise_val_top1"
+            ]
             result["wise"][str(alpha)] = summarize(
                 trainer.evaluate(_tests(eval_sets), metric_key_prefix="wise"), "wise"
             )
@@ -182,10 +197,11 @@ def _save(path: str, result: dict) -> dict:
     return result
 
 
-def run_all(tasks: list[tuple[str, float, int]], anchors: dict, args, eval_sets: dict) -> list[dict]:
-    """`train_one` for every (name, lr, seed), in `args.jobs` one-thread processes when > 1; results in order."""
+def run_all(tasks: list[tuple[str, float, int, bool]], anchors: dict, args, eval_sets: dict) -> list[dict]:
+    """`train_one` for every (name, lr, seed, wise), in `args.jobs` one-thread processes when > 1; results in
+    order."""
     if args.jobs == 1:
-        return [train_one(*task, anchors, args, eval_sets, args.workdir) for task in tasks]
+        return [train_one(*task[:3], anchors, args, eval_sets, args.workdir, wise=task[3]) for task in tasks]
     # spawn, not fork: the parent has already run OpenMP (captioning), and forked OpenMP runtimes can hang.
     context = multiprocessing.get_context("spawn")
     # ARF runs (3-4x a baseline's time) first, so that no long run starts last and leaves a core idle.
@@ -208,10 +224,10 @@ def _init_worker(anchors: dict, args, eval_sets: dict) -> None:
     _WORKER.update(anchors=anchors, args=args, eval_sets=eval_sets)
 
 
-def _train_task(task: tuple[str, float, int]) -> dict:
-    name, lr, seed = task
+def _train_task(task: tuple[str, float, int, bool]) -> dict:
+    name, lr, seed, wise = task
     args = _WORKER["args"]
-    return train_one(name, lr, seed, _WORKER["anchors"], args, _WORKER["eval_sets"], args.workdir)
+    return train_one(name, lr, seed, _WORKER["anchors"], args, _WORKER["eval_sets"], args.workdir, wise)
 
 
 def check_workdir_models(workdir: str) -> None:
@@ -320,6 +336,9 @@ def main() -> None:
                         help="each family's own validation-chosen lr, each method's own (every method is swept), "
                         "or FLYP's for every method")
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--wise_alpha", type=float, choices=WISE_ALPHAS, default=None,
+                        help="fix WiSE-FT's α instead of choosing it on finetune_val (0.5: the WiSE-FT paper's "
+                        "default)")
     parser.add_argument("--sweep_every_method", action="store_true",
                         help="also train every method (not only each family's first) at every lr with the first seed; "
                         "shown in the sweep table, never used to choose")
@@ -343,7 +362,7 @@ def main() -> None:
 
     families = sorted({family_of(name) for name in args.methods})
     representative = {family: next(name for name in METHODS if family_of(name) == family) for family in families}
-    grid = [(representative[family], lr, args.seeds[0]) for family in families for lr in args.lr_grid]
+    grid = [(representative[family], lr, args.seeds[0], False) for family in families for lr in args.lr_grid]
     grid_runs = iter(run_all(grid, anchors, args, eval_sets))
     chosen, sweep = {}, {}
     for family in families:
@@ -353,8 +372,8 @@ def main() -> None:
         print(f"{family}: validation top-1 by lr {scores} -> lr {chosen[family]:g}")
     if args.sweep_every_method:  # every method at every lr (seed 0), to read how each depends on the lr
         others = [name for name in args.methods if name not in sweep]
-        extra = iter(run_all([(name, lr, args.seeds[0]) for name in others for lr in args.lr_grid], anchors, args,
-                             eval_sets))  # fmt: skip
+        extra = iter(run_all([(name, lr, args.seeds[0], False) for name in others for lr in args.lr_grid], anchors,
+                             args, eval_sets))  # fmt: skip
         sweep.update({name: {lr: next(extra) for lr in args.lr_grid} for name in others})
     if args.lr_protocol == "shared":
         chosen = dict.fromkeys(chosen, chosen["flyp"])
@@ -372,15 +391,21 @@ def main() -> None:
         model=AnchorCLIPModel.from_pretrained(MINICLIP_PATH), args=zs_args, processing_class=processor
     )
     table = {"zero-shot": mean_std([summarize(zs_trainer.evaluate(_tests(eval_sets)))])}
-    tasks = [(name, chosen[family_of(name)], seed) for name in args.methods for seed in args.seeds]
+    tasks = [(name, chosen[family_of(name)], seed, name in WISE_OF) for name in args.methods for seed in args.seeds]
     finished = iter(run_all(tasks, anchors, args, eval_sets))
     runs = {name: [next(finished) for _ in args.seeds] for name in args.methods}
     for name in args.methods:
         table[name] = mean_std([run["test"] for run in runs[name]])
-    curves = {}
-    for label, base in WISE_OF.items():
+    curves, wise_alpha = {}, {}
+    for base, label in WISE_OF.items():
         if base in runs:
-            table[label] = mean_std([run["wise"]["0.5"] for run in runs[base]])
+            # α like the lr: on finetune_val with the first seed (or fixed by --wise_alpha), never on a test set.
+            by_alpha = runs[base][0]["wise_val"]
+            best = float(max(by_alpha, key=by_alpha.get))
+            wise_alpha[base] = args.wise_alpha if args.wise_alpha is not None else best
+            print(f"{base} + WiSE-FT: validation top-1 by α {by_alpha} -> α {wise_alpha[base]:g}")
+            table[label.format(alpha=wise_alpha[base])] = mean_std([run["wise"][str(wise_alpha[base])]
+                                                                    for run in runs[base]])  # fmt: skip
             curves[base] = [
                 {
                     group: statistics.mean(100 * run["wise"][str(a)]["groups"][group] for run in runs[base])
@@ -394,7 +419,7 @@ def main() -> None:
         "protocol": __doc__.split("Protocol")[1].split("Anchors are")[0].strip(),
         "steps": args.steps, "batch": args.batch, "seeds": args.seeds, "lr_grid": args.lr_grid,
         "lr_protocol": args.lr_protocol,
-        "chosen_lr": chosen, "k_per_class": args.k_per_class,
+        "chosen_lr": chosen, "chosen_wise_alpha": wise_alpha, "k_per_class": args.k_per_class,
         "machine": f"{os.cpu_count()} CPU cores" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
         "date": time.strftime("%Y-%m-%d"),
         "methods": {name: {**{g: row["groups"][g] for g in GROUPS if g in row["groups"]}, "sets": row["sets"]}
@@ -415,7 +440,8 @@ def main() -> None:
         handle.write(
             f"# Robustness in the miniature world\n\nCommand: `{report['command']}`  \n"
             f"Machine: {report['machine']}, {report['date']}. Steps {args.steps} × batch {args.batch}, "
-            f"seeds {args.seeds}, learning rates ({args.lr_protocol} protocol) chosen on finetune_val: {chosen}.\n\n"
+            f"seeds {args.seeds}, learning rates ({args.lr_protocol} protocol) chosen on finetune_val: {chosen}; "
+            f"WiSE-FT α {'fixed' if args.wise_alpha is not None else 'chosen on finetune_val'}: {wise_alpha}.\n\n"
             f"Accuracy in % (mean ± std over seeds for group means; per-set columns are means).\n\n"
             f"{markdown}\n\n![ID vs OOD]({os.path.basename(args.output)}.png)\n\n"
             f"{sweep_table(report['lr_sweep_seed0'])}\n"
