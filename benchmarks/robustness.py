@@ -45,6 +45,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
+import numpy as np
 import torch
 from transformers import CLIPProcessor
 
@@ -122,7 +123,10 @@ def build_anchors(workdir: str, k_per_class: int) -> dict:
             oversample=oversample,
             diversity=diversity,
         )
-        pairs[name] = retrieve_anchors(settings, pool, class_names)
+        anchors = retrieve_anchors(settings, pool, class_names)
+        # Trained in pool order, whatever order the writer keeps (by class, best first since 64a2d89; pool order
+        # before): the pair sampler deals anchors by index, so runs cached before that fix stay reproducible.
+        pairs[name] = anchors.select(np.argsort(anchors["pool_index"], kind="stable"))
     return {"captioner": captions, "oracle": finetune, "pairs": pairs, "class_names": class_names}
 
 
