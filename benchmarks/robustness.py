@@ -21,7 +21,8 @@ Protocol (what a reviewer would ask for):
   best on `finetune_val` with seed 0 (like the lr; `--wise_alpha` fixes it instead); the plot shows the α sweep.
 
 Rows beyond the paper (issue 12): "MMR-diverse retrieval" picks each class's pair anchors by maximal marginal
-relevance over the pool's image embeddings (`--diversity 0.9`, photo queries: domain-agnostic); "style-diverse
+relevance over the pool's image embeddings (`--diversity 0.9`, photo queries: domain-agnostic; anchorclip's
+default since issue 12, while the "ARF" row keeps the paper's top-k retrieval); "style-diverse
 retrieval (domain-aware)" queries with templates naming the test renditions, a reference that knows the test
 domains, not a method; "anchor distillation" adds `lambda_distill` = 10 (set once, not tuned) and is its own lr
 family, since it changes how far a learning rate moves the model.
