@@ -242,10 +242,8 @@ def miniworld_preset(given) -> dict:
         retrieval_dedup_threshold=None,
         # The mini-CLIP's word-level vocabulary covers the world's own prompts, not OpenAI's 80 templates.
         retrieval_templates=["photo"] if given.retrieval_query_mode == "ensemble" else list(SHAPE_TEMPLATES),
-        # 600 pairs per class (the pool's classes are few and the anchors plentiful), picked by maximal marginal
-        # relevance from a shortlist 8x as deep: the retrieval default, spelled out with the k it goes with.
+        # 600 pairs per class: the pool's classes are few and the anchors plentiful.
         retrieval_k_per_class=600,
-        retrieval_oversample=8.0,
         # Training defaults that fit the world (chosen on the finetune_val split; see docs/results).
         max_steps=200,
         per_device_train_batch_size=128,
