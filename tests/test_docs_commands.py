@@ -323,6 +323,15 @@ def _outputs(commands: list[Command]) -> set[str]:
     return out
 
 
+def _crash_report(stderr: str, size: int = 4000) -> str:
+    """The tail of `stderr`, after the first crash report in it (a traceback, or the stack faulthandler prints for a
+    process killed by a signal) when the launcher's own report and the other process's output push that out."""
+    found = [at for at in (stderr.find("Fatal Python error"), stderr.find("Traceback")) if at >= 0]
+    first = min(found, default=len(stderr))
+    head = stderr[first : first + size] + "\n[...]\n" if first < len(stderr) - size else ""
+    return head + stderr[-size:]
+
+
 # ------------------------------------------------------------------ fixtures
 
 
@@ -347,7 +356,7 @@ def base_env(tmp_path_factory):
         HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(cache / "hf"),
         ANCHORCLIP_CACHE=str(cache / "anchorclip"), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
         PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
-        # A crash by signal (a rare SIGBUS in the 2-process retrieve command) then prints each process's stack.
+        # A process killed by a signal then prints its stack (`_crash_report` keeps it in the failure message).
         PYTHONFAULTHANDLER="1",
     )  # fmt: skip
     return env
@@ -445,5 +454,5 @@ def test_documented_commands_run(page, world, base_env, tmp_path):
         )
         assert result.returncode == 0, (
             f"{command.source}: {command.text}\nran as: {shlex.join(argv)}\n"
-            f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+            f"{result.stdout[-2000:]}\n{_crash_report(result.stderr)}"
         )

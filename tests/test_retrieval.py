@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import datasets
 import numpy as np
@@ -579,6 +580,66 @@ def test_streamed_pool_on_two_processes_reads_its_files_and_writes_the_same_anch
     assert [cell["bytes"] for cell in two.cast_column("image", datasets.Image(decode=False))["image"]] == [
         cell["bytes"] for cell in one.cast_column("image", datasets.Image(decode=False))["image"]
     ]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the case of a machine without GPUs")
+def test_retrieve_command_on_two_processes_without_a_gpu_shares_the_work(pool, checkpoint, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2 -m anchorclip retrieve`, as the docs write it, on a machine
+    without GPUs and without a CPU flag: the processes join one gloo group (each embeds its shards, one writes), rather
+    than each running the whole job and rewriting the files the other is reading (which died of SIGBUS)."""
+    import socket
+    import subprocess
+    import sys
+
+    from anchorclip.cli import main
+
+    pool.save_to_disk(str(tmp_path / "pool"))
+    common = ["--pool", str(tmp_path / "pool"), "--model_name_or_path", checkpoint, "--shard_size", "8"]
+    common += ["--batch_size", "8", "--k_per_class", "3", "--class_names", *CLASS_NAMES]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+        "-m", "anchorclip", "retrieve", *common, "--cache_dir", str(tmp_path / "cache2"),
+        "--output_dir", str(tmp_path / "two"),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    env.pop("ACCELERATE_USE_CPU", None)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # 40 rows in shards of 8, dealt round-robin: shards 0, 2, 4 to process 0 and 1, 3 to process 1.
+    assert re.search(r"embedded 24 rows in .* on process 0", result.stderr), result.stderr[-3000:]
+    assert re.search(r"embedded 16 rows in .* on process 1", result.stderr), result.stderr[-3000:]
+    assert result.stderr.count("Wrote ") == 1  # one writer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the launched processes
+    try:
+        assert (
+            main(["retrieve", *common, "--cache_dir", str(tmp_path / "cache1"), "--output_dir", str(tmp_path / "one")])
+            == 0
+        )
+    finally:
+        torch.set_num_threads(threads)
+    one, two = (datasets.load_from_disk(str(tmp_path / name)) for name in ("one", "two"))
+    assert len(one) > 0 and two["pool_index"] == one["pool_index"] and two["class_index"] == one["class_index"]
+    np.testing.assert_allclose(two["score"], one["score"], atol=1e-3)
+
+
+def test_processes_that_did_not_join_the_launch_are_refused(pool, checkpoint, tmp_path, monkeypatch):
+    # Launched as 2 processes, but the accelerator counts 1: each would embed everything and write the anchors.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    model, processor = CLIPModel.from_pretrained(checkpoint), CLIPProcessor.from_pretrained(checkpoint)
+    with pytest.raises(
+        RuntimeError, match=r"launched as 2 processes \(WORLD_SIZE=2\), but its Accelerate state counts 1"
+    ):
+        embed_pool(pool, model, processor, cache_dir=str(tmp_path), accelerator=_Rank(0, 1))
+    args = RetrievalArguments(model_name_or_path=checkpoint, output_dir=str(tmp_path / "anchors"))
+    with pytest.raises(RuntimeError, match="launched as 2 processes"):
+        retrieve_anchors(args, pool, CLASS_NAMES, accelerator=_Rank(0, 1))
+    assert not (tmp_path / "anchors").exists()
 
 
 def test_old_module_still_imports_with_a_warning():

@@ -18,6 +18,7 @@ from anchorclip.anchors.embedding_store import (
     model_fingerprint,
 )
 from anchorclip.anchors.encoders import ImageEncoder, TextEncoder
+from anchorclip.anchors.shards import check_processes_joined, process_state
 from anchorclip.data import CAPTION_COLUMNS, IMAGE_COLUMNS, find_column, load_dataset_any
 
 logger = logging.getLogger(__name__)
@@ -49,8 +50,6 @@ class LaunchProcesses:
     mixed_precision = "no"
 
     def __init__(self):
-        from anchorclip.anchors.shards import process_state
-
         self._state = process_state()
 
     def __getattr__(self, name: str):
@@ -95,7 +94,7 @@ def embed_pool(
     """
     if kind not in ("image", "text"):
         raise ValueError(f"kind must be 'image' or 'text', got {kind!r}.")
-    accelerator = accelerator or LaunchProcesses()
+    accelerator = check_processes_joined(accelerator or LaunchProcesses())
     dataset, spec = resolve_dataset(pool, split, streaming)
     candidates = IMAGE_COLUMNS if kind == "image" else CAPTION_COLUMNS
     column = find_column(dataset, column, candidates, "image" if kind == "image" else "caption")

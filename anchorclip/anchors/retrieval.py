@@ -64,6 +64,7 @@ from anchorclip.anchors.selection import (
     select_anchors,
     text_queries,
 )
+from anchorclip.anchors.shards import check_processes_joined
 from anchorclip.data import CAPTION_COLUMNS, IMAGE_COLUMNS, LABEL_COLUMNS, class_names_from_features, find_column
 
 __all__ = ["PROVENANCE_FILE", "QUERY_MODES", "REPORT_FILE", "RULES", "RetrievalArguments", "retrieve_anchors"]
@@ -101,7 +102,8 @@ def retrieve_anchors(
         leakage_sets: evaluation sets already loaded, guarded like the specs in `args.leakage_sets`.
         model / processor: the pretrained `CLIPModel` already loaded (else `args.model_name_or_path`).
         accelerator: the processes that embed (default `LaunchProcesses`: full precision; `anchorclip retrieve`
-            passes an `Accelerator`, which embeds in the launcher's mixed precision).
+            passes `launch_accelerator()`, which embeds in the launcher's mixed precision). An accelerator that counts
+            fewer processes than the launch started is refused (each would do the whole job).
 
     Returns the anchors dataset (also saved at `args.output_dir`, with `anchorclip_provenance.json` and
     `report.html`). Every process of a launch calls it: they share the embedding; the main process searches
@@ -109,7 +111,7 @@ def retrieve_anchors(
     """
     started = time.perf_counter()
     output_dir, rule, k_per_class, budget = args.output_dir, args.rule, args.k_per_class, args.budget
-    accelerator = accelerator or LaunchProcesses()
+    accelerator = check_processes_joined(accelerator or LaunchProcesses())
     embed_kwargs = {
         "cache_dir": args.cache_dir,
         "shard_size": args.shard_size,

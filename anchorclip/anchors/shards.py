@@ -53,18 +53,54 @@ def chunks_for_process(chunks: list[range], process_index: int, num_processes: i
     raise ValueError(f"sharding must be 'strided' or 'contiguous', not {sharding!r}.")
 
 
+def _launch_on_cpu() -> bool:
+    """Whether the launch's processes must join a CPU (gloo) process group: no GPU, or `ACCELERATE_USE_CPU`.
+
+    Without a GPU, Accelerate only joins a torchrun-style process group when asked for the CPU explicitly;
+    otherwise every process would believe it is alone and do all the work, writing the same files at once.
+    """
+    import torch
+
+    return not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+
+
 def process_state():
     """Accelerate's view of the launch (one process, or one of `accelerate launch`/`torchrun`'s processes).
 
-    Without a GPU, Accelerate only joins a torchrun-style process group when asked for the CPU explicitly;
-    otherwise every process would believe it is alone and do all the work. The long timeout is for the final
-    barrier: processes can finish their shares minutes apart, and the default (10-30 minutes) would kill the run.
+    On CPU the processes join a gloo group (`_launch_on_cpu`). The long timeout is for the final barrier:
+    processes can finish their shares minutes apart, and the default (10-30 minutes) would kill the run.
     """
-    import torch
     from accelerate import PartialState
 
-    cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
-    return PartialState(cpu=cpu, timeout=timedelta(hours=BARRIER_TIMEOUT_HOURS))
+    return check_processes_joined(PartialState(cpu=_launch_on_cpu(), timeout=timedelta(hours=BARRIER_TIMEOUT_HOURS)))
+
+
+def launch_accelerator():
+    """An `Accelerator` over the launch's processes, for commands that want its mixed precision (`anchorclip
+    retrieve`): the same CPU rule and barrier timeout as `process_state`."""
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    timeout = InitProcessGroupKwargs(timeout=timedelta(hours=BARRIER_TIMEOUT_HOURS))
+    return check_processes_joined(Accelerator(cpu=_launch_on_cpu(), kwargs_handlers=[timeout]))
+
+
+def check_processes_joined(state):
+    """`state`, unless the launch started more processes than `state` counts; then raise.
+
+    Such processes would each do the whole job and write the same files at once (a reader of a file that
+    another process is rewriting can die of SIGBUS). It happens with an `Accelerator()` built without `cpu=True`
+    on a machine without GPUs.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > state.num_processes:
+        raise RuntimeError(
+            f"This job was launched as {launched} processes (WORLD_SIZE={launched}), but its Accelerate state "
+            f"counts {state.num_processes}: each process would do the whole job and overwrite the others' "
+            "files. On a machine without GPUs build the Accelerator with cpu=True (or set ACCELERATE_USE_CPU=1); "
+            "with GPUs, check that torch sees them (torch.cuda.is_available())."
+        )
+    return state
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import sys
 from transformers import HfArgumentParser
 
 from anchorclip.anchors.retrieval import RetrievalArguments, retrieve_anchors
+from anchorclip.anchors.shards import launch_accelerator
 
 __all__ = ["RetrievalArguments", "main", "parse_args"]
 
@@ -32,10 +33,8 @@ def parse_args(argv: list[str] | None = None) -> RetrievalArguments:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    from accelerate import Accelerator
-
-    # The command owns its processes: it embeds in the launcher's mixed precision.
-    retrieve_anchors(args, accelerator=Accelerator())
+    # The command owns its processes: it embeds in the launcher's mixed precision, on gloo where there is no GPU.
+    retrieve_anchors(args, accelerator=launch_accelerator())
     return 0
 
 
