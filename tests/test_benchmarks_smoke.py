@@ -56,3 +56,20 @@ def test_precision_runs_both_precisions_on_the_same_batches():
     again = precision.train(model, spec, args, torch.device("cpu"), bf16=False)
     assert fp32 == again  # same init, same batches: the comparison is deterministic
     assert len(fp32) == 2 and fp32[1] < fp32[0]  # one batch repeated: the second step's loss is lower
+
+
+def test_lambda_sweep_grid_trains_what_each_point_names():
+    import lambda_sweep
+    import robustness
+
+    base, budget = lambda_sweep.BASE, lambda_sweep.BUDGET
+    assert lambda_sweep.points_of(base, (0.5, 1.0, 2.0))[0] == (1.0, 1.0)  # the row's own weights win ties
+    assert len(lambda_sweep.points_of(base, (0.5, 1.0, 2.0))) == 9
+    # The budget row has no caption anchors: only λ2 is swept, λ1 stays 0.
+    assert lambda_sweep.points_of(budget, (0.5, 1.0, 2.0)) == [(0.0, 1.0), (0.0, 0.5), (0.0, 2.0)]
+    assert lambda_sweep.variant(base, 1.0, 1.0) == base  # the table's cached runs are reused
+    for row in lambda_sweep.ROWS:
+        for point in lambda_sweep.points_of(row, lambda_sweep.VALUES):
+            family, overrides, *_ = robustness.METHODS[lambda_sweep.variant(row, *point)]
+            assert family == robustness.METHODS[row][0]
+            assert (overrides.get("lambda_caption", 1.0), overrides.get("lambda_pairs", 1.0)) == point
