@@ -42,8 +42,8 @@ GRID = (0.5, 1.0, 2.0)
 
 def own_lambdas(row: str) -> tuple[float, float]:
     """The row's (λ1, λ2) as `benchmarks/robustness.py` trains it."""
-    overrides = rb.METHODS[row][1]
-    return overrides.get("lambda_caption", 1.0), overrides.get("lambda_pairs", 1.0)
+    overrides, fields = rb.METHODS[row][1], rb.AnchorTrainingArguments.__dataclass_fields__
+    return tuple(overrides.get(name, fields[name].default) for name in ("lambda_caption", "lambda_pairs"))
 
 
 def variant(row: str, lambda_caption: float, lambda_pairs: float) -> str:
@@ -107,10 +107,7 @@ def main() -> None:
             )
         args.lr = chosen_lr[args.row]
     torch.set_num_threads(args.threads)
-    eval_sets = rb.miniworld_eval_sets(size_per_set=args.eval_size)
-    eval_sets["val"] = rb.EvalSet(
-        rb.load_miniworld_split("finetune_val", size=args.eval_size), group="id", templates=list(rb.SHAPE_TEMPLATES)
-    )
+    eval_sets = rb.evaluation_sets(args.eval_size)
     rb.check_workdir_models(args.workdir)
     anchors = rb.build_anchors(args.workdir, args.k_per_class)
 
@@ -124,7 +121,7 @@ def main() -> None:
         print(f"λ1 {point[0]:g}, λ2 {point[1]:g}: val {100 * run['val']:.2f}  |  {tests}")
     print(f"chosen on finetune_val: λ1 {chosen[0]:g}, λ2 {chosen[1]:g}")
 
-    # 2. The chosen pair and the default with every seed.
+    # 2. The chosen weights and the row's own with every seed.
     own = own_lambdas(args.row)
     rows = {own: f"{args.row} (its own λ1 {own[0]:g}, λ2 {own[1]:g})"}
     rows[chosen] = rows.get(chosen, args.row) + f", validation-chosen λ1 {chosen[0]:g}, λ2 {chosen[1]:g}"

@@ -131,6 +131,14 @@ def build_anchors(workdir: str, k_per_class: int) -> dict:
     return {"captioner": captions, "oracle": finetune, "pairs": pairs, "class_names": class_names}
 
 
+def evaluation_sets(size: int | None) -> dict:
+    """The test suite and, under "val", `finetune_val`: the only set any choice is made on."""
+    eval_sets = miniworld_eval_sets(size_per_set=size)
+    validation = load_miniworld_split("finetune_val", size=size)
+    eval_sets["val"] = EvalSet(validation, group="id", templates=list(SHAPE_TEMPLATES))
+    return eval_sets
+
+
 def train_one(
     name: str, lr: float, seed: int, anchors: dict, args, eval_sets: dict, workdir: str, wise: bool = False
 ) -> dict:
@@ -353,11 +361,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small eval sets and anchors for a smoke run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)  # 1 avoids OpenMP spin-wait collapse when other jobs share the cores
-    eval_size = args.eval_size or (100 if args.quick else None)
-    eval_sets = miniworld_eval_sets(size_per_set=eval_size)
-    eval_sets["val"] = EvalSet(
-        load_miniworld_split("finetune_val", size=eval_size), group="id", templates=list(SHAPE_TEMPLATES)
-    )
+    eval_sets = evaluation_sets(args.eval_size or (100 if args.quick else None))
     check_workdir_models(args.workdir)
     anchors = build_anchors(args.workdir, 50 if args.quick else args.k_per_class)
 
