@@ -14,8 +14,10 @@ pair at most once per epoch), a fresh deck when one runs out, and never the same
 batch, where it would be its own negative.
 
 `AnchorCollator` builds one image batch (finetune images, then pair images) and one text batch (class
-prompts, captions, pair captions) so the model runs one image pass and one text pass per step. Texts
-are tokenized ahead: prompts once per run, captions once per dataset with `datasets.map`.
+prompts, captions, pair captions) so the model runs one image pass per step, and one text pass for the
+short prompts and one for the long captions: the text batch names the two groups with their widths
+(`text_groups`), so that no prompt is padded to the longest caption. Texts are tokenized ahead: prompts
+once per run, captions once per dataset with `datasets.map`.
 """
 
 from __future__ import annotations
@@ -255,6 +257,9 @@ class AnchorCollator:
 
     Texts arrive as token ids (prompts tokenized once, captions tokenized ahead), so collation only pads.
     `caption_keys` / `pair_keys` hold each caption's `text_key`: the loss masks equal texts as duplicates.
+    `text_groups` lists `(rows, tokens)` for the prompts, then for the captions and pair captions together:
+    `AnchorCLIPModel.forward` encodes each group at its own width (it is computed here, on the CPU, so
+    that trimming the padding never waits for the device).
     """
 
     prompt_ids: list[list[int]]  # see `tokenize_prompts`
@@ -267,6 +272,7 @@ class AnchorCollator:
         texts = []
         if self.with_prompts:
             texts += [self.prompt_ids[item["label"] * self.num_templates + item["template"]] for item in items]
+        num_prompts = len(texts)
         captions = [item["caption_ids"] for item in items if "caption_ids" in item]
         texts += captions
         num_pairs = 0
@@ -287,6 +293,8 @@ class AnchorCollator:
         if pair_captions:
             batch["pair_keys"] = torch.tensor([text_key(ids) for ids in pair_captions])
         if texts:
+            groups = (texts[:num_prompts], texts[num_prompts:])
+            batch["text_groups"] = [(len(group), max(map(len, group))) for group in groups if group]
             length = max(len(ids) for ids in texts)
             batch["input_ids"] = torch.full((len(texts), length), self.pad_token_id, dtype=torch.long)
             batch["attention_mask"] = torch.zeros((len(texts), length), dtype=torch.long)

@@ -6,7 +6,9 @@ Two additions:
 * `forward` also accepts only images or only text (the trainer encodes one tower at a time for some
   methods); with both it is `CLIPModel.forward` unchanged. With `finetune_head=True` and images only it
   also returns the FT / LP-FT head's logits, so that the head is used inside the (DDP-wrapped) forward
-  and its gradients are synchronised like every other parameter's.
+  and its gradients are synchronised like every other parameter's. With `text_groups` it encodes each
+  group of text rows at its own width: an ARF batch's class prompts are a few tokens, its captions
+  several times longer, and padding every prompt to the longest caption multiplied the text tower's work.
 * `build_zero_shot_head` / `classify`: class names x templates -> text embeddings, L2-normalised per
   prompt, averaged over templates and renormalised (Radford et al., WiSE-FT, open_clip).
 
@@ -59,6 +61,7 @@ class AnchorCLIPModel(CLIPModel):
         return_loss: bool | None = None,
         finetune_head: bool = False,
         train_image_tower: bool = True,
+        text_groups: Sequence[tuple[int, int]] | None = None,
         **kwargs,
     ) -> CLIPOutput:
         """`CLIPModel.forward` with both inputs; one tower's normalised embeddings with one input.
@@ -66,6 +69,10 @@ class AnchorCLIPModel(CLIPModel):
         `finetune_head=True` (images only) adds `logits_per_image`, the linear head's logits on the
         normalised image features; `train_image_tower=False` then computes the features without gradients
         (LP-FT's probing phase: only the head learns).
+
+        `text_groups` (`(rows, tokens)` per group of consecutive right-padded text rows, as `AnchorCollator`
+        builds them) encodes each group trimmed to its own `tokens`. Causal attention never lets a token see
+        the padding after it, so the embeddings are those of the padded batch; only the work shrinks.
         """
         if finetune_head:
             if self.finetune_head is None or pixel_values is None or input_ids is not None:
@@ -75,7 +82,7 @@ class AnchorCLIPModel(CLIPModel):
             image_embeds = F.normalize(features, dim=-1)
             logits = image_embeds.float() @ self.finetune_head.float().t()
             return CLIPOutput(logits_per_image=logits, image_embeds=image_embeds)
-        if input_ids is not None and pixel_values is not None:
+        if input_ids is not None and pixel_values is not None and text_groups is None:
             return super().forward(
                 input_ids=input_ids,
                 pixel_values=pixel_values,
@@ -90,13 +97,28 @@ class AnchorCLIPModel(CLIPModel):
         if pixel_values is not None:
             image_embeds = F.normalize(self.get_image_features(pixel_values=pixel_values).pooler_output, dim=-1)
         if input_ids is not None:
-            text = self.get_text_features(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
-            )
-            text_embeds = F.normalize(text.pooler_output, dim=-1)
+            text = self._text_features(input_ids, attention_mask, position_ids, text_groups)
+            text_embeds = F.normalize(text, dim=-1)
         if image_embeds is None and text_embeds is None:
             raise ValueError("Pass input_ids, pixel_values, or both.")
         return CLIPOutput(image_embeds=image_embeds, text_embeds=text_embeds)
+
+    def _text_features(self, input_ids, attention_mask, position_ids, text_groups) -> torch.Tensor:
+        groups = text_groups or [tuple(input_ids.shape)]
+        if sum(rows for rows, _ in groups) != input_ids.shape[0]:
+            raise ValueError(f"text_groups {list(groups)} do not cover the text batch's {input_ids.shape[0]} rows.")
+        start, features = 0, []
+        for rows, tokens in groups:
+            part = slice(start, start + rows)
+            start += rows
+            features.append(
+                self.get_text_features(
+                    input_ids=input_ids[part, :tokens],
+                    attention_mask=attention_mask[part, :tokens] if attention_mask is not None else None,
+                    position_ids=position_ids[:, :tokens] if position_ids is not None else None,
+                ).pooler_output
+            )
+        return torch.cat(features)
 
     # ------------------------------------------------------------ zero-shot
 

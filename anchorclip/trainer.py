@@ -238,9 +238,12 @@ class AnchorCLIPTrainer(Trainer):
         return F.cross_entropy(logits.logits_per_image, inputs["labels"])
 
     def _encode(self, model, inputs) -> dict[str, torch.Tensor]:
-        """One image pass and one text pass, split into the segments of an ARF batch."""
+        """One image pass and the text passes of `text_groups`, split into the segments of an ARF batch."""
         outputs = model(
-            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], pixel_values=inputs["pixel_values"]
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            pixel_values=inputs["pixel_values"],
+            text_groups=inputs.get("text_groups"),
         )
         batch = inputs["labels"].shape[0]
         num_captions, num_pairs = inputs["num_captions"], inputs["num_pairs"]

@@ -64,7 +64,10 @@ def synthetic_batch(spec: dict, batch: int, pairs_per_image: float, captions: bo
     attention_mask[:batch, prompt_end + 1 :] = 0
     # The text keys the collator adds (`anchorclip.batching.text_key`): the loss masks equal captions.
     keys = torch.tensor([text_key(ids) for ids in input_ids.tolist()])
+    # ... and its text groups: the model encodes the prompts and the captions each at its own width.
+    groups = [(batch, spec["prompt_tokens"]), (num_captions + num_pairs, length)]
     return {
+        "text_groups": [group for group in groups if group[0]],
         "caption_keys": keys[batch : batch + num_captions].to(device),
         "pair_keys": keys[batch + num_captions :].to(device),
         "pixel_values": torch.randn(batch + num_pairs, 3, size, size, device=device),

@@ -12,10 +12,10 @@ sequence length n, per sequence:
     MLP                        2 * 2 n d f
 
 Image tower (ViT, patch p, image s): n = (s/p)^2 + 1 tokens, plus the patch embedding
-2 * (s/p)^2 * 3 p^2 * d and the projection of the pooled token 2 * d * proj. Text tower: n = the padded
-text length of the batch (the collator pads to the longest text), plus the projection 2 * d * proj.
-Loss: each contrastive term over m pairs costs 2 * (2 m^2 proj) (both directions); `CLIPModel.forward`
-also forms the (texts x images) logit matrix, 2 * T * I * proj, counted though the trainer ignores it.
+2 * (s/p)^2 * 3 p^2 * d and the projection of the pooled token 2 * d * proj. Text tower: n = the
+config's prompt length for the class prompts and its caption length for captions and pair captions (the
+model encodes each text group at its own width, `text_groups`), plus the projection 2 * d * proj.
+Loss: each contrastive term over m pairs costs 2 * (2 m^2 proj) (both directions).
 
 A training step is forward + backward = 3 x forward (backward = 2 x forward: grads of inputs and of
 weights). Gradient checkpointing re-runs the forward (4 x forward of hardware FLOPs) but MFU counts
@@ -69,24 +69,18 @@ def text_forward_flops(spec: dict, length: int) -> float:
     return layers * layer_flops(length, d, f) + 2 * d * spec["projection_dim"]
 
 
-def step_flops(
-    spec: dict, batch: int, pairs_per_image: float, captions: bool, text_length: int | None = None
-) -> dict[str, float]:
-    """FLOPs of one training step (forward + backward) on the batch `benchmarks.common.synthetic_batch` builds.
-
-    `text_length`: the padded text length (default: the config's caption length when there are captions or
-    pairs, else its prompt length, as `synthetic_batch` does).
-    """
+def step_flops(spec: dict, batch: int, pairs_per_image: float, captions: bool) -> dict[str, float]:
+    """FLOPs of one training step (forward + backward) on the batch `benchmarks.common.synthetic_batch` builds."""
     num_pairs = int(batch * pairs_per_image)  # fractional: one pair for every 1/pairs_per_image images
     num_captions = batch if captions else 0
-    if text_length is None:
-        text_length = spec["caption_tokens"] if (captions or num_pairs) else spec["prompt_tokens"]
     num_images, num_texts = batch + num_pairs, batch + num_captions + num_pairs
     proj = spec["projection_dim"]
     image = num_images * image_forward_flops(spec)
-    text = num_texts * text_forward_flops(spec, text_length)
+    text = batch * text_forward_flops(spec, spec["prompt_tokens"]) + (num_captions + num_pairs) * text_forward_flops(
+        spec, spec["caption_tokens"]
+    )
     loss_rows = [batch] + ([num_captions] if num_captions else []) + ([num_pairs] if num_pairs else [])
-    loss = sum(2 * 2 * m * m * proj for m in loss_rows) + 2 * num_texts * num_images * proj
+    loss = sum(2 * 2 * m * m * proj for m in loss_rows)
     forward = image + text + loss
     return {
         "image_forward": image,
@@ -96,16 +90,13 @@ def step_flops(
         "train_step": TRAIN_MULTIPLIER * forward,
         "num_images": num_images,
         "num_texts": num_texts,
-        "text_length": text_length,
     }
 
 
-def arf_flyp_ratio(spec: dict, batch: int, pairs_per_image: int = 1, **kwargs) -> float:
+def arf_flyp_ratio(spec: dict, batch: int, pairs_per_image: float = 1) -> float:
     """Expected ARF / FLYP step cost at equal finetune batch (= FLYP / ARF images/s when compute-bound)."""
-    return (
-        step_flops(spec, batch, pairs_per_image, True, **kwargs)["train_step"]
-        / step_flops(spec, batch, 0, False)["train_step"]
-    )
+    flyp = step_flops(spec, batch, 0, False)["train_step"]
+    return step_flops(spec, batch, pairs_per_image, True)["train_step"] / flyp
 
 
 def main() -> None:
@@ -131,10 +122,10 @@ def main() -> None:
     }
     base = rows["flyp"]["train_step"]
     print(f"\nbatch {args.batch}, train step = 3 x forward")
-    print(f"{'variant':<34} {'images':>6} {'texts':>6} {'len':>4} {'TFLOP/step':>11} {'image %':>8} {'x FLYP':>7}")
+    print(f"{'variant':<34} {'images':>6} {'texts':>6} {'TFLOP/step':>11} {'image %':>8} {'x FLYP':>7}")
     for name, row in rows.items():
         share = row["image_forward"] / row["forward"] * 100
-        print(f"{name:<34} {row['num_images']:>6} {row['num_texts']:>6} {row['text_length']:>4} "
+        print(f"{name:<34} {row['num_images']:>6} {row['num_texts']:>6} "
               f"{row['train_step'] / 1e12:>11.2f} {share:>7.1f}% {row['train_step'] / base:>6.2f}x")  # fmt: skip
     ratio = arf_flyp_ratio(spec, args.batch)
     print(f"\nARF (1 pair/image) / FLYP FLOPs: {ratio:.3f}x -> compute-bound ARF images/s = {1 / ratio:.3f} x FLYP")

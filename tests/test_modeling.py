@@ -46,6 +46,32 @@ def test_forward_with_one_tower(tiny_model, processor):
     torch.testing.assert_close(both.image_embeds, tiny_model(pixel_values=pixels).image_embeds)
 
 
+def test_text_groups_encode_prompts_and_captions_at_their_own_width(tmp_path):
+    # Long pair captions beside short prompts: the collator pads every text to the longest, the model trims
+    # each group back. Same embeddings and gradients as the padded batch, with less text-tower work.
+    pairs = make_pair_dataset(8).map(lambda row: {"caption": row["caption"] + " on a big blue background"})
+    trainer = make_trainer(tmp_path, train=make_classification_dataset(8, with_captions=False), pairs=pairs,
+                           lambda_caption=0.0, per_device_train_batch_size=8)  # fmt: skip
+    batch = next(iter(trainer.get_train_dataloader()))
+    widths = batch["attention_mask"].sum(dim=1)
+    assert batch["text_groups"] == [(8, int(widths[:8].max())), (8, int(widths[8:].max()))]
+    assert batch["text_groups"][0][1] < batch["text_groups"][1][1] == batch["input_ids"].shape[1]
+
+    model = trainer.model
+    padded = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   pixel_values=batch["pixel_values"])  # fmt: skip
+    grouped = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    pixel_values=batch["pixel_values"], text_groups=batch["text_groups"])  # fmt: skip
+    torch.testing.assert_close(grouped.text_embeds, padded.text_embeds, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grouped.image_embeds, padded.image_embeds)
+    weight = model.text_model.embeddings.token_embedding.weight
+    grads = [torch.autograd.grad((out.text_embeds * out.text_embeds.detach().flip(0)).sum(), weight)[0]
+             for out in (padded, grouped)]  # fmt: skip
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="do not cover the text batch's 16 rows"):
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], text_groups=[(8, 4)])
+
+
 @pytest.fixture(scope="module")
 def finetuned_dir(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("finetuned")

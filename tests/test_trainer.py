@@ -72,7 +72,9 @@ def test_flyp_uses_only_class_prompts(tmp_path):
     assert "loss_cls" in entry and "loss_caption" not in entry and "loss_pairs" not in entry
 
 
-def test_step_runs_one_image_pass_and_one_text_pass(tmp_path):
+def test_step_runs_one_image_pass_and_one_text_pass_per_text_width(tmp_path):
+    # Images: finetune and pair images in one pass. Texts: the short prompts in one pass, the long captions
+    # and pair captions in another (each at its own width), never one pass per anchor kind.
     model = make_model()
     calls = {"image": 0, "text": 0}
     vision_forward, text_forward = model.vision_model.forward, model.text_model.forward
@@ -87,7 +89,7 @@ def test_step_runs_one_image_pass_and_one_text_pass(tmp_path):
     model.vision_model.forward = count("image", vision_forward)
     model.text_model.forward = count("text", text_forward)
     make_trainer(tmp_path, model=model, max_steps=1).train()
-    assert calls == {"image": 1, "text": 1}
+    assert calls == {"image": 1, "text": 2}
 
 
 @pytest.mark.parametrize("method", ["arf", "flyp", "ft"])
