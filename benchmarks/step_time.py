@@ -6,7 +6,8 @@
 Each variant runs `AnchorCLIPTrainer.compute_loss` + backward + AdamW step on synthetic batches shaped
 exactly as the trainer's collator builds them. The ratio ARF / FLYP is the cost of the anchors. Two
 variants are also timed as their batches were encoded before the model took `text_groups` ("one padded
-text pass": every prompt padded to the longest caption), to measure what encoding by width saves.
+text pass": every prompt padded to the longest caption), to measure what encoding by width saves, and the
+budget setting with anchor distillation (`--lambda_distill`, a frozen image-tower pass over the pair images).
 """
 
 from __future__ import annotations
@@ -40,14 +41,17 @@ VARIANTS = {  # name: (method, captions, pairs per image)
 }
 # The same batches encoded as before `text_groups`: every prompt padded to the longest caption, one text pass.
 PADDED_TOGETHER = ("arf, 1 pair/image", "arf, no captions, 0.25 pair/image")
+# ... and with anchor distillation (`--lambda_distill`): a frozen image-tower pass over the pair images.
+DISTILLED = ("arf, no captions, 0.25 pair/image",)
 
 
-def _trainer(model, method: str, captions: bool, pairs: float, bf16: bool) -> AnchorCLIPTrainer:
+def _trainer(model, method: str, captions: bool, pairs: float, bf16: bool, distill: bool) -> AnchorCLIPTrainer:
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0}, "[UNK]")))
     args = AnchorTrainingArguments(
         output_dir=tempfile.mkdtemp(), method=method, lambda_caption=1.0 if captions else 0.0,
         lambda_pairs=1.0 if pairs else 0.0, pair_anchors_per_image=pairs or 1, report_to="none", bf16=bf16,
         use_cpu=not torch.cuda.is_available(), per_device_train_batch_size=4,  # only checked (1/m divides it)
+        lambda_distill=10.0 if distill else 0.0,
     )  # fmt: skip
     processor = CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tokenizer)
     return AnchorCLIPTrainer(model=model, args=args, processing_class=processor)
@@ -68,10 +72,14 @@ def main() -> None:
     model, spec = build_model(args.config)
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
-    variants = dict(VARIANTS) | {f"{name}, one padded text pass": VARIANTS[name] for name in PADDED_TOGETHER}
+    variants = (
+        dict(VARIANTS)
+        | {f"{name}, one padded text pass": VARIANTS[name] for name in PADDED_TOGETHER}
+        | {f"{name} + anchor distillation": VARIANTS[name] for name in DISTILLED}
+    )
     steps = {}
     for name, (method, captions, pairs) in variants.items():
-        trainer = _trainer(model, method, captions, pairs, args.bf16)
+        trainer = _trainer(model, method, captions, pairs, args.bf16, distill=name.endswith("anchor distillation"))
         batch = synthetic_batch(spec, args.batch, pairs, captions, device)
         if name.endswith("one padded text pass"):
             del batch["text_groups"]
