@@ -40,7 +40,7 @@ from anchorclip.anchors.embedding_store import (
     write_cache_json,
 )
 from anchorclip.anchors.encoders import ImageEncoder
-from anchorclip.anchors.shards import launch_accelerator, num_chunks, read_json, save_npy_atomic
+from anchorclip.anchors.shards import num_chunks, read_json, save_npy_atomic
 from anchorclip.data import with_raw_images
 
 logger = logging.getLogger(__name__)
@@ -61,11 +61,13 @@ def embed_column(
     cache_dir: str,
     shard_size: int = 4096,
     batch_size: int = 256,
-    accelerator=None,
+    accelerator,
     description: str = "Embedding",
 ) -> EmbeddingStore:
-    """Embed `dataset[column]` into the shard cache at `cache_path(cache_dir, key)` and return its store."""
-    accelerator = accelerator or launch_accelerator()
+    """Embed `dataset[column]` into the shard cache at `cache_path(cache_dir, key)` and return its store.
+
+    `accelerator`: the launch's processes, already checked (`embed_pool` passes its own), which share the rows.
+    """
     path = cache_path(cache_dir, key)
     meta_file, layout_file = os.path.join(path, "meta.json"), os.path.join(path, "layout.json")
     if accelerator.is_main_process:
