@@ -92,7 +92,7 @@ class AnchorCLIPModel(CLIPModel):
                 **kwargs,
             )
         if return_loss:
-            raise ValueError("return_loss needs both input_ids and pixel_values.")
+            raise ValueError("return_loss needs both input_ids and pixel_values, and no text_groups.")
         image_embeds = text_embeds = None
         if pixel_values is not None:
             image_embeds = F.normalize(self.get_image_features(pixel_values=pixel_values).pooler_output, dim=-1)
@@ -101,7 +101,17 @@ class AnchorCLIPModel(CLIPModel):
             text_embeds = F.normalize(text, dim=-1)
         if image_embeds is None and text_embeds is None:
             raise ValueError("Pass input_ids, pixel_values, or both.")
-        return CLIPOutput(image_embeds=image_embeds, text_embeds=text_embeds)
+        if image_embeds is None or text_embeds is None:
+            return CLIPOutput(image_embeds=image_embeds, text_embeds=text_embeds)
+        # CLIPModel.forward's logits, as with one padded text batch. The trainer's loss uses the temperature
+        # itself, outside the forward; DDP's search for unused parameters must still find it used inside.
+        logits_per_text = text_embeds @ image_embeds.t() * self.logit_scale.exp()
+        return CLIPOutput(
+            logits_per_image=logits_per_text.t(),
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+        )
 
     def _text_features(self, input_ids, attention_mask, position_ids, text_groups) -> torch.Tensor:
         groups = text_groups or [tuple(input_ids.shape)]

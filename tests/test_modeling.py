@@ -64,6 +64,8 @@ def test_text_groups_encode_prompts_and_captions_at_their_own_width(tmp_path):
                     pixel_values=batch["pixel_values"], text_groups=batch["text_groups"])  # fmt: skip
     torch.testing.assert_close(grouped.text_embeds, padded.text_embeds, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(grouped.image_embeds, padded.image_embeds)
+    # CLIPModel.forward's other outputs too (they also keep logit_scale inside the DDP-wrapped forward)
+    torch.testing.assert_close(grouped.logits_per_image, padded.logits_per_image, atol=1e-5, rtol=1e-5)
     weight = model.text_model.embeddings.token_embedding.weight
     grads = [torch.autograd.grad((out.text_embeds * out.text_embeds.detach().flip(0)).sum(), weight)[0]
              for out in (padded, grouped)]  # fmt: skip
