@@ -15,7 +15,8 @@ Image tower (ViT, patch p, image s): n = (s/p)^2 + 1 tokens, plus the patch embe
 2 * (s/p)^2 * 3 p^2 * d and the projection of the pooled token 2 * d * proj. Text tower: n = the
 config's prompt length for the class prompts and its caption length for captions and pair captions (the
 model encodes each text group at its own width, `text_groups`), plus the projection 2 * d * proj.
-Loss: each contrastive term over m pairs costs 2 * (2 m^2 proj) (both directions).
+Loss: each contrastive term over m pairs costs 2 * (2 m^2 proj) (both directions); the model's forward
+also forms the (texts x images) logit matrix, 2 * T * I * proj, counted though the trainer ignores it.
 
 A training step is forward + backward = 3 x forward (backward = 2 x forward: grads of inputs and of
 weights). Gradient checkpointing re-runs the forward (4 x forward of hardware FLOPs) but MFU counts
@@ -80,7 +81,7 @@ def step_flops(spec: dict, batch: int, pairs_per_image: float, captions: bool) -
         spec, spec["caption_tokens"]
     )
     loss_rows = [batch] + ([num_captions] if num_captions else []) + ([num_pairs] if num_pairs else [])
-    loss = sum(2 * 2 * m * m * proj for m in loss_rows)
+    loss = sum(2 * 2 * m * m * proj for m in loss_rows) + 2 * num_texts * num_images * proj
     forward = image + text + loss
     return {
         "image_forward": image,
