@@ -295,7 +295,7 @@ class AnchorCollator:
         if texts:
             groups = (texts[:num_prompts], texts[num_prompts:])
             batch["text_groups"] = [(len(group), max(map(len, group))) for group in groups if group]
-            length = max(len(ids) for ids in texts)
+            length = max(tokens for _, tokens in batch["text_groups"])
             batch["input_ids"] = torch.full((len(texts), length), self.pad_token_id, dtype=torch.long)
             batch["attention_mask"] = torch.zeros((len(texts), length), dtype=torch.long)
             for row, ids in enumerate(texts):

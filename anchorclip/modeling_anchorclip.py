@@ -125,7 +125,9 @@ class AnchorCLIPModel(CLIPModel):
                 self.get_text_features(
                     input_ids=input_ids[part, :tokens],
                     attention_mask=attention_mask[part, :tokens] if attention_mask is not None else None,
-                    position_ids=position_ids[:, :tokens] if position_ids is not None else None,
+                    position_ids=position_ids[part if len(position_ids) > 1 else slice(None), :tokens]
+                    if position_ids is not None
+                    else None,
                 ).pooler_output
             )
         return torch.cat(features)

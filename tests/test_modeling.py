@@ -64,6 +64,10 @@ def test_text_groups_encode_prompts_and_captions_at_their_own_width(tmp_path):
                     pixel_values=batch["pixel_values"], text_groups=batch["text_groups"])  # fmt: skip
     torch.testing.assert_close(grouped.text_embeds, padded.text_embeds, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(grouped.image_embeds, padded.image_embeds)
+    positions = torch.arange(batch["input_ids"].shape[1]).expand_as(batch["input_ids"])  # per-row position ids
+    with_positions = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           position_ids=positions, text_groups=batch["text_groups"])  # fmt: skip
+    torch.testing.assert_close(with_positions.text_embeds, padded.text_embeds, atol=1e-6, rtol=1e-5)
     # CLIPModel.forward's other outputs too (they also keep logit_scale inside the DDP-wrapped forward)
     torch.testing.assert_close(grouped.logits_per_image, padded.logits_per_image, atol=1e-5, rtol=1e-5)
     weight = model.text_model.embeddings.token_embedding.weight
