@@ -71,6 +71,9 @@ METHODS = {
     "ARF, style-diverse retrieval (domain-aware)": ("arf", {"method": "arf"}, "captioner", "diverse"),
     # Domain-agnostic: maximal marginal relevance over the pool's image embeddings, photo queries only.
     "ARF, MMR-diverse retrieval": ("arf", {"method": "arf"}, "captioner", "mmr"),
+    # What the captions are worth with the default (MMR) pairs: none, the shipped captioner's, the ground truth's.
+    "ARF w/o caption anchors, MMR-diverse retrieval": ("arf", {"method": "arf", "lambda_caption": 0.0}, None, "mmr"),
+    "ARF, oracle captions, MMR-diverse retrieval": ("arf", {"method": "arf"}, "oracle", "mmr"),
     # Beyond the paper: the pair images' features distilled towards the frozen pretrained image tower.
     "ARF + anchor distillation": ("arf_distill", {"method": "arf", "lambda_distill": 10.0}, "captioner", "photo"),
     "ARF + anchor distillation, MMR-diverse retrieval": (
