@@ -13,8 +13,8 @@ setup(
     package_data={"anchorclip": ["assets/**/*"]},
     # Floors: the lowest versions the whole test suite was run on and passed (2026-11-27, Python 3.11, torch
     # 2.13.0 CPU): transformers 5.19.0, peft 0.18.0, accelerate 1.3.0, datasets 4.3.0, huggingface_hub 1.31.0,
-    # evaluate 0.4.6, safetensors 0.8.0, tokenizers 0.23.3 (and the newest: transformers 5.24.0, peft 0.21.2,
-    # accelerate 1.15.0, datasets 5.2.0, huggingface_hub 2.4.0). Why each floor is where it is:
+    # evaluate 0.4.6, safetensors 0.8.0, tokenizers 0.23.3 (and the newest, 2026-12-06: transformers 5.25.0, peft
+    # 0.21.2, accelerate 1.16.0, datasets 5.2.0, huggingface_hub 2.4.0). Why each floor is where it is:
     install_requires=[
         # Install torch first from PyTorch's CPU wheel index on CPU-only Linux (see README): PyPI's Linux wheel
         # is the CUDA build. 2.5 is transformers 5.19's own floor; only torch 2.13.0 was tested.
