@@ -365,3 +365,28 @@ def test_two_processes_match_one(captioner_dir, dataset_dir, reference, tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
     assert datasets.load_from_disk(str(out))["caption"] == reference["caption"]
     assert json.loads((out / "anchorclip_provenance.json").read_text())["num_processes"] == 2
+
+
+def test_encoder_decoder_captions_are_unchanged_by_the_decoder_mask_and_warn_nothing(captioner_dir):
+    # A row that ends early is padded while the others go on; without a decoder mask transformers warns about it.
+    import logging
+
+    captioner = Captioner.from_pretrained(captioner_dir, max_new_tokens=12, device="cpu")
+    images = [Image.open(io.BytesIO(_png(seed))) for seed in range(10)]
+    pixels = captioner.preprocessor(images)["pixel_values"]
+    plain = captioner.model.generate(pixel_values=pixels, max_new_tokens=12, max_length=None, do_sample=False)
+    eos, pad = captioner.model.config.eos_token_id, captioner.model.config.pad_token_id
+    assert any(eos in row[:-1] and row[-1] == pad for row in plain.tolist())  # some caption ended early
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    library = logging.getLogger("transformers")
+    library.addHandler(handler)
+    logging.Logger.warning_once.cache_clear()  # transformers warns once per process
+    try:
+        captions = captioner(images)
+    finally:
+        library.removeHandler(handler)
+    assert not [record for record in records if "attention_mask" in record.getMessage()]
+    decoded = captioner.preprocessor.tokenizer.batch_decode(plain, skip_special_tokens=True)
+    assert captions == [" ".join(text.split()) for text in decoded]

@@ -174,6 +174,13 @@ class Captioner:
         }
         if "token_type_ids" in inputs and "token_type_ids" not in inspect.signature(self.model.forward).parameters:
             inputs.pop("token_type_ids")  # BERT-style tokenizers (GIT, BLIP) add it; generate() rejects unused inputs
+        decoder_inputs = {"decoder_input_ids", "decoder_attention_mask"} & set(inputs)
+        if getattr(self.model.config, "is_encoder_decoder", False) and not decoder_inputs:
+            # Once a row's caption ends, generate() pads it while the others go on, and the decoder (seeing a pad
+            # and no mask) warns. Every position is a generated token or a finished row's pad, which is discarded:
+            # an all-ones mask, extended by generate() each step, changes no caption and says so.
+            rows = next(value for value in inputs.values() if isinstance(value, torch.Tensor)).shape[0]
+            inputs["decoder_attention_mask"] = torch.ones(rows, 1, dtype=torch.long, device=device)
         # max_length=None: a checkpoint's saved max_length would otherwise trigger a warning on every batch.
         kwargs = {
             "max_new_tokens": self.max_new_tokens,
