@@ -225,10 +225,9 @@ class AnchoredDataset(Dataset):
         if self.caption_ids is not None:
             item["caption_ids"] = self.caption_ids[row]["input_ids"]
         if self.pairs_per_item:
-            item["pair_pixel_values"], item["pair_caption_ids"], item["pair_rows"] = [], [], []
+            item["pair_pixel_values"], item["pair_caption_ids"] = [], []
             for pair_index in self._pair_indices(index):
                 pair_row, pair_pixels = self._load(self.pairs, pair_index, self.pair_image_column, generator)
-                item["pair_rows"].append(pair_row)
                 item["pair_pixel_values"].append(pair_pixels)
                 item["pair_caption_ids"].append(self.pair_caption_ids[pair_row]["input_ids"])
                 item["skipped"] += int(pair_row != pair_index)
@@ -293,8 +292,6 @@ class AnchorCollator:
             batch["caption_keys"] = torch.tensor([text_key(ids) for ids in captions])
         if pair_captions:
             batch["pair_keys"] = torch.tensor([text_key(ids) for ids in pair_captions])
-            # The pair set's rows the pair images came from: they index the anchors' distillation targets.
-            batch["pair_rows"] = torch.tensor([row for item in items for row in item["pair_rows"]])
         if texts:
             groups = (texts[:num_prompts], texts[num_prompts:])
             batch["text_groups"] = [(len(group), max(map(len, group))) for group in groups if group]

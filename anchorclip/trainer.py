@@ -6,11 +6,9 @@ over [class prompts; captions; pair captions]; then
     L = L_cls(finetune images, prompts)
       + λ1 L_caption(finetune images, captions)
       + λ2 L_pairs(pair images, pair captions)
-      [+ λ3 L_distill(pair images): ‖f(x) − f₀(x̄)‖² against the frozen pretrained image tower f₀; off by default]
+      [+ λ3 L_distill(pair images): ‖f(x) − f₀(x)‖² against the frozen pretrained image tower f₀; off by default]
 
-so the finetune image features are computed once and serve both L_cls and L_caption. The distillation targets
-f₀(x̄) (x̄: the anchor's evaluation view) are computed once for the whole pair set when training starts, since
-the pair set and f₀ never change: no frozen forward pass per step, and no frozen tower kept in memory.
+so the finetune image features are computed once and serve both L_cls and L_caption.
 
 Gradient accumulation. A contrastive loss is not a sum over micro-batches (the negatives change), so
 accumulating micro-batch losses is *not* training with the large batch. We follow open_clip's
@@ -32,11 +30,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback
 
 from .batching import AnchoredDataset
-from .data import decode_image
 from .evaluation import GROUPS, EvalSet
 from .evaluation.zero_shot import ZeroShotScorer
 from .lora import apply_lora_from_args, is_lora_model, save_lora_extras
@@ -56,7 +52,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 class FrozenImageTower(nn.Module):
-    """A frozen copy of a CLIP model's image tower (encoder + projection): it computes the targets of `L_distill`.
+    """A frozen copy of a CLIP model's image tower (encoder + projection): the targets of `L_distill`.
 
     Copied when the trainer is built, i.e. from the weights the finetune starts from (a resumed run is
     built from the same pretrained model, so its targets are the same)."""
@@ -140,13 +136,11 @@ class AnchorCLIPTrainer(Trainer):
         if args.method == "lp_ft":
             # Read when Trainer builds its Accelerator (below): the image tower gets no gradient while probing.
             args.ddp_find_unused_parameters = True
-        # L_distill: the frozen pretrained tower, until it has embedded the pair set once (`distill_targets`).
-        self.distill_tower: FrozenImageTower | None = None
-        self.distill_targets: torch.Tensor | None = None  # (pair anchors, dim): f₀ of each anchor's evaluation view
+        self.distill_targets: FrozenImageTower | None = None
         if args.uses_distillation:
             if is_lora_model(model):
                 raise ValueError("lambda_distill > 0: pass the plain AnchorCLIPModel (LoRA is applied from args).")
-            self.distill_tower = FrozenImageTower(model)
+            self.distill_targets = FrozenImageTower(model)
         # LoRA (anchorclip/lora.py): wrap in a PeftModel before Trainer builds the optimizer.
         if args.lora_r > 0 and not is_lora_model(model):
             model = apply_lora_from_args(model, args)
@@ -199,9 +193,6 @@ class AnchorCLIPTrainer(Trainer):
         if self.args.method == "zeroshot":
             raise ValueError("method='zeroshot' trains nothing: call evaluate() on the pretrained model instead.")
         self._check_steps_will_train()
-        if self.distill_tower is not None and self.distill_targets is None:
-            self.distill_targets = self._embed_pair_anchors(self.distill_tower)
-            self.distill_tower = None  # its work is done: free the copy of the image tower
         output = super().train(*args, **kwargs)
         if self.state.global_step == 0:  # whatever the cause: never report an untouched model as finetuned
             raise RuntimeError("Training ended without a single optimizer step; the model was not finetuned.")
@@ -210,40 +201,6 @@ class AnchorCLIPTrainer(Trainer):
     def _check_steps_will_train(self) -> None:
         """Refuse settings that give zero optimizer steps (Trainer would warn, save and exit 0)."""
         check_steps_will_train(self.args, len(self.train_dataset) if self.train_dataset is not None else None)
-
-    @torch.no_grad()
-    def _embed_pair_anchors(self, tower: FrozenImageTower) -> torch.Tensor:
-        """f₀ of every pair anchor's evaluation view (CLIP's resize + centre crop), the targets of `L_distill`.
-
-        The launch's processes each embed a contiguous share and gather the rest. An undecodable anchor gets a
-        zero row: training never uses it (`AnchoredDataset` replaces it by the next decodable row).
-        """
-        dataset = self.train_dataset
-        pairs, column = dataset.pairs, dataset.pair_image_column
-        transform = ImageTransform.from_image_processor(self.processing_class.image_processor)
-        device, processes = self.args.device, self.accelerator.num_processes
-        share = -(-len(pairs) // processes)
-        start = self.accelerator.process_index * share
-        rows = range(start, min(start + share, len(pairs)))
-        tower.to(device)
-        local = torch.zeros(share, tower.visual_projection.out_features, device=device)
-        batch_size = self.args.per_device_eval_batch_size * 4
-        progress = tqdm(
-            total=len(rows),
-            desc="Distillation targets (pair anchors)",
-            unit="img",
-            disable=self.args.disable_tqdm or not self.is_local_process_zero(),
-        )
-        for offset in range(0, len(rows), batch_size):
-            batch = rows[offset : offset + batch_size]
-            images = [decode_image(cell) for cell in pairs.select(batch)[column]]
-            kept = [i for i, image in enumerate(images) if image is not None]
-            if kept:
-                pixels = torch.stack([transform(images[i]) for i in kept]).to(device)
-                local[torch.tensor(kept, device=device) + offset] = tower(pixels).float()
-            progress.update(len(batch))
-        progress.close()
-        return self.accelerator.gather(local)[: len(pairs)] if processes > 1 else local[: len(pairs)]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The training loss of one micro-batch: ARF/FLYP contrastive terms, or cross-entropy for FT / LP-FT.
@@ -341,15 +298,12 @@ class AnchorCLIPTrainer(Trainer):
         # while the reported value sums to the window's loss: value loss/window, gradient of loss.
         reported = loss.detach() / window
         total = reported + (loss - loss.detach())
-        if self.args.uses_distillation:
+        if self.distill_targets is not None:
             # A per-image term, so a micro-batch's share of the window's mean is its own mean / window.
-            if self.distill_targets is None or "pair_rows" not in inputs:
-                raise RuntimeError(
-                    "lambda_distill > 0 needs the pair set's targets (train() computes them) and each batch's "
-                    "`pair_rows` (AnchorCollator adds them)."
-                )
-            targets = self.distill_targets[inputs["pair_rows"]]  # both on the training device
-            terms["loss_distill"] = (own_pair_images.float() - targets).pow(2).sum(dim=-1).mean()
+            self.distill_targets.to(own_pair_images.device)
+            pixels = inputs["pixel_values"][inputs["labels"].shape[0] :]
+            targets = self.distill_targets(pixels).to(own_pair_images.dtype)
+            terms["loss_distill"] = (own_pair_images.float() - targets.float()).pow(2).sum(dim=-1).mean()
             total = total + self.args.lambda_distill * terms["loss_distill"] / window
         return total, terms
 

@@ -70,7 +70,6 @@ def synthetic_batch(spec: dict, batch: int, pairs_per_image: float, captions: bo
         "text_groups": [group for group in groups if group[0]],
         "caption_keys": keys[batch : batch + num_captions].to(device),
         "pair_keys": keys[batch + num_captions :].to(device),
-        "pair_rows": torch.arange(num_pairs, device=device),  # rows of the pair set (distillation targets)
         "pixel_values": torch.randn(batch + num_pairs, 3, size, size, device=device),
         "input_ids": input_ids.to(device),
         "attention_mask": attention_mask.to(device),

@@ -7,8 +7,7 @@ Each variant runs `AnchorCLIPTrainer.compute_loss` + backward + AdamW step on sy
 exactly as the trainer's collator builds them. The ratio ARF / FLYP is the cost of the anchors. Two
 variants are also timed as their batches were encoded before the model took `text_groups` ("one padded
 text pass": every prompt padded to the longest caption), to measure what encoding by width saves, and the
-budget setting with anchor distillation (`--lambda_distill`: its targets, the frozen pretrained tower's features of
-the pair set, are computed once before training, so a step only looks them up).
+budget setting with anchor distillation (`--lambda_distill`, a frozen image-tower pass over the pair images).
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ VARIANTS = {  # name: (method, captions, pairs per image)
 }
 # The same batches encoded as before `text_groups`: every prompt padded to the longest caption, one text pass.
 PADDED_TOGETHER = ("arf, 1 pair/image", "arf, no captions, 0.25 pair/image")
-# ... and with anchor distillation (`--lambda_distill`): a distance to targets computed before training.
+# ... and with anchor distillation (`--lambda_distill`): a frozen image-tower pass over the pair images.
 DISTILLED = ("arf, no captions, 0.25 pair/image",)
 
 
@@ -84,9 +83,6 @@ def main() -> None:
         batch = synthetic_batch(spec, args.batch, pairs, captions, device)
         if name.endswith("one padded text pass"):
             del batch["text_groups"]
-        if trainer.distill_tower is not None:  # what train() does once, before the first step: embed the pair set
-            trainer.distill_targets = trainer.distill_tower.to(device)(batch["pixel_values"][args.batch :])
-            trainer.distill_tower = None
 
         def step(trainer=trainer, batch=batch):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
