@@ -22,9 +22,11 @@ With no dataset arguments the run uses `anchorclip.miniworld`: the shipped mini-
 captioned by the shipped mini-captioner, pair anchors retrieved from the world's pool, and its evaluation suite.
 """
 
+from anchorclip.anchors.shards import close_process_group
 from anchorclip.cli.train import DataArguments, ModelArguments, main, miniworld_preset, parse_args
 
 __all__ = ["DataArguments", "ModelArguments", "main", "miniworld_preset", "parse_args"]
 
 if __name__ == "__main__":
     main()
+    close_process_group()  # every process waits for the others, then leaves the gloo/NCCL group cleanly

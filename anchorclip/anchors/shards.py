@@ -85,6 +85,19 @@ def launch_accelerator():
     return check_processes_joined(Accelerator(cpu=_launch_on_cpu(), kwargs_handlers=[timeout]))
 
 
+def close_process_group() -> None:
+    """Leave the launch's process group at the end of a job: wait for every process, then destroy the group.
+
+    A process that exits with its gloo group alive can abort at interpreter shutdown ("terminate called without
+    an active exception", SIGABRT) after all its work is done: gloo's threads outlive the interpreter. The
+    launcher then reports the job as failed. A no-op outside a launch."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def check_processes_joined(state):
     """`state`, unless the launch started more processes than `state` counts; then raise.
 
