@@ -207,7 +207,8 @@ def main():
     model, processor = build_model(len(tokenizer), args.encoder)
     print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M", flush=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=args.weight_decay)
-    curve_sample, curve = load_miniworld_split("pretrain", size=500, seed=CURVE_SEED), {}
+    curve_sample = load_miniworld_split("pretrain", size=500, seed=CURVE_SEED) if args.curve_every else None
+    curve = {}
     generator = torch.Generator().manual_seed(args.seed)
     order, cursor = torch.randperm(len(pretrain), generator=generator), 0
     model.train()
