@@ -128,9 +128,14 @@ class AnchoredDataset(Dataset):
         num_templates: int = 1,
         seed: int = 0,
         strict_images: bool = False,
+        pair_transform: ImageTransform | None = None,
     ):
         self.finetune, self.pairs = finetune, pairs
         self.transform = transform
+        self.pair_transform = pair_transform or transform
+        # Anchor distillation's targets when the pair images are not augmented: row i = f₀ of pair image i as
+        # the model sees it (an `EmbeddingStore`, memory-mapped; set by `build_train_data`).
+        self.pair_targets = None
         self.image_column, self.label_column, self.pair_image_column = image_column, label_column, pair_image_column
         self.caption_ids, self.pair_caption_ids = caption_ids, pair_caption_ids  # tokenized columns, row-aligned
         pairs_per_item = pairs_per_item if pairs is not None else 0
@@ -199,14 +204,16 @@ class AnchoredDataset(Dataset):
         start = position // self.pair_stride * self.pairs_per_item
         return self._schedule[2][start : start + self.pairs_per_item].tolist()
 
-    def _load(self, rows, index: int, column: str, generator: torch.Generator) -> tuple[int, torch.Tensor]:
+    def _load(
+        self, rows, index: int, column: str, generator: torch.Generator, transform: ImageTransform
+    ) -> tuple[int, torch.Tensor]:
         """The row index actually used and its transformed image: an undecodable image is replaced by the
         next decodable row (counted in the batch's `num_skipped_images`)."""
         for offset in range(len(rows)):
             row = (index + offset) % len(rows)
             image = decode_image(rows[row][column])
             if image is not None:
-                return row, self.transform(image, generator)
+                return row, transform(image, generator)
             if self.strict_images:
                 raise UndecodableImageError(f"Row {row} of the {column!r} column holds an undecodable image.")
             if offset == 0:
@@ -215,7 +222,7 @@ class AnchoredDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         generator = _generator(self.seed, self.epoch, index)
-        row, pixels = self._load(self.finetune, index, self.image_column, generator)
+        row, pixels = self._load(self.finetune, index, self.image_column, generator, self.transform)
         item = {
             "pixel_values": pixels,
             "label": int(self.finetune[row][self.label_column]) if self.label_column else -1,
@@ -226,10 +233,16 @@ class AnchoredDataset(Dataset):
             item["caption_ids"] = self.caption_ids[row]["input_ids"]
         if self.pairs_per_item:
             item["pair_pixel_values"], item["pair_caption_ids"] = [], []
+            if self.pair_targets is not None:
+                item["pair_targets"] = []
             for pair_index in self._pair_indices(index):
-                pair_row, pair_pixels = self._load(self.pairs, pair_index, self.pair_image_column, generator)
+                pair_row, pair_pixels = self._load(
+                    self.pairs, pair_index, self.pair_image_column, generator, self.pair_transform
+                )
                 item["pair_pixel_values"].append(pair_pixels)
                 item["pair_caption_ids"].append(self.pair_caption_ids[pair_row]["input_ids"])
+                if self.pair_targets is not None:  # the row actually used, also when an undecodable one was skipped
+                    item["pair_targets"].append(self.pair_targets.gather([pair_row])[0])
                 item["skipped"] += int(pair_row != pair_index)
         return item
 
@@ -257,6 +270,7 @@ class AnchorCollator:
 
     Texts arrive as token ids (prompts tokenized once, captions tokenized ahead), so collation only pads.
     `caption_keys` / `pair_keys` hold each caption's `text_key`: the loss masks equal texts as duplicates.
+    `pair_targets` (with un-augmented pair images and anchor distillation) holds each pair image's target.
     `text_groups` lists `(rows, tokens)` for the prompts, then for the captions and pair captions together:
     `AnchorCLIPModel.forward` encodes each group at its own width (it is computed here, on the CPU, so
     that trimming the padding never waits for the device).
@@ -292,6 +306,9 @@ class AnchorCollator:
             batch["caption_keys"] = torch.tensor([text_key(ids) for ids in captions])
         if pair_captions:
             batch["pair_keys"] = torch.tensor([text_key(ids) for ids in pair_captions])
+        pair_targets = [target for item in items for target in item.get("pair_targets", [])]
+        if pair_targets:
+            batch["pair_targets"] = torch.from_numpy(np.stack(pair_targets))
         if texts:
             groups = (texts[:num_prompts], texts[num_prompts:])
             batch["text_groups"] = [(len(group), max(map(len, group))) for group in groups if group]

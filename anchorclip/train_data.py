@@ -80,9 +80,10 @@ def build_train_data(
     else:
         pair_anchors = None
     templates = resolve_templates(args.train_templates)
+    image_processor = processing_class.image_processor
     dataset = AnchoredDataset(
         with_raw_images(train_dataset, image_column),
-        transform=ImageTransform.from_image_processor(processing_class.image_processor, train=True),
+        transform=ImageTransform.from_image_processor(image_processor, train=True),
         image_column=image_column,
         label_column=label_column,
         caption_ids=caption_ids,
@@ -93,7 +94,11 @@ def build_train_data(
         num_templates=len(templates),
         seed=args.data_seed if args.data_seed is not None else args.seed,
         strict_images=args.strict_images,
+        # Evaluation view: a pair image is then the same pixels every time it is drawn (see augment_pairs).
+        pair_transform=None if args.augment_pairs else ImageTransform.from_image_processor(image_processor),
     )
+    if args.uses_distillation and not args.augment_pairs:
+        dataset.pair_targets = pretrained_pair_features(dataset.pairs, pair_image_column, model, processing_class)
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     collator = AnchorCollator(
         prompt_ids=tokenize_prompts(tokenizer, class_names, templates, max_length),
@@ -104,6 +109,22 @@ def build_train_data(
     model.config.class_names = list(class_names)
     model.config.templates = resolve_templates(args.eval_templates)
     return dataset, collator, class_names
+
+
+def pretrained_pair_features(pairs, image_column: str, model, processing_class):
+    """Anchor distillation's targets for un-augmented pair images: f₀ of every pair image's evaluation view.
+
+    The pair set and the starting weights f₀ never change during a run, so each target is computed once instead
+    of by a frozen copy of the image tower every step. It is the pool-embedding job (`embed_pool`): cached under
+    the model's and the pair set's fingerprints (a resumed or repeated run embeds nothing), resumable, and split
+    over the launch's processes. Called before training, while `model` still holds the starting weights.
+    """
+    from .anchors.pool_embedding import embed_pool
+
+    was_training = model.training
+    store = embed_pool(pairs, model, processing_class, kind="image", column=image_column, split=None)
+    model.train(was_training)
+    return store
 
 
 def check_steps_will_train(args: AnchorTrainingArguments, num_examples: int | None) -> None:

@@ -8,7 +8,10 @@ over [class prompts; captions; pair captions]; then
       + λ2 L_pairs(pair images, pair captions)
       [+ λ3 L_distill(pair images): ‖f(x) − f₀(x)‖² against the frozen pretrained image tower f₀; off by default]
 
-so the finetune image features are computed once and serve both L_cls and L_caption.
+so the finetune image features are computed once and serve both L_cls and L_caption. With un-augmented pair
+images (`augment_pairs=False`) each pair image is the same pixels every time, so f₀(x) is computed once per
+pair image before training (`pretrained_pair_features`) and comes with the batch; otherwise a frozen copy of
+the image tower computes it every step.
 
 Gradient accumulation. A contrastive loss is not a sum over micro-batches (the negatives change), so
 accumulating micro-batch losses is *not* training with the large batch. We follow open_clip's
@@ -136,11 +139,12 @@ class AnchorCLIPTrainer(Trainer):
         if args.method == "lp_ft":
             # Read when Trainer builds its Accelerator (below): the image tower gets no gradient while probing.
             args.ddp_find_unused_parameters = True
-        self.distill_targets: FrozenImageTower | None = None
-        if args.uses_distillation:
-            if is_lora_model(model):
-                raise ValueError("lambda_distill > 0: pass the plain AnchorCLIPModel (LoRA is applied from args).")
-            self.distill_targets = FrozenImageTower(model)
+        # L_distill's per-step targets, for augmented pair images (un-augmented ones bring theirs in the batch).
+        self.distill_tower: FrozenImageTower | None = None
+        if args.uses_distillation and is_lora_model(model):
+            raise ValueError("lambda_distill > 0: pass the plain AnchorCLIPModel (LoRA is applied from args).")
+        if args.uses_distillation and args.augment_pairs:
+            self.distill_tower = FrozenImageTower(model)
         # LoRA (anchorclip/lora.py): wrap in a PeftModel before Trainer builds the optimizer.
         if args.lora_r > 0 and not is_lora_model(model):
             model = apply_lora_from_args(model, args)
@@ -298,11 +302,15 @@ class AnchorCLIPTrainer(Trainer):
         # while the reported value sums to the window's loss: value loss/window, gradient of loss.
         reported = loss.detach() / window
         total = reported + (loss - loss.detach())
-        if self.distill_targets is not None:
+        if self.args.uses_distillation:
             # A per-image term, so a micro-batch's share of the window's mean is its own mean / window.
-            self.distill_targets.to(own_pair_images.device)
-            pixels = inputs["pixel_values"][inputs["labels"].shape[0] :]
-            targets = self.distill_targets(pixels).to(own_pair_images.dtype)
+            if "pair_targets" in inputs:
+                targets = inputs["pair_targets"]
+            elif self.distill_tower is not None:
+                self.distill_tower.to(own_pair_images.device)
+                targets = self.distill_tower(inputs["pixel_values"][inputs["labels"].shape[0] :])
+            else:
+                raise RuntimeError("lambda_distill > 0 with augment_pairs=False: the batch has no `pair_targets`.")
             terms["loss_distill"] = (own_pair_images.float() - targets.float()).pow(2).sum(dim=-1).mean()
             total = total + self.args.lambda_distill * terms["loss_distill"] / window
         return total, terms

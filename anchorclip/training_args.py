@@ -46,6 +46,14 @@ class AnchorTrainingArguments(TrainingArguments):
             "per-device batch)."
         },
     )
+    augment_pairs: bool = field(
+        default=True,
+        metadata={
+            "help": "Augment the pair-anchor images like the finetune images (random resized crop). With "
+            "--augment_pairs false each pair image is its evaluation view, always the same pixels: anchor "
+            "distillation's targets are then computed once for the pair set instead of by a frozen tower every step."
+        },
+    )
     train_templates: str = field(
         default="photo",
         metadata={

@@ -98,6 +98,17 @@ METHODS = {
         None, "mmr",
     ),
 }
+# The budget preset + distillation with its pair images un-augmented (their evaluation view), so that the targets
+# are computed once instead of by a frozen tower every step (the step costs what the budget's does); λ_distill is
+# chosen on finetune_val from these rows, like the lr.
+BUDGET_DISTILL = "ARF w/o caption anchors, 0.25 pair/image, MMR-diverse retrieval, lambda_pairs 0.25"
+for _weight in (1.0, 3.0, 10.0):
+    METHODS[f"{BUDGET_DISTILL}, un-augmented pairs + anchor distillation {_weight:g}"] = (
+        "arf_distill",
+        {"method": "arf", "lambda_caption": 0.0, "pair_anchors_per_image": 0.25, "lambda_pairs": 0.25,
+         "lambda_distill": _weight, "augment_pairs": False},
+        None, "mmr",
+    )  # fmt: skip
 MMR_DIVERSITY = 0.9
 # The finetuned method each WiSE-FT row ensembles with the zero-shot model, and its row label.
 WISE_OF = {

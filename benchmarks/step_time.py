@@ -7,7 +7,9 @@ Each variant runs `AnchorCLIPTrainer.compute_loss` + backward + AdamW step on sy
 exactly as the trainer's collator builds them. The ratio ARF / FLYP is the cost of the anchors. Two
 variants are also timed as their batches were encoded before the model took `text_groups` ("one padded
 text pass": every prompt padded to the longest caption), to measure what encoding by width saves, and the
-budget setting with anchor distillation (`--lambda_distill`, a frozen image-tower pass over the pair images).
+budget setting with anchor distillation, both ways: augmented pair images (`--lambda_distill`: a frozen
+image-tower pass over the pair images every step) and un-augmented ones (`--augment_pairs false`: the targets,
+computed once before training, come with the batch).
 """
 
 from __future__ import annotations
@@ -41,17 +43,21 @@ VARIANTS = {  # name: (method, captions, pairs per image)
 }
 # The same batches encoded as before `text_groups`: every prompt padded to the longest caption, one text pass.
 PADDED_TOGETHER = ("arf, 1 pair/image", "arf, no captions, 0.25 pair/image")
-# ... and with anchor distillation (`--lambda_distill`): a frozen image-tower pass over the pair images.
+# ... and with anchor distillation (`--lambda_distill`): a frozen image-tower pass over the pair images, or, with
+# un-augmented pair images, their precomputed targets in the batch.
 DISTILLED = ("arf, no captions, 0.25 pair/image",)
+UNAUGMENTED = " + anchor distillation, un-augmented pairs (targets precomputed)"
 
 
-def _trainer(model, method: str, captions: bool, pairs: float, bf16: bool, distill: bool) -> AnchorCLIPTrainer:
+def _trainer(
+    model, method: str, captions: bool, pairs: float, bf16: bool, distill: bool, augment_pairs: bool = True
+) -> AnchorCLIPTrainer:
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0}, "[UNK]")))
     args = AnchorTrainingArguments(
         output_dir=tempfile.mkdtemp(), method=method, lambda_caption=1.0 if captions else 0.0,
         lambda_pairs=1.0 if pairs else 0.0, pair_anchors_per_image=pairs or 1, report_to="none", bf16=bf16,
         use_cpu=not torch.cuda.is_available(), per_device_train_batch_size=4,  # only checked (1/m divides it)
-        lambda_distill=10.0 if distill else 0.0,
+        lambda_distill=10.0 if distill else 0.0, augment_pairs=augment_pairs,
     )  # fmt: skip
     processor = CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tokenizer)
     return AnchorCLIPTrainer(model=model, args=args, processing_class=processor)
@@ -76,13 +82,19 @@ def main() -> None:
         dict(VARIANTS)
         | {f"{name}, one padded text pass": VARIANTS[name] for name in PADDED_TOGETHER}
         | {f"{name} + anchor distillation": VARIANTS[name] for name in DISTILLED}
+        | {name + UNAUGMENTED: VARIANTS[name] for name in DISTILLED}
     )
     steps = {}
     for name, (method, captions, pairs) in variants.items():
-        trainer = _trainer(model, method, captions, pairs, args.bf16, distill=name.endswith("anchor distillation"))
+        unaugmented = name.endswith(UNAUGMENTED)
+        distill = unaugmented or name.endswith("anchor distillation")
+        trainer = _trainer(model, method, captions, pairs, args.bf16, distill, augment_pairs=not unaugmented)
         batch = synthetic_batch(spec, args.batch, pairs, captions, device)
         if name.endswith("one padded text pass"):
             del batch["text_groups"]
+        if unaugmented:  # as the collator brings them: one stored target per pair image
+            targets = torch.randn(batch["num_pairs"], model.config.projection_dim, device=device)
+            batch["pair_targets"] = torch.nn.functional.normalize(targets, dim=-1)
 
         def step(trainer=trainer, batch=batch):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
@@ -112,7 +124,7 @@ def main() -> None:
             "images_per_s": args.batch / median,
             "pair_batch": int(args.batch * pairs),
         }
-        print(f"{name:<56} median {median * 1000:8.1f} ms   {args.batch / median:8.1f} finetune images/s")
+        print(f"{name:<100} median {median * 1000:8.1f} ms   {args.batch / median:8.1f} finetune images/s")
     base = results["flyp"]["median_s"]
     for entry in results.values():
         entry["ratio_to_flyp"] = entry["median_s"] / base

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 
 import datasets
 import numpy as np
@@ -17,6 +18,8 @@ from anchorclip import AnchorCLIPModel
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub: fail fast instead of retrying
+# Embedding caches (pools, distillation targets) of this session only, also for the processes tests launch.
+os.environ.setdefault("ANCHORCLIP_CACHE", tempfile.mkdtemp(prefix="anchorclip-test-cache-"))
 torch.set_num_threads(2)
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
