@@ -102,6 +102,13 @@ METHODS = {
 # are computed once instead of by a frozen tower every step (the step costs what the budget's does); λ_distill is
 # chosen on finetune_val from these rows, like the lr.
 BUDGET_DISTILL = "ARF w/o caption anchors, 0.25 pair/image, MMR-diverse retrieval, lambda_pairs 0.25"
+# The control: the budget preset with un-augmented pair images and no distillation.
+METHODS[f"{BUDGET_DISTILL}, un-augmented pairs"] = (
+    "arf",
+    {"method": "arf", "lambda_caption": 0.0, "pair_anchors_per_image": 0.25, "lambda_pairs": 0.25,
+     "augment_pairs": False},
+    None, "mmr",
+)  # fmt: skip
 for _weight in (1.0, 3.0, 10.0):
     METHODS[f"{BUDGET_DISTILL}, un-augmented pairs + anchor distillation {_weight:g}"] = (
         "arf_distill",
