@@ -122,7 +122,15 @@ def pretrained_pair_features(pairs, image_column: str, model, processing_class):
     from .anchors.pool_embedding import embed_pool
 
     was_training = model.training
-    store = embed_pool(pairs, model, processing_class, kind="image", column=image_column, split=None)
+    store = embed_pool(
+        pairs,
+        model,
+        processing_class,
+        kind="image",
+        column=image_column,
+        split=None,
+        description="Anchor distillation targets (pair images, starting weights)",
+    )
     model.train(was_training)
     return store
 

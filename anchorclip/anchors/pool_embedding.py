@@ -82,6 +82,7 @@ def embed_pool(
     batch_size: int = 256,
     num_workers: int = 0,
     accelerator=None,
+    description: str | None = None,
 ) -> EmbeddingStore:
     """Embed the images (`kind="image"`) or captions (`kind="text"`) of a pool into a shard cache.
 
@@ -90,7 +91,7 @@ def embed_pool(
     that of the model weights, the pool (`pool_id`, else its spec or fingerprint), the column, the
     preprocessing and the precision: another model never reads these embeddings. Returns a memory-mapped
     `EmbeddingStore` whose row `i` is pool row `i`, also for a stream embedded on several processes (each reads
-    only its own files of it; see `anchorclip.anchors.embed_column`).
+    only its own files of it; see `anchorclip.anchors.embed_column`). `description` labels the progress bar.
     """
     if kind not in ("image", "text"):
         raise ValueError(f"kind must be 'image' or 'text', got {kind!r}.")
@@ -125,7 +126,7 @@ def embed_pool(
         shard_size=shard_size,
         batch_size=batch_size,
         accelerator=accelerator,
-        description=f"Embedding {kind}s of {spec or pool_id}",
+        description=description or f"Embedding {kind}s of {spec or pool_id}",
     )
 
 
