@@ -165,3 +165,15 @@ def test_precomputed_distillation_with_gradient_accumulation_equals_large_batch(
     large_logs = [e["loss_distill"] for e in large.state.log_history if "loss" in e]
     small_logs = [e["loss_distill"] for e in small.state.log_history if "loss" in e]
     assert small_logs == pytest.approx(large_logs, abs=1e-4) and large_logs[-1] > 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [([], True), (["--augment_pairs", "false"], False), (["--no_augment_pairs"], False), (["--augment_pairs"], True),
+     (["--augment-pairs", "False"], False)],
+)  # fmt: skip
+def test_augment_pairs_every_spelling(flags, expected):
+    from anchorclip.cli.train import parse_args
+
+    *_, training_args = parse_args(["--lambda_distill", "1", "--use_cpu", *flags])
+    assert training_args.augment_pairs is expected
