@@ -304,13 +304,13 @@ class AnchorCLIPTrainer(Trainer):
         total = reported + (loss - loss.detach())
         if self.args.uses_distillation:
             # A per-image term, so a micro-batch's share of the window's mean is its own mean / window.
-            if "pair_targets" in inputs:
-                targets = inputs["pair_targets"]
-            elif self.distill_tower is not None:
+            if self.distill_tower is not None:  # augmented pair images: their targets change every step
                 self.distill_tower.to(own_pair_images.device)
                 targets = self.distill_tower(inputs["pixel_values"][inputs["labels"].shape[0] :])
+            elif "pair_targets" in inputs:
+                targets = inputs["pair_targets"]
             else:
-                raise RuntimeError("lambda_distill > 0 with augment_pairs=False: the batch has no `pair_targets`.")
+                raise KeyError("augment_pairs=False: the batch has no `pair_targets` (AnchorCollator adds them).")
             terms["loss_distill"] = (own_pair_images.float() - targets.float()).pow(2).sum(dim=-1).mean()
             total = total + self.args.lambda_distill * terms["loss_distill"] / window
         return total, terms

@@ -177,3 +177,12 @@ def test_augment_pairs_every_spelling(flags, expected):
 
     *_, training_args = parse_args(["--lambda_distill", "1", "--use_cpu", *flags])
     assert training_args.augment_pairs is expected
+
+
+def test_a_batch_without_its_targets_is_refused(tmp_path):
+    trainer = make_trainer(tmp_path, lambda_distill=1.0, augment_pairs=False, max_steps=1)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    del batch["pair_targets"]
+    trainer.model.train()
+    with pytest.raises(KeyError, match="pair_targets"):
+        trainer.compute_loss(trainer.model, batch)
