@@ -94,8 +94,17 @@ def bench_search(args) -> dict:
     flat = faiss.IndexFlatIP(DIM)
     flat.add(data)
     exact, batch_ms, single_ms = time_search(flat, queries, k, singles=10)  # slow: a few single queries suffice
-    rows.append({"index": "Flat (exact)", "nprobe": None, "recall@10": 1.0, "batch_ms_per_query": batch_ms,
-                 "single_ms_median": single_ms, "build_s": 0.0, "bytes_per_vector": DIM * 4})
+    rows.append(
+        {
+            "index": "Flat (exact)",
+            "nprobe": None,
+            "recall@10": 1.0,
+            "batch_ms_per_query": batch_ms,
+            "single_ms_median": single_ms,
+            "build_s": 0.0,
+            "bytes_per_vector": DIM * 4,
+        }
+    )
     print(rows[-1], flush=True)
 
     # One coarse quantiser for every IVF variant.
@@ -110,17 +119,20 @@ def bench_search(args) -> dict:
 
     # Assign every vector to its list once (the costly part of `add`), then fill each variant from it.
     started = time.perf_counter()
-    assignment = np.concatenate([quantizer.search(data[i : i + 100_000], 1)[1].ravel()
-                                 for i in range(0, len(data), 100_000)])
+    assignment = np.concatenate(
+        [quantizer.search(data[i : i + 100_000], 1)[1].ravel() for i in range(0, len(data), 100_000)]
+    )
     assign_s = time.perf_counter() - started
     print(f"assigned {len(data)} vectors in {assign_s:.1f}s", flush=True)
 
     variants = {
         f"IVF{args.nlist},Flat": lambda: faiss.IndexIVFFlat(quantizer, DIM, args.nlist, faiss.METRIC_INNER_PRODUCT),
         f"IVF{args.nlist},SQ8": lambda: faiss.IndexIVFScalarQuantizer(
-            quantizer, DIM, args.nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT),
-        f"IVF{args.nlist},PQ64": lambda: faiss.IndexIVFPQ(quantizer, DIM, args.nlist, 64, 8,
-                                                          faiss.METRIC_INNER_PRODUCT),
+            quantizer, DIM, args.nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+        ),
+        f"IVF{args.nlist},PQ64": lambda: faiss.IndexIVFPQ(
+            quantizer, DIM, args.nlist, 64, 8, faiss.METRIC_INNER_PRODUCT
+        ),
     }
     for name, make in variants.items():
         index = make()
@@ -140,10 +152,17 @@ def bench_search(args) -> dict:
             for nprobe in args.nprobe:
                 faiss.ParameterSpace().set_index_parameter(searched, "nprobe", nprobe)
                 ids, batch_ms, single_ms = time_search(searched, queries, k, args.singles)
-                rows.append({"index": label, "nprobe": nprobe, "recall@10": recall_at(ids, exact),
-                             "batch_ms_per_query": batch_ms, "single_ms_median": single_ms,
-                             "build_s": build_s,
-                             "bytes_per_vector": code_bytes + (DIM * 4 if "RFlat" in label else 0)})
+                rows.append(
+                    {
+                        "index": label,
+                        "nprobe": nprobe,
+                        "recall@10": recall_at(ids, exact),
+                        "batch_ms_per_query": batch_ms,
+                        "single_ms_median": single_ms,
+                        "build_s": build_s,
+                        "bytes_per_vector": code_bytes + (DIM * 4 if "RFlat" in label else 0),
+                    }
+                )
                 print(rows[-1], flush=True)
         del searchable, index
 
@@ -165,9 +184,17 @@ def bench_search(args) -> dict:
             for nprobe in args.nprobe:
                 faiss.ParameterSpace().set_index_parameter(refine, "nprobe", nprobe)
                 ids, batch_ms, single_ms = time_search(refine, queries, k, args.singles)
-                rows.append({"index": label, "nprobe": nprobe, "recall@10": recall_at(ids, exact),
-                             "batch_ms_per_query": batch_ms, "single_ms_median": single_ms, "build_s": build_s,
-                             "bytes_per_vector": DIM // 2 // 2 + extra_bytes})
+                rows.append(
+                    {
+                        "index": label,
+                        "nprobe": nprobe,
+                        "recall@10": recall_at(ids, exact),
+                        "batch_ms_per_query": batch_ms,
+                        "single_ms_median": single_ms,
+                        "build_s": build_s,
+                        "bytes_per_vector": DIM // 2 // 2 + extra_bytes,
+                    }
+                )
                 print(rows[-1], flush=True)
     return {"rows": rows, "train_size": len(sample), "nlist": args.nlist}
 
@@ -188,35 +215,67 @@ def bench_embedding(args) -> dict:
         buffer = io.BytesIO()
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, format="PNG")
         images.append({"bytes": buffer.getvalue(), "path": None})
-    pool = datasets.Dataset.from_dict({"image": images, "caption": ["a"] * len(images)},
-                                      features=datasets.Features({"image": datasets.Image(),
-                                                                  "caption": datasets.Value("string")}))
+    pool = datasets.Dataset.from_dict(
+        {"image": images, "caption": ["a"] * len(images)},
+        features=datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")}),
+    )
     config = CLIPConfig(
-        text_config={"vocab_size": 100, "hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 3,
-                     "num_attention_heads": 4, "max_position_embeddings": 24, "bos_token_id": 2, "eos_token_id": 3,
-                     "pad_token_id": 0},
-        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 128, "intermediate_size": 512,
-                       "num_hidden_layers": 4, "num_attention_heads": 4},
+        text_config={
+            "vocab_size": 100,
+            "hidden_size": 128,
+            "intermediate_size": 512,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 24,
+            "bos_token_id": 2,
+            "eos_token_id": 3,
+            "pad_token_id": 0,
+        },
+        vision_config={
+            "image_size": 32,
+            "patch_size": 8,
+            "hidden_size": 128,
+            "intermediate_size": 512,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+        },
         projection_dim=128,
     )
     torch.manual_seed(0)
     model = CLIPModel(config).eval()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0}, "[UNK]")),
-                                        unk_token="[UNK]")
-    processor = CLIPProcessor(CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-                              tokenizer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0}, "[UNK]")), unk_token="[UNK]"
+    )
+    processor = CLIPProcessor(
+        CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), tokenizer
+    )
     results = {}
     for workers in (0, 2):
         with tempfile.TemporaryDirectory() as cache:
             started = time.perf_counter()
-            embed_pool(pool, model, processor, cache_dir=cache, batch_size=256, shard_size=1024,
-                       num_workers=workers, pool_id="bench")
+            embed_pool(
+                pool,
+                model,
+                processor,
+                cache_dir=cache,
+                batch_size=256,
+                shard_size=1024,
+                num_workers=workers,
+                pool_id="bench",
+            )
             seconds = time.perf_counter() - started
-        results[f"num_workers={workers}"] = {"images": len(images), "seconds": seconds,
-                                             "images_per_s": len(images) / seconds}
+        results[f"num_workers={workers}"] = {
+            "images": len(images),
+            "seconds": seconds,
+            "images_per_s": len(images) / seconds,
+        }
         print(results, flush=True)
-    return {"model": "tiny CLIP ViT (patch 8, width 128, 4 layers, 32 px, 1.5M params)", "image": "64x64 PNG",
-            "batch_size": 256, "runs": results}
+    return {
+        "model": "tiny CLIP ViT (patch 8, width 128, 4 layers, 32 px, 1.5M params)",
+        "image": "64x64 PNG",
+        "batch_size": 256,
+        "runs": results,
+    }
 
 
 def write_results(result: dict, out_dir: str) -> None:
@@ -248,9 +307,14 @@ def write_results(result: dict, out_dir: str) -> None:
             f"{'yes' if ok else ''} |"
         )
     embedding = result["embedding"]
-    lines += ["", f"Pool embedding (`embed_pool`, {embedding['model']}, {embedding['image']}, batch "
-                  f"{embedding['batch_size']}, shards written to disk):", "",
-              "| decoding threads | images | seconds | images/s |", "|---|---|---|---|"]
+    lines += [
+        "",
+        f"Pool embedding (`embed_pool`, {embedding['model']}, {embedding['image']}, batch "
+        f"{embedding['batch_size']}, shards written to disk):",
+        "",
+        "| decoding threads | images | seconds | images/s |",
+        "|---|---|---|---|",
+    ]
     for name, run in embedding["runs"].items():
         lines.append(f"| {name.split('=')[1]} | {run['images']} | {run['seconds']:.1f} | {run['images_per_s']:.0f} |")
     lines += ["", result.get("notes", "")]
@@ -277,7 +341,7 @@ def main() -> None:
     result = {
         "command": "python benchmarks/retrieval.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores "
-                   f"({args.threads} threads used), {platform.system()}, Python {platform.python_version()}",
+        f"({args.threads} threads used), {platform.system()}, Python {platform.python_version()}",
         "date": datetime.date.today().isoformat(),
         "config": {k: v for k, v in vars(args).items() if k not in ("out_dir", "no_write")},
         "search": bench_search(args),

@@ -77,25 +77,40 @@ METHODS = {
     # Beyond the paper: the pair images' features distilled towards the frozen pretrained image tower.
     "ARF + anchor distillation": ("arf_distill", {"method": "arf", "lambda_distill": 10.0}, "captioner", "photo"),
     "ARF + anchor distillation, MMR-diverse retrieval": (
-        "arf_distill", {"method": "arf", "lambda_distill": 10.0}, "captioner", "mmr",
+        "arf_distill",
+        {"method": "arf", "lambda_distill": 10.0},
+        "captioner",
+        "mmr",
     ),
     # Cheaper anchors: one retrieved pair for every 2 or 4 finetune images (benchmarks/step_time.py: their cost).
     "ARF, 0.5 pair/image": ("arf", {"method": "arf", "pair_anchors_per_image": 0.5}, "captioner", "photo"),
     "ARF, 0.25 pair/image": ("arf", {"method": "arf", "pair_anchors_per_image": 0.25}, "captioner", "photo"),
     "ARF w/o caption anchors, 0.25 pair/image": (
-        "arf", {"method": "arf", "lambda_caption": 0.0, "pair_anchors_per_image": 0.25}, None, "photo",
+        "arf",
+        {"method": "arf", "lambda_caption": 0.0, "pair_anchors_per_image": 0.25},
+        None,
+        "photo",
     ),
     # The budget preset's candidate: the cheapest setting, with pairs that cover more than the photo style.
     "ARF w/o caption anchors, 0.25 pair/image, MMR-diverse retrieval": (
-        "arf", {"method": "arf", "lambda_caption": 0.0, "pair_anchors_per_image": 0.25}, None, "mmr",
+        "arf",
+        {"method": "arf", "lambda_caption": 0.0, "pair_anchors_per_image": 0.25},
+        None,
+        "mmr",
     ),
     # The budget preset (λ2 = 0.25, its validation choice: benchmarks/lambda_sweep.py) with its few pair images
     # also held to the frozen pretrained image tower: 4x fewer anchors bound the drift of less of the space.
     "ARF w/o caption anchors, 0.25 pair/image, MMR-diverse retrieval, lambda_pairs 0.25 + anchor distillation": (
         "arf_distill",
-        {"method": "arf", "lambda_caption": 0.0, "pair_anchors_per_image": 0.25, "lambda_pairs": 0.25,
-         "lambda_distill": 10.0},
-        None, "mmr",
+        {
+            "method": "arf",
+            "lambda_caption": 0.0,
+            "pair_anchors_per_image": 0.25,
+            "lambda_pairs": 0.25,
+            "lambda_distill": 10.0,
+        },
+        None,
+        "mmr",
     ),
 }
 # The budget preset + distillation with its pair images un-augmented (their evaluation view), so that the targets
@@ -349,8 +364,14 @@ def plot(table: dict, curves: dict, path: str) -> None:
         colours = plt.cm.tab20.colors  # 12+ rows: tab10 would repeat colours
         for i, (name, row) in enumerate(table.items()):
             marker = "s" if "WiSE" in name else ("*" if name == "zero-shot" else "o")
-            axis.scatter(row["groups"]["id"]["mean"], row["groups"][group]["mean"], label=name, s=30,
-                         color=colours[i % len(colours)], marker=marker)
+            axis.scatter(
+                row["groups"]["id"]["mean"],
+                row["groups"][group]["mean"],
+                label=name,
+                s=30,
+                color=colours[i % len(colours)],
+                marker=marker,
+            )
         for name, points in curves.items():
             xs = [p["id"] for p in points]
             ys = [p[group] for p in points]
@@ -374,16 +395,27 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="torch threads when --jobs 1")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, one thread each")
-    parser.add_argument("--lr_protocol", choices=["per_family", "per_method", "shared"], default="per_family",
-                        help="each family's own validation-chosen lr, each method's own (every method is swept), "
-                        "or FLYP's for every method")
+    parser.add_argument(
+        "--lr_protocol",
+        choices=["per_family", "per_method", "shared"],
+        default="per_family",
+        help="each family's own validation-chosen lr, each method's own (every method is swept), "
+        "or FLYP's for every method",
+    )
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
-    parser.add_argument("--wise_alpha", type=float, choices=WISE_ALPHAS, default=None,
-                        help="fix WiSE-FT's α instead of choosing it on finetune_val (0.5: the WiSE-FT paper's "
-                        "default)")
-    parser.add_argument("--sweep_every_method", action="store_true",
-                        help="also train every method (not only each family's first) at every lr with the first seed; "
-                        "shown in the sweep table, never used to choose")
+    parser.add_argument(
+        "--wise_alpha",
+        type=float,
+        choices=WISE_ALPHAS,
+        default=None,
+        help="fix WiSE-FT's α instead of choosing it on finetune_val (0.5: the WiSE-FT paper's default)",
+    )
+    parser.add_argument(
+        "--sweep_every_method",
+        action="store_true",
+        help="also train every method (not only each family's first) at every lr with the first seed; "
+        "shown in the sweep table, never used to choose",
+    )
     parser.add_argument("--workdir", default="outputs/robustness")
     parser.add_argument("--output", default="docs/results/robustness")
     parser.add_argument("--eval_size", type=int, default=None, help="images per evaluation set (default: 1000)")

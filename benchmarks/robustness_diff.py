@@ -24,8 +24,11 @@ def diff_table(old: dict, new: dict) -> str:
         cells = []
         for group in GROUPS:
             a, b = before[group], after[group]
-            cells += [f"{a['mean']:.1f} ± {a['std']:.1f}", f"{b['mean']:.1f} ± {b['std']:.1f}",
-                      f"{b['mean'] - a['mean']:+.1f}"]
+            cells += [
+                f"{a['mean']:.1f} ± {a['std']:.1f}",
+                f"{b['mean']:.1f} ± {b['std']:.1f}",
+                f"{b['mean'] - a['mean']:+.1f}",
+            ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     only = sorted(set(old["methods"]) ^ set(new["methods"]))
     if only:

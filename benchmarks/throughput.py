@@ -169,8 +169,12 @@ def main() -> None:
                         help="bf16 autocast (default: on with a GPU, off on CPU).")  # fmt: skip
     parser.add_argument("--time-budget", type=float, default=None,
                         help="Seconds; variants not started within it are recorded as skipped.")  # fmt: skip
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: 1 on CPU: on a shared 2-core machine one is fastest).")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: 1 on CPU: on a shared 2-core machine one is fastest).",
+    )
     parser.add_argument("--note", default=None, help="A line to put at the top of the Markdown table.")
     parser.add_argument("--output", default="docs/results/throughput_cpu_tiny.json")
     args = parser.parse_args()

@@ -1,7 +1,7 @@
 """Write docs/api.md from the docstrings of anchorclip's public API (the docstrings are the source).
 
-    python scripts/gen_api_docs.py          # rewrite docs/api.md
-    python scripts/gen_api_docs.py --check  # exit 1 if docs/api.md is stale (run by the tests)
+python scripts/gen_api_docs.py          # rewrite docs/api.md
+python scripts/gen_api_docs.py --check  # exit 1 if docs/api.md is stale (run by the tests)
 """
 
 from __future__ import annotations

@@ -179,8 +179,12 @@ def main():
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--warmup", type=int, default=100)
-    parser.add_argument("--pretrain-size", type=int, default=120_000,
-                        help="images of the pretrain distribution; the first 60,000 are the split mini-CLIP saw")
+    parser.add_argument(
+        "--pretrain-size",
+        type=int,
+        default=120_000,
+        help="images of the pretrain distribution; the first 60,000 are the split mini-CLIP saw",
+    )
     parser.add_argument("--eval-size", type=int, default=5000, help="images per quality sample (SE ~0.4 pt)")
     parser.add_argument("--curve-every", type=int, default=1000, help="log shape recall on a held-out sample")
     parser.add_argument("--seed", type=int, default=0)
