@@ -1,8 +1,16 @@
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+# One version source: anchorclip/__init__.py's __version__ (read as text: installing must not import the package).
+VERSION = re.search(
+    r'^__version__ = "([^"]+)"', Path(__file__).with_name("anchorclip").joinpath("__init__.py").read_text(), re.M
+)[1]
 
 setup(
     name="anchorclip",
-    version="0.1.0",
+    version=VERSION,
     description="Anchor-based Robust Finetuning (ARF, CVPR 2024) of CLIP, Hugging Face-native.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
@@ -31,10 +39,12 @@ setup(
         "tqdm",
         "pyyaml>=5.1",  # evaluation suites and config files (anchorclip CMD run.yaml)
         "jinja2>=3.0",  # huggingface_hub's ModelCard.from_template renders the model card template
+        # Retrieval (the default job retrieves pair anchors from the miniature pool): a core dependency, so the
+        # wheel installed without extras runs its own default. Wheels exist for Linux, macOS and Windows.
+        "faiss-cpu>=1.8",
     ],
     extras_require={
-        "retrieval": ["faiss-cpu>=1.8"],
-        "dev": ["faiss-cpu>=1.8", "pytest>=8", "ruff>=0.6", "matplotlib>=3.8"],
+        "dev": ["pytest>=8", "ruff>=0.6", "mypy>=1.10", "build>=1.0", "matplotlib>=3.8"],
     },
     entry_points={"console_scripts": ["anchorclip=anchorclip.cli:main"]},
 )

@@ -26,8 +26,13 @@ _COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--version"]:
+        from anchorclip import __version__
+
+        print(__version__)
+        return 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in _COMMANDS:
-        print("usage: anchorclip {train,eval,caption,retrieve} [options | CONFIG.yaml [options]]\n")
+        print("usage: anchorclip [--version] {train,eval,caption,retrieve} [options | CONFIG.yaml [options]]\n")
         for name, (_, text) in _COMMANDS.items():
             print(f"  {name:<10} {text}")
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
