@@ -26,7 +26,7 @@ def summarize(metrics: dict[str, float], prefix: str = "eval") -> dict[str, dict
     """`{"groups": {group: mean}, "sets": {name: score}, "metrics": {name: {metric: value}}}` from the metrics
     `evaluate(metric_key_prefix=prefix)` returns. A set's score is its top-1 (classification) or its mean
     recall (retrieval)."""
-    summary = {"groups": {}, "sets": {}, "metrics": {}}
+    summary: dict[str, dict] = {"groups": {}, "sets": {}, "metrics": {}}
     for key, value in metrics.items():
         if not key.startswith(prefix + "_"):
             continue

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,27 +40,26 @@ class ImageTransform:
     train: bool = False
     scale: tuple[float, float] = (0.9, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    resample: int = Image.BICUBIC
+    resample: int = Image.Resampling.BICUBIC
 
     @classmethod
     def from_image_processor(cls, image_processor, train: bool = False, **overrides) -> ImageTransform:
         """Read crop size, resize, mean and std from a `CLIPImageProcessor` (or one with the same fields)."""
         crop = _size_dict(getattr(image_processor, "crop_size", None))
-        resize = _size_dict(getattr(image_processor, "size", None))
+        sizes = _size_dict(getattr(image_processor, "size", None))
         if not crop:  # no centre crop configured: the resized short side is the output side
-            crop = {"height": resize.get("shortest_edge") or resize.get("height")}
+            crop = {"height": sizes.get("shortest_edge") or sizes.get("height")}
         height, width = crop.get("height") or crop.get("shortest_edge"), crop.get("width")
-        if width is not None and width != height:
+        if height is None or (width is not None and width != height):
             raise ValueError(f"Only square crops are supported; the image processor crops {height}x{width}.")
-        if resize.get("shortest_edge"):
-            resize = resize["shortest_edge"]
-        elif resize.get("height") and resize.get("width"):
-            resize = (resize["height"], resize["width"])
-        else:
-            resize = None
+        resize: int | tuple[int, int] | None = None
+        if sizes.get("shortest_edge"):
+            resize = sizes["shortest_edge"]
+        elif sizes.get("height") and sizes.get("width"):
+            resize = (sizes["height"], sizes["width"])
         mean = tuple(getattr(image_processor, "image_mean", None) or OPENAI_CLIP_MEAN)
         std = tuple(getattr(image_processor, "image_std", None) or OPENAI_CLIP_STD)
-        settings = dict(size=int(height), resize=resize, mean=mean, std=std, train=train)
+        settings: dict[str, Any] = dict(size=int(height), resize=resize, mean=mean, std=std, train=train)
         return cls(**(settings | overrides))
 
     def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -96,7 +96,7 @@ class ImageTransform:
         left, top = (width - side) / 2, (height - side) / 2
         return (left, top, left + side, top + side)
 
-    def _random_box(self, image: Image.Image, generator: torch.Generator | None) -> tuple[float, ...]:
+    def _random_box(self, image: Image.Image, generator: torch.Generator | None) -> tuple[float, float, float, float]:
         width, height = image.size
         area = width * height
         log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))

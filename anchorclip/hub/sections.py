@@ -6,6 +6,8 @@ Tables are lists of rows (lists of cells, as strings); percentages have one deci
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..evaluation import GROUPS
 from .names import is_hub_id
 
@@ -27,7 +29,7 @@ METHOD_TITLES = {
 
 def has_adapters(lora: dict | None) -> bool:
     """The card describes a folder of LoRA adapters (not merged into the weights)."""
-    return bool(lora) and lora.get("merged") is False
+    return bool(lora) and lora is not None and lora.get("merged") is False
 
 
 def lora_phrase(lora: dict | None) -> str:
@@ -79,12 +81,12 @@ def evaluated_groups(results: dict, set_groups: dict[str, str]) -> set[str]:
     return {set_groups.get(name, "id") for name in ((results.get("finetuned") or {}).get("sets") or {})}
 
 
-def hyperparameter_rows(training_args: dict, method: str, results: dict, lora: dict | None) -> list[tuple]:
+def hyperparameter_rows(training_args: dict, method: str, results: dict, lora: dict | None) -> list[tuple[str, Any]]:
     a = training_args
     processes = (results.get("hardware") or {}).get("num_processes") or a.get("world_size") or 1
     per_device = a.get("per_device_train_batch_size")
     accumulation = a.get("gradient_accumulation_steps", 1)
-    rows = [("method", METHOD_TITLES.get(method, method))]
+    rows: list[tuple[str, Any]] = [("method", METHOD_TITLES.get(method, method))]
     if method == "arf":
         rows += [
             ("λ1 (caption anchors, `lambda_caption`)", a.get("lambda_caption")),

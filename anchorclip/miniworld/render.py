@@ -66,20 +66,20 @@ def render_painting(mask, colour, ink, center, radius, rng) -> Image.Image:
     scene = _flat_scene(mask, colour, ink, rng)
     # Low-frequency colour noise: a 4x4 random field blown up smoothly, like uneven brush strokes.
     field = rng.normal(0, 14, size=(4, 4, 3)) + 128
-    field = np.asarray(_to_image(field).resize((CANVAS, CANVAS), Image.BICUBIC), dtype=np.float64) - 128
+    field = np.asarray(_to_image(field).resize((CANVAS, CANVAS), Image.Resampling.BICUBIC), dtype=np.float64) - 128
     blurred = _to_image(scene + field).filter(ImageFilter.GaussianBlur(rng.uniform(1.0, 1.6)))
     return _to_image(_downsample(np.asarray(blurred, dtype=np.float64)))
 
 
 def render_pixel_art(mask, colour, ink, center, radius, rng) -> Image.Image:
     scene = _flat_scene(mask, colour, ink, rng)
-    small = np.asarray(_to_image(scene).resize((16, 16), Image.BOX), dtype=np.float64)
+    small = np.asarray(_to_image(scene).resize((16, 16), Image.Resampling.BOX), dtype=np.float64)
     small = np.round(small / 51) * 51  # posterise to 6 levels per channel
-    solid = Image.fromarray((mask * 255).astype(np.uint8)).resize((16, 16), Image.BOX)
+    solid = Image.fromarray((mask * 255).astype(np.uint8)).resize((16, 16), Image.Resampling.BOX)
     inside = np.asarray(solid) >= 96
     grown = np.asarray(Image.fromarray(inside.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(3))) > 0
     small[grown & ~inside] = 0  # black outline just outside the shape keeps its colour visible
-    return _to_image(small).resize((IMAGE_SIZE, IMAGE_SIZE), Image.NEAREST)
+    return _to_image(small).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.NEAREST)
 
 
 RENDERERS = {
