@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         options = config_to_argv(options[0]) + options[1:]
     module = importlib.import_module(_COMMANDS[command][0])
     result = module.main(options)
-    from anchorclip.anchors.shards import close_process_group
+    from anchorclip.distributed import close_process_group
 
     close_process_group()  # the command is done on every process; a live gloo group can abort the exit
     return result if isinstance(result, int) else 0
