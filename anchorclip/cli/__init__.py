@@ -4,6 +4,10 @@ Each command lives in its own module with a `main(argv)`, imported lazily so tha
 fast. A command also runs from a YAML or JSON file of its options (`anchorclip train run.yaml`, keys named as
 the flags without dashes, lists as lists); flags after the file override it (`anchorclip train run.yaml
 --max_steps 3`). `accelerate launch -m anchorclip train ...` runs any command on several processes.
+
+The built-in miniature world plugs into the commands as any user's data would: its sets are a registered
+evaluation format (`miniworld:<split>` specs, `plug_in_miniworld`), imported only when a spec names it; only
+`anchorclip train`'s default job (its preset) imports the world itself. The library below never imports it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,17 @@ _COMMANDS = {
     "caption": ("anchorclip.cli.caption", "Caption an image dataset with any HF captioning model."),
     "retrieve": ("anchorclip.cli.retrieve", "Retrieve image-caption anchors from a pool for the downstream classes."),
 }
+
+
+# The world's format, by name: `anchorclip.miniworld` is imported on the first `miniworld:` spec, not before.
+MINIWORLD_FORMAT = "anchorclip.miniworld.formats:EVAL_FORMAT"
+
+
+def plug_in_miniworld() -> None:
+    """Read `miniworld:<split>` specs (in `--eval_datasets`, `--eval_suite`, leakage sets) as the world's sets."""
+    from anchorclip.evaluation.formats import register_eval_format
+
+    register_eval_format("miniworld", MINIWORLD_FORMAT)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,10 +15,12 @@ import sys
 from transformers import HfArgumentParser
 
 from anchorclip.anchors import RetrievalArguments, retrieve_anchors
+from anchorclip.cli import plug_in_miniworld
 from anchorclip.distributed import launch_accelerator
 
 __all__ = ["RetrievalArguments", "main", "parse_args"]
 
+plug_in_miniworld()  # `miniworld:` specs in --leakage_sets
 DESCRIPTION = "Retrieve image-caption anchors from a pool for the downstream classes."
 
 

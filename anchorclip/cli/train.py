@@ -29,6 +29,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from anchorclip import AnchorCLIPModel, AnchorCLIPTrainer, AnchorTrainingArguments
 from anchorclip.anchors.pool.args import prefixed_arguments, retrieval_arguments
+from anchorclip.cli import plug_in_miniworld
 from anchorclip.cli._steps import EvalSetArguments, eval_sets_from_args, hardware, wise_sweep
 from anchorclip.data import LABEL_COLUMNS, class_names_from_features, find_column, load_dataset_any
 from anchorclip.evaluation.formats import class_names_from_file
@@ -38,6 +39,7 @@ from anchorclip.train_data import check_steps_will_train
 
 logger = logging.getLogger(__name__)
 RETRIEVAL_PREFIX = "retrieval_"
+plug_in_miniworld()  # `miniworld:` specs in --eval_datasets and --retrieval_leakage_sets, as in the default job
 
 
 @dataclass
