@@ -63,6 +63,8 @@ def retrieve_from_pool(
     templates = args.resolved_templates()
     leakage = [*(args.leakage_sets or []), *(leakage_sets or [])]
 
+    if args.pool_embeddings is not None:
+        raise ValueError("pool_embeddings is a precomputed pool: retrieve_anchors (or retrieve_from_precomputed).")
     if pool is None and args.pool is None:
         raise ValueError("No pool: pass one (or set RetrievalArguments.pool or pool_embeddings).")
     with accelerator.main_process_first():
