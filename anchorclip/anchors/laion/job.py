@@ -88,8 +88,7 @@ def retrieve_from_precomputed(
             leakage=leakage,
             counts=counts,
             per_class=per_class,
-            image_store=image_store,
-            caption_store=caption_store,
+            stores=(image_store, caption_store),
             started=started,
         )
         steps.write_outputs(args, anchors, record, write_url_report, f"{args.rule} anchors from {pool.path}")

@@ -123,8 +123,7 @@ def retrieve_from_pool(
             leakage=leakage,
             counts=counts,
             per_class=per_class,
-            image_store=image_store,
-            caption_store=caption_store,
+            stores=(image_store, caption_store),
             started=started,
         )
         title = f"{args.rule} anchors from {pool_spec or pool_id}"

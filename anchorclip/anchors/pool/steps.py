@@ -201,13 +201,27 @@ def select(args, found: dict, query_class, search_store, image_store, evaluation
     return selected, per_class
 
 
-def provenance(args: RetrievalArguments, source: dict, model, templates, found: dict, index_info: dict, **rest):
+def provenance(
+    args: RetrievalArguments,
+    source: dict,
+    model,
+    templates: list[str],
+    found: dict,
+    index_info: dict,
+    *,
+    downstream: Downstream,
+    leakage: list,
+    counts: dict,
+    per_class: np.ndarray,
+    stores: tuple,
+    started: float,
+) -> dict:
     """The record written beside the anchors: the settings whole, then what the job resolved them to.
 
     `source` holds the pool's keys (`pool`, `pool_split`, `pool_id`, `image_column`, `caption_column`), `index_info`
-    the index's (`index_factory`, `index_params`), `rest` the counts, stores and timings."""
-    downstream, leakage = rest.pop("downstream"), rest.pop("leakage")
-    finetune = downstream.finetune
+    the index's (`index_factory`, `index_params`), `found` the search's (`search_pool`), `stores` the image and
+    caption embeddings (or None), `started` the job's start (`time.perf_counter()`)."""
+    finetune, (image_store, caption_store) = downstream.finetune, stores
     return {
         "settings": asdict(args),
         **source,
@@ -228,13 +242,10 @@ def provenance(args: RetrievalArguments, source: dict, model, templates, found: 
         "index_recall": found["recall"],
         "recall_k": found["recall_k"] if found["recall"] is not None else None,
         "finetune": finetune if isinstance(finetune, str) else (None if finetune is None else "<dataset>"),
-        "counts": rest["counts"],
-        "per_class_counts": dict(zip(downstream.class_names, rest["per_class"].tolist())),
-        "embedding_cache": {
-            "image": getattr(rest["image_store"], "path", None),
-            "text": getattr(rest["caption_store"], "path", None),
-        },
-        "seconds": round(time.perf_counter() - rest["started"], 2),
+        "counts": counts,
+        "per_class_counts": dict(zip(downstream.class_names, per_class.tolist())),
+        "embedding_cache": {"image": getattr(image_store, "path", None), "text": getattr(caption_store, "path", None)},
+        "seconds": round(time.perf_counter() - started, 2),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": _versions(),
     }
