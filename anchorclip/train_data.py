@@ -119,7 +119,7 @@ def pretrained_pair_features(pairs, image_column: str, model, processing_class):
     the model's and the pair set's fingerprints (a resumed or repeated run embeds nothing), resumable, and split
     over the launch's processes. Called before training, while `model` still holds the starting weights.
     """
-    from .anchors.pool_embedding import embed_pool
+    from .anchors.pool.embedding import embed_pool
 
     was_training = model.training
     store = embed_pool(

@@ -15,7 +15,7 @@ import os
 import tempfile
 from collections import Counter
 
-from anchorclip.anchors.retrieval import RetrievalArguments, retrieve_anchors
+from anchorclip.anchors import RetrievalArguments, retrieve_anchors
 from anchorclip.miniworld import MINICLIP_PATH, load_miniworld_split
 
 

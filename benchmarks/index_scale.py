@@ -1,4 +1,4 @@
-"""Indexing a precomputed pool at scale: the on-disk IVF-PQ index of `anchorclip.anchors.index` (not a test).
+"""Indexing a precomputed pool at scale: the on-disk IVF-PQ index of `anchorclip.anchors.laion.ondisk_index`.
 
     python benchmarks/index_scale.py --rows 1000000     # ~15 min on 2 cores, 10 of them training; writes docs/results/
     python benchmarks/index_scale.py --rows 4000000 --nprobe 16 32
@@ -124,9 +124,9 @@ def main(argv=None) -> dict:
 
     import faiss
 
-    from anchorclip.anchors.index import build_pool_index, default_pool_factory, open_pool_index
-    from anchorclip.anchors.pool_index import exact_topk
-    from anchorclip.anchors.precomputed import PrecomputedPool
+    from anchorclip.anchors.laion.ondisk_index import build_pool_index, default_pool_factory, open_pool_index
+    from anchorclip.anchors.laion.precomputed import PrecomputedPool
+    from anchorclip.anchors.pool.faiss_index import exact_topk
 
     threads = os.cpu_count()
     pool_dir = os.path.join(args.work_dir, f"pool-{args.rows}")

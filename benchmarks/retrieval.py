@@ -206,7 +206,7 @@ def bench_embedding(args) -> dict:
     from tokenizers import Tokenizer, models
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, PreTrainedTokenizerFast
 
-    from anchorclip.anchors.pool_embedding import embed_pool
+    from anchorclip.anchors.pool.embedding import embed_pool
 
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)

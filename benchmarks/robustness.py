@@ -28,8 +28,8 @@ domains, not a method; "anchor distillation" adds `lambda_distill` = 10 (set onc
 family, since it changes how far a learning rate moves the model.
 
 Anchors are built once through the same code paths users run: captions of the finetune images by the
-shipped mini-captioner (`anchorclip.anchors.caption_job`), pairs retrieved from the world's pool by the pretrained
-mini-CLIP (`anchorclip.anchors.retrieval`). "oracle captions" uses the world's ground-truth captions instead.
+shipped mini-captioner (`anchorclip.anchors.captions.job`), pairs retrieved from the world's pool by the pretrained
+mini-CLIP (`anchorclip.anchors.pool.job`). "oracle captions" uses the world's ground-truth captions instead.
 Each run's result is written to `<workdir>/runs/` as it finishes, so an interrupted benchmark resumes.
 """
 
@@ -51,8 +51,8 @@ import torch
 from transformers import CLIPProcessor
 
 from anchorclip import AnchorCLIPModel, AnchorCLIPTrainer, AnchorTrainingArguments, EvalSet, wise_ft
-from anchorclip.anchors.caption_job import caption_dataset
-from anchorclip.anchors.retrieval import RetrievalArguments, retrieve_anchors
+from anchorclip.anchors import RetrievalArguments, retrieve_anchors
+from anchorclip.anchors.captions.job import caption_dataset
 from anchorclip.evaluation import GROUPS
 from anchorclip.miniworld import MINICAPTIONER_PATH, MINICLIP_PATH, load_miniworld_split, miniworld_eval_sets
 from anchorclip.miniworld.prompts import SHAPE_TEMPLATES

@@ -22,8 +22,8 @@ With no dataset arguments the run uses `anchorclip.miniworld`: the shipped mini-
 captioned by the shipped mini-captioner, pair anchors retrieved from the world's pool, and its evaluation suite.
 """
 
-from anchorclip.anchors.shards import close_process_group
 from anchorclip.cli.train import DataArguments, ModelArguments, main, miniworld_preset, parse_args
+from anchorclip.distributed import close_process_group
 
 __all__ = ["DataArguments", "ModelArguments", "main", "miniworld_preset", "parse_args"]
 

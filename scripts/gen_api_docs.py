@@ -16,11 +16,13 @@ import anchorclip
 
 PATH = Path(__file__).resolve().parent.parent / "docs" / "api.md"
 EXTRA = {  # public modules beyond the package namespace: (module, names)
-    "anchorclip.anchors.caption_job": ("caption_dataset", "run_captioning", "CaptionArguments"),
-    "anchorclip.anchors.captioning": ("Captioner",),
-    "anchorclip.anchors.retrieval": ("retrieve_anchors", "RetrievalArguments"),
-    "anchorclip.anchors.pool_embedding": ("embed_pool",),
-    "anchorclip.anchors.pool_index": ("build_index",),
+    "anchorclip.anchors.captions.job": ("caption_dataset", "run_captioning"),
+    "anchorclip.anchors.captions.args": ("CaptionArguments",),
+    "anchorclip.anchors.captions.captioner": ("Captioner",),
+    "anchorclip.anchors.pairs": ("retrieve_anchors",),
+    "anchorclip.anchors.pool.args": ("RetrievalArguments",),
+    "anchorclip.anchors.pool.embedding": ("embed_pool",),
+    "anchorclip.anchors.pool.faiss_index": ("build_index",),
     "anchorclip.miniworld": ("load_miniworld_split", "miniworld_eval_sets"),
     "anchorclip.evaluation.suites": ("list_suites", "load_suite", "load_suite_sets"),
     "anchorclip.evaluation.formats": ("load_eval_dataset",),

@@ -331,8 +331,8 @@ ANCHORS = [
 
 def build_anchors(root: Path) -> None:
     """Caption and pair anchors named by docs that take them as given, built by anchorclip's own functions."""
-    from anchorclip.anchors.caption_job import caption_dataset
-    from anchorclip.anchors.retrieval import RetrievalArguments, retrieve_anchors
+    from anchorclip.anchors import RetrievalArguments, retrieve_anchors
+    from anchorclip.anchors.captions.job import caption_dataset
     from anchorclip.data import load_dataset_any
 
     clip = str(root / "openai/clip-vit-base-patch16")

@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 import anchorclip
-from anchorclip.anchors.caption_job import CaptionArguments, caption_dataset
-from anchorclip.anchors.captioning import Captioner
+from anchorclip.anchors.captions.captioner import Captioner
+from anchorclip.anchors.captions.job import CaptionArguments, caption_dataset
 from anchorclip.anchors.shards import chunks_for_process, plan_chunks
 from anchorclip.data import ColumnError, join_captions
 
@@ -253,16 +253,21 @@ def test_cli_end_to_end(captioner_dir, dataset_dir, reference, tmp_path):
     assert sum(f.stat().st_size for f in out.glob("*.arrow")) < 5_000  # the captions alone, not the images
 
 
-def test_old_flag_spellings_still_parse():
-    """Kebab-case spellings parse as before; the renamed flags (--dataset, --split, --model) warn once."""
+def test_kebab_case_flag_spellings_parse():
+    """Kebab-case spellings parse as their snake_case flags."""
     from anchorclip.cli.caption import parse_args
 
-    old = ["--dataset", "d", "--split", "test", "--model", "m", "--output-dir", "o", "--batch-size", "2"]
-    old += ["--max-new-tokens", "6", "--chat-template", "--generation-kwargs", '{"min_new_tokens": 2}']
-    with pytest.warns(FutureWarning) as caught:
-        args = parse_args([*old, "--no-resume", "--no-progress"])
-    assert [str(w.message).split(":")[1].split()[0] for w in caught] == ["--dataset", "--split", "--model"]
-    assert "use --dataset_name" in str(caught[0].message)
+    kebab = ["--dataset-name", "d", "--dataset-split", "test", "--captioner", "m", "--output-dir", "o"]
+    kebab += [
+        "--batch-size",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--chat-template",
+        "--generation-kwargs",
+        '{"min_new_tokens": 2}',
+    ]
+    args = parse_args([*kebab, "--no-resume", "--no-progress"])
     new = ["--dataset_name", "d", "--dataset_split", "test", "--captioner", "m", "--output_dir", "o"]
     new += ["--batch_size", "2", "--max_new_tokens", "6", "--chat_template", "--resume", "false"]
     expected = CaptionArguments(
@@ -290,16 +295,6 @@ def test_cli_from_a_config_file(captioner_dir, dataset_dir, reference, tmp_path)
     assert datasets.load_from_disk(str(out))["caption"] == reference["caption"]
     arguments = json.loads((out / "anchorclip_provenance.json").read_text())["arguments"]
     assert arguments["generation_kwargs"] == {"num_beams": 1} and arguments["resume"] is True
-
-
-def test_old_module_still_imports_with_a_warning():
-    import importlib
-    import sys
-
-    sys.modules.pop("anchorclip.captioning", None)
-    with pytest.warns(FutureWarning, match="anchorclip.captioning is deprecated"):
-        old = importlib.import_module("anchorclip.captioning")
-    assert old.caption_dataset is caption_dataset and old.Captioner is Captioner
 
 
 def test_prompt_starts_the_decoder_and_is_stripped(captioner_dir, dataset_dir):

@@ -5,10 +5,11 @@ import json
 import os
 import tarfile
 
+import datasets
 import pytest
 from PIL import Image
 
-from anchorclip.evaluation.formats import class_names_from_file, is_wds_folder, load_eval_dataset
+from anchorclip.evaluation.formats import SourceInfo, class_names_from_file, is_wds_folder, load_eval_dataset
 
 CLASSES = ["cat", "dog", "bird"]
 
@@ -175,3 +176,34 @@ def test_hub_wds_repo_downloads_only_the_split(tmp_path, monkeypatch):
     assert sorted(kwargs["allow_patterns"]) == sorted(
         ["test/*", "classnames.txt", "zeroshot_classification_templates.txt", "dataset_type.txt"]
     )
+
+
+def test_a_registered_format_reads_its_specs():
+    from anchorclip.evaluation.formats import EvalFormat, register_eval_format, scaled_size
+
+    def load(name, size):
+        rows = size or 10
+        table = datasets.Dataset.from_dict({"label": [i % 2 for i in range(rows)]})
+        return table, SourceInfo("toy", ["cat", "dog"], metadata={"split": name})
+
+    register_eval_format("toyworld", EvalFormat(load=load, num_rows=lambda name: 10))
+    dataset, info = load_eval_dataset("toyworld:test")
+    assert (len(dataset), info.kind, info.class_names, info.metadata) == (10, "toy", ["cat", "dog"], {"split": "test"})
+    assert len(load_eval_dataset("toyworld:test", size=4)[0]) == 4
+    assert scaled_size("toyworld:test", 0.5) == 8 and scaled_size("toyworld:test", 1.0) is None  # at least 8 rows
+    with pytest.raises(ValueError, match="plain name"):
+        register_eval_format("a:b", EvalFormat(load=load))
+
+
+def test_the_library_does_not_import_the_miniature_world():
+    """`miniworld:` specs are a registered format: nothing below the commands imports anchorclip.miniworld."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, anchorclip, anchorclip.anchors.pairs, anchorclip.anchors.captions.job, anchorclip.distributed, "
+        "anchorclip.evaluation.suites, anchorclip.cli.eval, anchorclip.cli.retrieve; "
+        "print(sorted(m for m in sys.modules if m.startswith('anchorclip.miniworld')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -92,7 +92,7 @@ if __name__ == "__main__":  # the launched script: one example run per argv in t
 
     for argv in json.loads(Path(sys.argv[1]).read_text()):
         run_anchor_ft.main(argv)
-    from anchorclip.anchors.shards import close_process_group
+    from anchorclip.distributed import close_process_group
 
     close_process_group()
 

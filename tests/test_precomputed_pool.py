@@ -16,11 +16,11 @@ import torch
 from conftest import CLASS_NAMES, COLOURS, make_config, make_images, make_processor
 from transformers import CLIPModel
 
-from anchorclip.anchors.encoders import TextEncoder, projected_features
-from anchorclip.anchors.index import build_pool_index, open_pool_index
-from anchorclip.anchors.pool_index import exact_topk, measure_recall
-from anchorclip.anchors.precomputed import PoolError, PrecomputedPool, check_model
-from anchorclip.anchors.retrieval import PROVENANCE_FILE
+from anchorclip.anchors.laion.ondisk_index import build_pool_index, open_pool_index
+from anchorclip.anchors.laion.precomputed import PoolError, PrecomputedPool, check_model
+from anchorclip.anchors.pool.encoders import TextEncoder, projected_features
+from anchorclip.anchors.pool.faiss_index import exact_topk, measure_recall
+from anchorclip.anchors.pool.steps import PROVENANCE_FILE
 from anchorclip.cli import retrieve
 
 

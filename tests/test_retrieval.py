@@ -1,4 +1,4 @@
-"""Retrieval (`anchorclip.anchors.retrieval` and its steps): search, selection rules, embedding cache and the
+"""Retrieval (`anchorclip.anchors.pool.job` and its steps): search, selection rules, embedding cache and the
 `anchorclip retrieve` CLI.
 
 Everything runs on a tiny random CLIP and pools of a few dozen noise images (conftest.py), in seconds.
@@ -17,12 +17,12 @@ import torch
 from conftest import CLASS_NAMES, corrupt_bytes, make_config, make_images, make_pair_dataset, make_processor
 from transformers import CLIPModel, CLIPProcessor
 
-from anchorclip.anchors import pool_index
-from anchorclip.anchors.embedding_store import EmbeddingStore
-from anchorclip.anchors.pool_embedding import embed_pool
-from anchorclip.anchors.pool_index import build_index, exact_topk, search
-from anchorclip.anchors.retrieval import RetrievalArguments, retrieve_anchors
-from anchorclip.anchors.selection import Candidates, deduplicate, select_anchors
+from anchorclip.anchors import RetrievalArguments, retrieve_anchors
+from anchorclip.anchors.pool import faiss_index as pool_index
+from anchorclip.anchors.pool.embedding import embed_pool
+from anchorclip.anchors.pool.faiss_index import build_index, exact_topk, search
+from anchorclip.anchors.pool.selection import Candidates, deduplicate, select_anchors
+from anchorclip.anchors.pool.store import EmbeddingStore
 from anchorclip.data import ColumnError
 from anchorclip.templates import SIMPLE_TEMPLATES
 
@@ -132,7 +132,7 @@ def test_mmr_keeps_classes_apart_and_quotas():
 
 
 def test_written_anchors_are_by_class_best_first_whatever_the_pool_order(pool, tmp_path):
-    from anchorclip.anchors.report import write_anchors
+    from anchorclip.anchors.pool.report import write_anchors
 
     # Selected items whose pool order (rows 1, 3, 5, 7) is neither their class order nor their score order.
     selected = Candidates(
@@ -424,7 +424,7 @@ STREAM_FILE_SIZES = [7, 13, 9, 11]  # uneven, so a row's number depends on the l
 STREAM_SCRIPT = """
 import json, logging, sys
 import datasets
-from anchorclip.anchors.retrieval import RetrievalArguments, retrieve_anchors
+from anchorclip.anchors import RetrievalArguments, retrieve_anchors
 logging.basicConfig(level=logging.INFO)
 files, checkpoint, cache, out, class_names = json.loads(sys.argv[1])
 pool = datasets.load_dataset("parquet", data_files=files, split="train", streaming=True)
@@ -484,7 +484,7 @@ def test_streamed_pool_each_process_reads_its_files_and_a_run_on_one_process_res
     kwargs = dict(cache_dir=str(tmp_path / "cache"), shard_size=4, batch_size=4, pool_id="stream")
     # Process 0 of 2 alone: it reads files 0 and 2 only, then finds that nobody embedded files 1 and 3.
     with (
-        caplog.at_level("INFO", logger="anchorclip.anchors.embed_column"),
+        caplog.at_level("INFO", logger="anchorclip.anchors.pool.embed_column"),
         pytest.raises(RuntimeError, match=r"Stream files \[1, 3\] of 4 have no complete embeddings"),
     ):
         embed_pool(_stream(stream_files), model, processor, accelerator=_Rank(0, 2), **kwargs)
@@ -640,37 +640,6 @@ def test_processes_that_did_not_join_the_launch_are_refused(pool, checkpoint, tm
     with pytest.raises(RuntimeError, match="launched as 2 processes"):
         retrieve_anchors(args, pool, CLASS_NAMES, accelerator=_Rank(0, 1))
     assert not (tmp_path / "anchors").exists()
-
-
-def test_old_module_still_imports_with_a_warning():
-    import importlib
-    import sys
-
-    sys.modules.pop("anchorclip.retrieval", None)
-    with pytest.warns(FutureWarning, match="anchorclip.retrieval is deprecated"):
-        old = importlib.import_module("anchorclip.retrieval")
-    assert old.build_index is build_index and old.Candidates is Candidates and old.embed_pool is embed_pool
-
-
-def test_old_keyword_signature_still_works_with_a_warning(pool, checkpoint, tmp_path):
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        from anchorclip.retrieval import retrieve_anchors as old_retrieve_anchors
-    settings = {"cache_dir": str(tmp_path / "cache"), "shard_size": 16, "batch_size": 8, "k_per_class": 3}
-    with pytest.warns(FutureWarning, match="RetrievalArguments"):
-        old = old_retrieve_anchors(
-            pool,
-            CLASS_NAMES,
-            checkpoint,
-            str(tmp_path / "old"),
-            dedup_threshold=None,
-            templates=("a photo of a {}.",),
-            **settings,
-        )
-    new = _retrieve(pool, checkpoint, tmp_path, dedup_threshold=None, templates=["a photo of a {}."], **settings)
-    assert old["pool_index"] == new["pool_index"] and len(new) > 0
 
 
 def test_train_runs_the_commands_job_and_keeps_the_miniworld_anchors(tmp_path):

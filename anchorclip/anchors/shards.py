@@ -5,10 +5,11 @@ depend on the number of processes, so a run can be resumed on other hardware. Ea
 (`chunks_for_process`) and writes every finished chunk as one file, atomically (`write_json_atomic`,
 `save_npy_atomic`): an interrupted run loses at most the chunk in progress, and a rerun skips the files on disk.
 A *manifest* in the chunk folder records the settings the chunks were computed with (`open_shards_dir`), so that
-resuming with other settings is an error rather than a silently mixed output.
+resuming with other settings is an error rather than a silently mixed output. The processes themselves (who
+takes which share, barriers) are `anchorclip.distributed`'s.
 
-`anchorclip.anchors.caption_job` keeps its chunks as `rows-<start>-<stop>.json` (`chunk_path`, `read_chunk`);
-the embedding cache (`anchorclip.anchors.embed_column`) keeps its own `.npy` file names and layout, and writes and
+`anchorclip.anchors.captions.job` keeps its chunks as `rows-<start>-<stop>.json` (`chunk_path`, `read_chunk`);
+the embedding cache (`anchorclip.anchors.pool.embed_column`) keeps its own `.npy` file names and layout, and writes and
 reads its files with the helpers here (`save_npy_atomic`, `write_json_atomic`, `read_json`, `num_chunks`).
 """
 
@@ -17,14 +18,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 MANIFEST_FILE = "manifest.json"
-BARRIER_TIMEOUT_HOURS = 12
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -51,69 +50,6 @@ def chunks_for_process(chunks: list[range], process_index: int, num_processes: i
         start = process_index * per_process + min(process_index, extra)
         return chunks[start : start + per_process + (process_index < extra)]
     raise ValueError(f"sharding must be 'strided' or 'contiguous', not {sharding!r}.")
-
-
-def _launch_on_cpu() -> bool:
-    """Whether the launch's processes must join a CPU (gloo) process group: no GPU, or `ACCELERATE_USE_CPU`.
-
-    Without a GPU, Accelerate only joins a torchrun-style process group when asked for the CPU explicitly;
-    otherwise every process would believe it is alone and do all the work, writing the same files at once.
-    """
-    import torch
-
-    return not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
-
-
-def process_state():
-    """Accelerate's view of the launch (one process, or one of `accelerate launch`/`torchrun`'s processes).
-
-    On CPU the processes join a gloo group (`_launch_on_cpu`). The long timeout is for the final barrier:
-    processes can finish their shares minutes apart, and the default (10-30 minutes) would kill the run.
-    """
-    from accelerate import PartialState
-
-    return check_processes_joined(PartialState(cpu=_launch_on_cpu(), timeout=timedelta(hours=BARRIER_TIMEOUT_HOURS)))
-
-
-def launch_accelerator():
-    """An `Accelerator` over the launch's processes, for commands that want its mixed precision (`anchorclip
-    retrieve`): the same CPU rule and barrier timeout as `process_state`."""
-    from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
-
-    timeout = InitProcessGroupKwargs(timeout=timedelta(hours=BARRIER_TIMEOUT_HOURS))
-    return check_processes_joined(Accelerator(cpu=_launch_on_cpu(), kwargs_handlers=[timeout]))
-
-
-def close_process_group() -> None:
-    """Leave the launch's process group at the end of a job: wait for every process, then destroy the group.
-
-    A process that exits with its gloo group alive can abort at interpreter shutdown ("terminate called without
-    an active exception", SIGABRT) after all its work is done: gloo's threads outlive the interpreter. The
-    launcher then reports the job as failed. A no-op outside a launch."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def check_processes_joined(state):
-    """`state`, unless the launch started more processes than `state` counts; then raise.
-
-    Such processes would each do the whole job and write the same files at once (a reader of a file that
-    another process is rewriting can die of SIGBUS). It happens with an `Accelerator()` built without `cpu=True`
-    on a machine without GPUs.
-    """
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched > state.num_processes:
-        raise RuntimeError(
-            f"This job was launched as {launched} processes (WORLD_SIZE={launched}), but its Accelerate state "
-            f"counts {state.num_processes}: each process would do the whole job and overwrite the others' "
-            "files. On a machine without GPUs build the Accelerator with cpu=True (or set ACCELERATE_USE_CPU=1); "
-            "with GPUs, check that torch sees them (torch.cuda.is_available())."
-        )
-    return state
 
 
 # ---------------------------------------------------------------------------------------------------------------

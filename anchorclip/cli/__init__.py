@@ -4,6 +4,10 @@ Each command lives in its own module with a `main(argv)`, imported lazily so tha
 fast. A command also runs from a YAML or JSON file of its options (`anchorclip train run.yaml`, keys named as
 the flags without dashes, lists as lists); flags after the file override it (`anchorclip train run.yaml
 --max_steps 3`). `accelerate launch -m anchorclip train ...` runs any command on several processes.
+
+The built-in miniature world plugs into the commands as any user's data would: its sets are a registered
+evaluation format (`miniworld:<split>` specs, `plug_in_miniworld`), imported only when a spec names it; only
+`anchorclip train`'s default job (its preset) imports the world itself. The library below never imports it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,17 @@ _COMMANDS = {
 }
 
 
+# The world's format, by name: `anchorclip.miniworld` is imported on the first `miniworld:` spec, not before.
+MINIWORLD_FORMAT = "anchorclip.miniworld.formats:EVAL_FORMAT"
+
+
+def plug_in_miniworld() -> None:
+    """Read `miniworld:<split>` specs (in `--eval_datasets`, `--eval_suite`, leakage sets) as the world's sets."""
+    from anchorclip.evaluation.formats import register_eval_format
+
+    register_eval_format("miniworld", MINIWORLD_FORMAT)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--version"]:
@@ -41,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         options = config_to_argv(options[0]) + options[1:]
     module = importlib.import_module(_COMMANDS[command][0])
     result = module.main(options)
-    from anchorclip.anchors.shards import close_process_group
+    from anchorclip.distributed import close_process_group
 
     close_process_group()  # the command is done on every process; a live gloo group can abort the exit
     return result if isinstance(result, int) else 0

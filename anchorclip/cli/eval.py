@@ -19,15 +19,18 @@ from dataclasses import asdict, dataclass, field
 from accelerate import PartialState
 from transformers import CLIPProcessor, HfArgumentParser
 
+from ..evaluation.formats import scaled_size
 from ..hub import public_name
 from ..modeling_anchorclip import AnchorCLIPModel
 from ..reporting import format_results_table, result_rows, summarize, write_results
 from ..templates import resolve_templates
 from ..trainer import AnchorCLIPTrainer
 from ..training_args import AnchorTrainingArguments
+from . import plug_in_miniworld
 from ._steps import EvalSetArguments, eval_sets_from_args, hardware, wise_sweep
 
 logger = logging.getLogger(__name__)
+plug_in_miniworld()  # `--eval_suite miniworld`, `miniworld:` specs
 
 
 @dataclass
@@ -73,11 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
         report_to=[],
     )
     state = PartialState()
-    size = None
-    if args.miniworld_fraction != 1.0:
-        from ..miniworld import SPLITS
-
-        size = max(8, round(SPLITS["test_photo"].size * args.miniworld_fraction))
+    size = scaled_size("miniworld:test_photo", args.miniworld_fraction)  # one size for every set of the world
     eval_sets = eval_sets_from_args(args, miniworld_size=size)
     if not eval_sets:
         raise SystemExit("anchorclip eval: no evaluation set; give --eval_suite and/or --eval_datasets.")

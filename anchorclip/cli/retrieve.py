@@ -4,7 +4,7 @@
         --finetune_dataset imagenet-1k --output_dir anchors/cc3m-imagenet --k_per_class 100
     accelerate launch -m anchorclip retrieve ...        # several GPUs embed the pool, one share each
 
-The options are the fields of `RetrievalArguments` (see `anchorclip.anchors.retrieval` and docs/retrieval.md).
+The options are the fields of `RetrievalArguments` (see `anchorclip.anchors.pool.job` and docs/retrieval.md).
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ import sys
 
 from transformers import HfArgumentParser
 
-from anchorclip.anchors.retrieval import RetrievalArguments, retrieve_anchors
-from anchorclip.anchors.shards import launch_accelerator
+from anchorclip.anchors import RetrievalArguments, retrieve_anchors
+from anchorclip.cli import plug_in_miniworld
+from anchorclip.distributed import launch_accelerator
 
 __all__ = ["RetrievalArguments", "main", "parse_args"]
 
+plug_in_miniworld()  # `miniworld:` specs in --leakage_sets
 DESCRIPTION = "Retrieve image-caption anchors from a pool for the downstream classes."
 
 

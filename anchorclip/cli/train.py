@@ -28,6 +28,8 @@ from transformers import CLIPProcessor, HfArgumentParser
 from transformers.trainer_utils import get_last_checkpoint
 
 from anchorclip import AnchorCLIPModel, AnchorCLIPTrainer, AnchorTrainingArguments
+from anchorclip.anchors.pool.args import prefixed_arguments, retrieval_arguments
+from anchorclip.cli import plug_in_miniworld
 from anchorclip.cli._steps import EvalSetArguments, eval_sets_from_args, hardware, wise_sweep
 from anchorclip.data import LABEL_COLUMNS, class_names_from_features, find_column, load_dataset_any
 from anchorclip.evaluation.formats import class_names_from_file
@@ -36,6 +38,8 @@ from anchorclip.reporting import format_results_table, result_rows, summarize, w
 from anchorclip.train_data import check_steps_will_train
 
 logger = logging.getLogger(__name__)
+RETRIEVAL_PREFIX = "retrieval_"
+plug_in_miniworld()  # `miniworld:` specs in --eval_datasets and --retrieval_leakage_sets, as in the default job
 
 
 @dataclass
@@ -48,8 +52,13 @@ class ModelArguments:
     )
 
 
+# In-process `anchorclip retrieve`: `--retrieval_rule`, `--retrieval_k_per_class`, ... are `RetrievalArguments` fields,
+# with the command's defaults and help.
+RetrievalFlags = prefixed_arguments(RETRIEVAL_PREFIX)
+
+
 @dataclass
-class DataArguments(EvalSetArguments):
+class DataArguments(EvalSetArguments, RetrievalFlags):
     dataset_name: str | None = field(
         default=None, metadata={"help": "Finetune set: Hub id, image folder or save_to_disk folder ('spec:split')."}
     )
@@ -73,27 +82,6 @@ class DataArguments(EvalSetArguments):
     )
     pair_pool: str | None = field(
         default=None, metadata={"help": "Build pair anchors by retrieval from this image-caption pool if none given."}
-    )
-    # In-process `anchorclip retrieve`: these flags are `RetrievalArguments` fields, with the command's defaults.
-    retrieval_rule: str = field(default="text2image", metadata={"help": "text2image, text2text or image2image."})
-    retrieval_k_per_class: int = field(default=100, metadata={"help": "Pair anchors per class."})
-    retrieval_oversample: float = field(
-        default=8.0, metadata={"help": "Retrieve k_per_class*oversample per query (diversity's shortlist)."}
-    )
-    retrieval_query_mode: str = field(default="ensemble", metadata={"help": "ensemble or each (one per template)."})
-    retrieval_templates: list[str] = field(
-        default_factory=lambda: ["simple"],
-        metadata={"help": "A template set name (simple, photo, openai_imagenet) or templates with one {}."},
-    )
-    retrieval_dedup_threshold: float | None = field(
-        default=0.95, metadata={"help": "Cosine at which two retrieved anchors are duplicates; 0 (or None) disables."}
-    )
-    retrieval_diversity: float = field(
-        default=0.9,
-        metadata={"help": "In (0, 1]: pick each class's pairs by maximal marginal relevance (see retrieve); 0: top k"},
-    )
-    retrieval_leakage_sets: list[str] | None = field(
-        default=None, metadata={"help": "Evaluation sets whose near-duplicates are removed from the pool."}
     )
     miniworld_fraction: float = field(
         default=1.0, metadata={"help": "Default world only: scale every miniworld split (e.g. 0.02 for a smoke run)."}
@@ -316,7 +304,7 @@ def _caption_anchors(data_args, training_args, train):
         return captions, {"source": data_args.caption_anchors}
     if data_args.captioner is None:
         raise ValueError("ARF with lambda_caption > 0 needs --caption_anchors or --captioner (or lambda_caption 0).")
-    from anchorclip.anchors.caption_job import CaptionArguments, run_captioning
+    from anchorclip.anchors.captions.job import CaptionArguments, run_captioning
 
     output = os.path.join(training_args.output_dir, "anchors", "captions")
     caption_args = CaptionArguments(  # the finetune set is passed loaded (and subsampled): no dataset_name
@@ -336,7 +324,7 @@ def _pair_anchors(class_names, model_args, data_args, training_args, state):
         return load_dataset_any(data_args.pair_anchors, split="train"), {"source": data_args.pair_anchors}
     if data_args.pair_pool is None:
         raise ValueError("ARF with lambda_pairs > 0 needs --pair_anchors or --pair_pool (or lambda_pairs 0).")
-    from anchorclip.anchors.retrieval import retrieve_anchors
+    from anchorclip.anchors import retrieve_anchors
 
     pool = None  # a spec, loaded by `retrieve_anchors` as `anchorclip retrieve --pool` loads it
     output = os.path.join(training_args.output_dir, "anchors", "pairs")
@@ -346,66 +334,22 @@ def _pair_anchors(class_names, model_args, data_args, training_args, state):
 
         pool = load_miniworld_split("pool", size=_miniworld_size("pool", data_args))
         args.pool, args.pool_id = None, f"miniworld-pool-{len(pool)}"
-    provenance_file = os.path.join(output, "anchorclip_provenance.json")
-    cached = os.path.isfile(provenance_file)
-    state.wait_for_everyone()  # every process has looked before the builder below can write that file
-    if cached:
-        _check_cached_pairs(output, args)
-        anchors = datasets.load_from_disk(output)  # built by an earlier (or interrupted) run
-    else:
-        anchors = retrieve_anchors(args, pool, class_names)
-    with open(provenance_file) as handle:
+    # Anchors an earlier (or interrupted) run built are reused once checked against these settings.
+    anchors = retrieve_anchors(args, pool, class_names, reuse=True)
+    with open(os.path.join(output, "anchorclip_provenance.json")) as handle:
         return anchors, json.load(handle)
 
 
 def _retrieval_args(model_args, data_args, output: str):
     """The `anchorclip retrieve` job that `--pair_pool` and the `--retrieval_*` flags stand for: the command's
     defaults for every setting that has no train flag, so both build (and record) the same anchors."""
-    from anchorclip.anchors.retrieval import RetrievalArguments
-
-    return RetrievalArguments(
+    return retrieval_arguments(
+        data_args,
+        RETRIEVAL_PREFIX,
         model_name_or_path=model_args.model_name_or_path,
         output_dir=output,
         pool=data_args.pair_pool,
-        rule=data_args.retrieval_rule,
-        k_per_class=data_args.retrieval_k_per_class,
-        oversample=data_args.retrieval_oversample,
-        query_mode=data_args.retrieval_query_mode,
-        templates=data_args.retrieval_templates,
-        dedup_threshold=data_args.retrieval_dedup_threshold,
-        diversity=data_args.retrieval_diversity,
-        leakage_sets=data_args.retrieval_leakage_sets,
     )
-
-
-def _check_cached_pairs(output: str, args) -> None:
-    """Refuse pair anchors that an earlier run built with another model, pool or retrieval setting."""
-    from transformers import CLIPModel
-
-    from anchorclip.anchors.embedding_store import dataset_fingerprint, model_fingerprint
-
-    with open(os.path.join(output, "anchorclip_provenance.json")) as handle:
-        stored = json.load(handle)
-    requested = {
-        # Loaded as `retrieve_anchors` loads it, so that the digests are comparable.
-        "model_fingerprint": model_fingerprint(CLIPModel.from_pretrained(args.model_name_or_path)),
-        "pool_id": args.pool_id or dataset_fingerprint(None, args.pool, args.pool_split),  # as the command keys it
-        "rule": args.rule,
-        "k_per_class": args.k_per_class,
-        "oversample": args.oversample,
-        "query_mode": args.query_mode,
-        "templates": args.resolved_templates(),
-        "dedup_threshold": args.dedup_threshold,  # None when off, however it was spelled
-        "diversity": args.diversity,
-        "leakage_sets": list(args.leakage_sets or []),
-    }
-    stored.setdefault("diversity", 0.0)  # anchors built before the setting existed were not diversified
-    changed = [key for key, value in requested.items() if stored.get(key) != value]
-    if changed:
-        raise ValueError(
-            f"{output} holds pair anchors built with other settings (differences in: {', '.join(changed)}). "
-            "Delete that folder to rebuild them, or pass another --output_dir."
-        )
 
 
 def _checkpoint_to_resume(training_args, auto_resume: bool) -> str | None:

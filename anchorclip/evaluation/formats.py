@@ -6,6 +6,10 @@ The field's robustness and transfer sets mostly live as CLIP_benchmark webdatase
 folders), or as ordinary Hub / `save_to_disk` datasets. Every reader here checks the whole source before it is
 used and fails naming the file at fault: an evaluation set that is silently shorter, or scored against the
 wrong names, gives a number that looks right and is not.
+
+Other sources plug in by name: `register_eval_format("myworld", EvalFormat(load=...))` makes every spec
+`myworld:<name>` (in `--eval_datasets`, a suite YAML, a leakage set) read by that loader. The built-in miniature
+world registers itself this way (`anchorclip.miniworld.formats`); nothing here imports it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import logging
 import os
 import re
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import datasets
@@ -33,13 +38,60 @@ _WNID = re.compile(r"^n\d{8}$")
 class SourceInfo:
     """What a source says about itself: class names and templates found in it, the columns to read, its kind."""
 
-    kind: str  # "webdataset", "imagefolder", "dataset" (Hub / save_to_disk), "miniworld"
+    kind: str  # "webdataset", "imagefolder", "dataset" (Hub / save_to_disk), or a registered format's name
     class_names: list[str] | None = None
     templates: list[str] | None = None
     image_column: str | None = None
     label_column: str | None = None
     caption_column: str | None = None
     metadata: dict = field(default_factory=dict)
+
+
+@dataclass
+class EvalFormat:
+    """A source read from specs `<prefix>:<name>`: `load(name, size)` returns `(dataset, SourceInfo)`; `size`, if
+    not None, asks a source that generates its sets for that many rows. `num_rows(name)`, if given, is a set's
+    full size (what `scaled_size` scales)."""
+
+    load: Callable[[str, int | None], tuple[datasets.Dataset, SourceInfo]]
+    num_rows: Callable[[str], int] | None = None
+
+
+# prefix -> the format, or "module:attribute" naming it (imported on the first spec that uses the prefix).
+_FORMATS: dict[str, EvalFormat | str] = {}
+
+
+def register_eval_format(prefix: str, eval_format: EvalFormat | str) -> None:
+    """Read every spec `<prefix>:<name>` with `eval_format`: an `EvalFormat`, or `"module:attribute"` naming one,
+    imported only when such a spec is first read."""
+    if not prefix or ":" in prefix or os.sep in prefix:
+        raise ValueError(f"A format prefix is a plain name, not {prefix!r}.")
+    _FORMATS[prefix] = eval_format
+
+
+def registered_format(spec: str) -> tuple[EvalFormat, str] | None:
+    """`(format, name)` when `spec` is `<prefix>:<name>` with a registered prefix, else None."""
+    prefix, colon, name = spec.partition(":")
+    if not colon or prefix not in _FORMATS:
+        return None
+    eval_format = _FORMATS[prefix]
+    if isinstance(eval_format, str):
+        import importlib
+
+        module, _, attribute = eval_format.partition(":")
+        eval_format = _FORMATS[prefix] = getattr(importlib.import_module(module), attribute)
+    return eval_format, name
+
+
+def scaled_size(spec: str, fraction: float) -> int | None:
+    """`fraction` of the registered set `spec`'s rows (at least 8), or None for 1.0 (the whole set)."""
+    found = registered_format(spec)
+    if fraction == 1.0:
+        return None
+    if found is None or found[0].num_rows is None:
+        raise ValueError(f"{spec!r} is not a registered format's set with a known size: it cannot be scaled.")
+    eval_format, name = found
+    return max(8, round(eval_format.num_rows(name) * fraction))
 
 
 def split_spec(spec: str, split: str | None = None) -> tuple[str, str | None]:
@@ -71,14 +123,17 @@ def load_eval_dataset(
 ) -> tuple[datasets.Dataset, SourceInfo]:
     """Load an evaluation set from any supported format; returns the dataset and its `SourceInfo`.
 
-    `spec` may carry the split after a colon (`mysets/wds_cars:test`). Dispatch: `miniworld:<split>`; a local
+    `spec` may carry the split after a colon (`mysets/wds_cars:test`). Dispatch: a registered `<prefix>:<name>`
+    (`register_eval_format`); a local
     CLIP_benchmark webdataset folder; a local `save_to_disk` folder or ImageFolder; a Hub repo named `wds_*`
     (downloaded: only the split's shards and the text files); otherwise a Hub dataset. `split` defaults to
     `test`, except that an ImageFolder with a single split falls back to it. `class_names_file` names an
-    ImageFolder's classes (see `class_names_from_file`). `size` only applies to miniworld.
+    ImageFolder's classes (see `class_names_from_file`). `size` only applies to registered formats.
     """
-    if spec.startswith("miniworld:"):
-        return _load_miniworld(spec.split(":", 1)[1], size)
+    found = registered_format(spec)
+    if found is not None:
+        eval_format, name = found
+        return eval_format.load(name, size)
     path, split = split_spec(spec, split)
     if os.path.isdir(path):
         if is_wds_folder(path):
@@ -291,19 +346,6 @@ def _read_lines(path: str, comments: bool = False) -> list[str]:
 
 def _is_saved_dataset(path: str) -> bool:
     return bool({"dataset_info.json", "state.json", "dataset_dict.json"} & set(os.listdir(path)))
-
-
-def _load_miniworld(name: str, size: int | None):
-    from anchorclip.miniworld import SPLITS, class_names, load_miniworld_split
-    from anchorclip.miniworld.splits import EVAL_TEMPLATES, VERSION
-
-    dataset = load_miniworld_split(name, size=size)
-    spec = SPLITS[name]
-    metadata = {"source": "miniworld", "version": VERSION, "split": name, "group": spec.group}
-    if spec.classes is None:  # an image-caption split (retrieval)
-        return dataset, SourceInfo("miniworld", image_column="image", caption_column="caption", metadata=metadata)
-    templates = list(EVAL_TEMPLATES["shape" if spec.label == "shape" else spec.label])
-    return dataset, SourceInfo("miniworld", class_names(name), templates, "image", "label", metadata=metadata)
 
 
 def _shipped_or_given(path: str) -> str:

@@ -20,6 +20,9 @@ label column's `ClassLabel` names / the run's evaluation templates.
       class_subset: imagenet_a_subset.json      # optional: per set label, the parent index or list of indices
 
 A `retrieval` entry (an image-caption set) takes `caption_column` instead of names, templates and subset.
+
+A suite whose sets come from a registered format (`formats.register_eval_format`) names it beside its sets, as
+`formats: {prefix: "module:attribute"}`; the module is imported only when a set's spec first uses the prefix.
 """
 
 from __future__ import annotations
@@ -31,7 +34,13 @@ from dataclasses import dataclass, field
 import yaml
 
 from anchorclip.data import LABEL_COLUMNS, class_names_from_features, find_column
-from anchorclip.evaluation.formats import class_names_from_file, load_eval_dataset, split_spec
+from anchorclip.evaluation.formats import (
+    class_names_from_file,
+    load_eval_dataset,
+    register_eval_format,
+    registered_format,
+    split_spec,
+)
 from anchorclip.evaluation.sets import GROUPS, EvalSet
 from anchorclip.templates import resolve_templates
 
@@ -39,7 +48,7 @@ ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 SUITES_DIR = os.path.join(ASSETS, "suites")
 CLASSNAMES_DIR = os.path.join(ASSETS, "classnames")
 TEMPLATES_DIR = os.path.join(SUITES_DIR, "templates")
-FROM_SOURCE = ("folder", "source")  # names / templates found in the dataset itself (wds text files, miniworld)
+FROM_SOURCE = ("folder", "source")  # names / templates found in the dataset itself (wds text files, generated sets)
 _KEYS = {"name", "group", "dataset", "split", "image_column", "label_column", "class_names", "templates"}
 _KEYS |= {"class_subset", "caption_column", "metadata"}
 
@@ -78,6 +87,11 @@ def load_suite(name_or_path: str) -> list[SuiteEntry]:
         data = yaml.safe_load(file)
     if not isinstance(data, dict) or not isinstance(data.get("sets"), list) or not data["sets"]:
         raise ValueError(f"{path}: a suite is a mapping with a non-empty `sets` list.")
+    formats = data.get("formats") or {}
+    if not isinstance(formats, dict) or not all(isinstance(v, str) and ":" in v for v in formats.values()):
+        raise ValueError(f'{path}: `formats` maps a spec prefix to the "module:attribute" of its EvalFormat.')
+    for prefix, eval_format in formats.items():
+        register_eval_format(prefix, eval_format)
     entries, seen = [], set()
     for position, raw in enumerate(data["sets"]):
         where = f"{path}: set {position} ({raw.get('name', '?') if isinstance(raw, dict) else raw!r})"
@@ -100,7 +114,7 @@ def resolve_dataset_spec(spec: str, data_root: str | None = None) -> str:
     `clip-benchmark/wds_imagenet-a` becomes `/data/wds_imagenet-a` if that folder exists, so one suite file
     serves both a Hub download and a local copy. A `:split` suffix is kept; otherwise the spec is unchanged.
     """
-    if data_root is None or spec.startswith("miniworld:"):
+    if data_root is None or registered_format(spec) is not None:
         return spec
     path, split = split_spec(spec)
     local = os.path.join(data_root, os.path.basename(path.rstrip("/")))
@@ -119,7 +133,7 @@ def build_eval_set(
     """
     spec = resolve_dataset_spec(entry.dataset, data_root)
     path, split = split_spec(spec, entry.split)
-    if spec.startswith("miniworld:"):
+    if registered_format(spec) is not None:  # `<prefix>:<name>` names the set, not a split
         path, split = spec, None
     names_file = _find(entry.class_names["file"], entry.base_dir) if _is_key(entry.class_names, "file") else None
     try:

@@ -1,7 +1,7 @@
 """The embedding cache of a pool column: what it is keyed by (model, pool, column, preprocessing, precision), where
 it lives, its files, and `EmbeddingStore`, the embeddings read back (memory-mapped, row `i` = pool row `i`).
 
-Written by `anchorclip.anchors.embed_column`, which describes the shard layout; undecodable images (and empty
+Written by `anchorclip.anchors.pool.embed_column`, which describes the shard layout; undecodable images (and empty
 captions) are all-zero rows, marked invalid (`EmbeddingStore.valid`).
 """
 

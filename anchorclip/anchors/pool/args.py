@@ -1,15 +1,20 @@
-"""`RetrievalArguments`: the settings of one retrieval job (`anchorclip.anchors.retrieval.retrieve_anchors`), which
+"""`RetrievalArguments`: the settings of one retrieval job (`anchorclip.anchors.retrieve_anchors`), which
 are the options of `anchorclip retrieve` and what `anchorclip train --pair_pool` builds from its `--retrieval_*`
 flags."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from anchorclip.templates import resolve_templates
 
 RULES = ("text2image", "text2text", "image2image")
 QUERY_MODES = ("ensemble", "each")
+# The settings `anchorclip train` exposes as its own `--retrieval_*` flags (the others keep the command's defaults).
+TRAIN_FLAGS = ("rule", "k_per_class", "oversample", "query_mode", "templates", "dedup_threshold", "diversity")
+TRAIN_FLAGS += ("leakage_sets",)
 
 
 @dataclass
@@ -121,3 +126,30 @@ class RetrievalArguments:
         """The templates themselves: the named set's, or the list given."""
         named = len(self.templates) == 1 and "{}" not in self.templates[0]
         return resolve_templates(self.templates[0] if named else self.templates)
+
+
+def prefixed_arguments(prefix: str, names: Sequence[str] = TRAIN_FLAGS) -> type:
+    """A dataclass of the `RetrievalArguments` fields `names`, each renamed `prefix + name` with its type, default
+    and help: how another command (`anchorclip train`: `--retrieval_k_per_class`, ...) takes retrieval settings as
+    its own flags without restating them. `retrieval_arguments` reads them back."""
+    fields = {f.name: f for f in dataclasses.fields(RetrievalArguments)}
+    copied = [
+        (
+            prefix + name,
+            fields[name].type,
+            field(
+                default=fields[name].default,
+                default_factory=fields[name].default_factory,
+                metadata=fields[name].metadata,
+            ),
+        )
+        for name in names
+    ]
+    flags = dataclasses.make_dataclass(f"Prefixed{RetrievalArguments.__name__}", copied)
+    flags.__module__ = __name__  # where the parser resolves the fields' (string) types
+    return flags
+
+
+def retrieval_arguments(flags, prefix: str, names: Sequence[str] = TRAIN_FLAGS, **settings) -> RetrievalArguments:
+    """The `RetrievalArguments` of the prefixed flags `names` held by `flags`, with `settings` for the rest."""
+    return RetrievalArguments(**{name: getattr(flags, prefix + name) for name in names}, **settings)

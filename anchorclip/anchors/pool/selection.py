@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from anchorclip.anchors.embedding_store import EmbeddingStore
-from anchorclip.anchors.encoders import TextEncoder
-from anchorclip.anchors.pool_index import faiss_module
+from anchorclip.anchors.pool.encoders import TextEncoder
+from anchorclip.anchors.pool.faiss_index import faiss_module
+from anchorclip.anchors.pool.store import EmbeddingStore
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from functools import cached_property
 
 import numpy as np
 
-from .embedding_store import EmbeddingStore
+from anchorclip.anchors.pool.store import EmbeddingStore
 
 KIND_FOLDERS = {"image": ("img_emb", "img_emb"), "text": ("text_emb", "text_emb")}
 METADATA = ("metadata", "metadata")

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import datasets
 import numpy as np
 
-from .precomputed import CAPTION_COLUMNS, URL_COLUMNS, PrecomputedPool
-from .report import render_report
+from anchorclip.anchors.laion.precomputed import CAPTION_COLUMNS, URL_COLUMNS, PrecomputedPool
+from anchorclip.anchors.pool.report import render_report
 
 URLS_FILE = "urls.parquet"
 

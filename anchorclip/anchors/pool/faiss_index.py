@@ -2,7 +2,7 @@
 recall against exact search.
 
 An in-memory index over an `EmbeddingStore` (`anchorclip retrieve --pool`); the on-disk IVF-PQ index over a
-precomputed LAION-layout pool is `anchorclip.anchors.index`.
+precomputed LAION-layout pool is `anchorclip.anchors.laion.ondisk_index`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from anchorclip.anchors.embedding_store import EmbeddingStore
+from anchorclip.anchors.pool.store import EmbeddingStore
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-from .embedding_store import EmbeddingStore
+from anchorclip.anchors.pool.store import EmbeddingStore
 
 logger = logging.getLogger(__name__)
 

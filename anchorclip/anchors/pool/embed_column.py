@@ -30,7 +30,8 @@ import datasets
 import numpy as np
 from tqdm.auto import tqdm
 
-from anchorclip.anchors.embedding_store import (
+from anchorclip.anchors.pool.encoders import ImageEncoder
+from anchorclip.anchors.pool.store import (
     EmbeddingStore,
     cache_files,
     cache_path,
@@ -39,7 +40,6 @@ from anchorclip.anchors.embedding_store import (
     source_marker,
     write_cache_json,
 )
-from anchorclip.anchors.encoders import ImageEncoder
 from anchorclip.anchors.shards import num_chunks, read_json, save_npy_atomic
 from anchorclip.data import with_raw_images
 

@@ -1,25 +1,24 @@
 """The pretrained CLIP and its embeddings of a pool: `load_clip`, `embed_pool` (cached, resumable, split over
-processes; see `anchorclip.anchors.embed_column`), and the launch's processes (`LaunchProcesses`)."""
+processes; see `anchorclip.anchors.pool.embed_column`)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 
 import numpy as np
 
-from anchorclip.anchors.embed_column import embed_column
-from anchorclip.anchors.embedding_store import (
+from anchorclip.anchors.pool.embed_column import embed_column
+from anchorclip.anchors.pool.encoders import ImageEncoder, TextEncoder
+from anchorclip.anchors.pool.store import (
     EmbeddingStore,
     cache_key,
     dataset_fingerprint,
     default_cache_dir,
     model_fingerprint,
 )
-from anchorclip.anchors.encoders import ImageEncoder, TextEncoder
-from anchorclip.anchors.shards import check_processes_joined, process_state
 from anchorclip.data import CAPTION_COLUMNS, IMAGE_COLUMNS, find_column, load_dataset_any
+from anchorclip.distributed import launch_processes
 
 logger = logging.getLogger(__name__)
 
@@ -36,28 +35,6 @@ def load_clip(model_name_or_path, processor=None):
         if processor is None:
             processor = AutoProcessor.from_pretrained(model.config._name_or_path)
     return model.eval(), processor
-
-
-class LaunchProcesses:
-    """The processes of the launch (one, `accelerate launch` or `torchrun`), embedding in full precision.
-
-    The default `accelerator` of `embed_pool` and `retrieve_anchors`: it has what they use of an `Accelerator`
-    (device, process index, barriers, autocast) but creates no `AcceleratorState`, so a `Trainer` built later in
-    the same process still chooses its own mixed precision (`--bf16`). Pass an `Accelerator` to embed in its
-    mixed precision instead (`anchorclip retrieve` does).
-    """
-
-    mixed_precision = "no"
-
-    def __init__(self):
-        self._state = process_state()
-
-    def __getattr__(self, name: str):
-        return getattr(self._state, name)
-
-    @staticmethod
-    def autocast():
-        return contextlib.nullcontext()
 
 
 def resolve_dataset(data, split: str | None, streaming: bool) -> tuple[object, str | None]:
@@ -91,11 +68,11 @@ def embed_pool(
     that of the model weights, the pool (`pool_id`, else its spec or fingerprint), the column, the
     preprocessing and the precision: another model never reads these embeddings. Returns a memory-mapped
     `EmbeddingStore` whose row `i` is pool row `i`, also for a stream embedded on several processes (each reads
-    only its own files of it; see `anchorclip.anchors.embed_column`). `description` labels the progress bar.
+    only its own files of it; see `anchorclip.anchors.pool.embed_column`). `description` labels the progress bar.
     """
     if kind not in ("image", "text"):
         raise ValueError(f"kind must be 'image' or 'text', got {kind!r}.")
-    accelerator = check_processes_joined(accelerator or LaunchProcesses())
+    accelerator = launch_processes(accelerator)
     dataset, spec = resolve_dataset(pool, split, streaming)
     candidates = IMAGE_COLUMNS if kind == "image" else CAPTION_COLUMNS
     column = find_column(dataset, column, candidates, "image" if kind == "image" else "caption")

@@ -1,6 +1,6 @@
 """What `anchorclip retrieve` writes for a pool of images: the anchors dataset (original image bytes, caption,
 class, score, pool row) and `report.html`, thumbnails per class for a person to check. The URL anchors of a
-precomputed pool are `anchorclip.anchors.url_anchors`."""
+precomputed pool are `anchorclip.anchors.laion.url_anchors`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import datasets
 import numpy as np
 
-from anchorclip.anchors.selection import Candidates
+from anchorclip.anchors.pool.selection import Candidates
 from anchorclip.data import decode_image, with_raw_images
 
 

@@ -1,0 +1,95 @@
+"""The retrieval job on a pool of precomputed CLIP embeddings in LAION's layout (`anchorclip retrieve
+--pool_embeddings`): nothing of the pool is embedded, the search uses the IVF-PQ index with on-disk inverted lists
+(`ondisk_index`), and the anchors are the pool's URLs and captions (`url_anchors`). The queries, the selection and
+the provenance are the embedded-pool job's (`anchorclip.anchors.pool.steps`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import datasets
+
+from anchorclip.anchors.laion.ondisk_index import pool_index
+from anchorclip.anchors.laion.precomputed import CAPTION_COLUMNS, URL_COLUMNS, PrecomputedPool, check_model
+from anchorclip.anchors.laion.url_anchors import write_url_anchors, write_url_report
+from anchorclip.anchors.pool import steps
+from anchorclip.anchors.pool.args import RetrievalArguments
+from anchorclip.anchors.pool.store import default_cache_dir
+from anchorclip.distributed import launch_processes
+
+__all__ = ["retrieve_from_precomputed"]
+
+
+def retrieve_from_precomputed(
+    args: RetrievalArguments,
+    class_names: Sequence[str] | None = None,
+    *,
+    finetune=None,
+    leakage_sets: Sequence | None = None,
+    model=None,
+    processor=None,
+    accelerator=None,
+) -> datasets.Dataset:
+    """Retrieve anchors from the precomputed pool at `args.pool_embeddings`; see `retrieve_anchors` for the
+    arguments. The model must be the one the pool was embedded with (`check_model`)."""
+    started = time.perf_counter()
+    accelerator = launch_processes(accelerator)
+    embed_kwargs = steps.embedding_settings(args, accelerator)
+    downstream = steps.resolve_downstream(args, class_names, finetune, accelerator)
+    templates = args.resolved_templates()
+    leakage = [*(args.leakage_sets or []), *(leakage_sets or [])]
+
+    if args.pool is not None:
+        raise ValueError("Pass either a pool or pool_embeddings, not both.")
+    pool = PrecomputedPool.open(args.pool_embeddings)
+    source = {
+        "pool": pool.path,
+        "pool_split": None,
+        "pool_id": args.pool_id or pool.path,
+        "image_column": pool.column(URL_COLUMNS),
+        "caption_column": pool.column(CAPTION_COLUMNS),
+    }
+    model, processor, text_encoder = steps.load_model(args, model, processor, accelerator)
+    check_model(
+        pool, str(model.config._name_or_path or "<in-memory model>"), model.config.projection_dim, text_encoder.encode
+    )
+
+    # 1. Embeddings: the pool's own; image embeddings are also what de-duplication and the leakage guard compare.
+    kind = "text" if args.rule == "text2text" else "image"
+    image_store = pool.store("image") if steps.needs_image_embeddings(args, leakage) else None
+    caption_store = pool.store("text") if args.rule == "text2text" else None
+    search_store = caption_store if args.rule == "text2text" else image_store
+    counts = {"pool_rows": search_store.num_rows, "pool_unembeddable": int((~search_store.valid).sum())}
+    if image_store is not None:
+        counts["pool_undecodable_images"] = int((~image_store.valid).sum())
+    finetune_store, evaluation = steps.query_embeddings(args, downstream, leakage, model, processor, embed_kwargs)
+
+    anchors = None
+    if accelerator.is_main_process:
+        queries, query_class = steps.make_queries(args, downstream, text_encoder, templates, finetune_store)
+        counts["queries"] = len(queries)
+        cache_dir = args.cache_dir or default_cache_dir()
+        index = pool_index(pool, kind, cache_dir, args.index_factory, args.index_params, args.seed)
+        found = steps.search_pool(args, index, search_store, queries, index.factory, approximate=True)
+        selected, per_class = steps.select(
+            args, found, query_class, search_store, image_store, evaluation, downstream.class_names, counts
+        )
+        anchors = write_url_anchors(pool, selected, downstream.class_names, args.output_dir)
+        record = steps.provenance(
+            args,
+            source,
+            model,
+            templates,
+            found,
+            {"index_factory": index.factory, "index_params": index.params},
+            downstream=downstream,
+            leakage=leakage,
+            counts=counts,
+            per_class=per_class,
+            stores=(image_store, caption_store),
+            started=started,
+        )
+        steps.write_outputs(args, anchors, record, write_url_report, f"{args.rule} anchors from {pool.path}")
+    return steps.finish(accelerator, anchors, args.output_dir)
