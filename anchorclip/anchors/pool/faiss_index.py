@@ -26,8 +26,8 @@ EXACT_SEARCH_MAX_ROWS = 1_000_000
 def faiss_module():
     try:
         import faiss
-    except ImportError as error:  # an optional dependency: `pip install anchorclip[retrieval]`
-        raise ImportError("Retrieval needs FAISS: `pip install faiss-cpu` (or `anchorclip[retrieval]`).") from error
+    except ImportError as error:  # a core requirement, missing only from a broken or hand-made environment
+        raise ImportError("Retrieval needs FAISS, a requirement of anchorclip: `pip install faiss-cpu`.") from error
     return faiss
 
 
