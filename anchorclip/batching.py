@@ -26,6 +26,7 @@ import hashlib
 import logging
 import multiprocessing
 from dataclasses import dataclass
+from typing import Required, TypedDict
 
 import numpy as np
 import torch
@@ -38,7 +39,27 @@ logger = logging.getLogger(__name__)
 
 
 class UndecodableImageError(ValueError):
-    pass
+    """An image that cannot be decoded, with `strict_images=True` (or no decodable image at all)."""
+
+
+class ARFBatch(TypedDict, total=False):
+    """The batch `AnchorCollator` builds: one image batch, one text batch, and the sizes that name their rows.
+
+    A plain dict (so Trainer moves its tensors to the device); `ARFFeatures.from_outputs` splits the model's
+    outputs by these sizes.
+    """
+
+    pixel_values: Required[torch.Tensor]  # [finetune images; pair images], (batch + num_pairs, 3, H, W)
+    labels: Required[torch.Tensor]  # (batch,) class ids of the finetune images
+    num_captions: Required[int]  # captions in the text batch, after the class prompts (0 or batch)
+    num_pairs: Required[int]  # retrieved pairs: pair images after the finetune images, pair captions last
+    num_skipped_images: Required[torch.Tensor]  # undecodable images replaced by the next row (a count)
+    input_ids: torch.Tensor  # [class prompts; captions; pair captions], right-padded (absent for FT / LP-FT)
+    attention_mask: torch.Tensor  # 1 on the tokens of `input_ids`, 0 on the padding
+    text_groups: list[tuple[int, int]]  # (rows, tokens) of the prompts, then of captions + pair captions
+    caption_keys: torch.Tensor  # (num_captions,) `text_key` of each caption
+    pair_keys: torch.Tensor  # (num_pairs,) `text_key` of each pair caption
+    pair_targets: torch.Tensor  # (num_pairs, dim) f₀ of each un-augmented pair image (anchor distillation)
 
 
 def _generator(*keys: int) -> torch.Generator:
@@ -281,7 +302,7 @@ class AnchorCollator:
     pad_token_id: int
     with_prompts: bool = True
 
-    def __call__(self, items: list[dict]) -> dict:
+    def __call__(self, items: list[dict]) -> ARFBatch:
         images = [item["pixel_values"] for item in items]
         texts = []
         if self.with_prompts:
@@ -294,7 +315,7 @@ class AnchorCollator:
             images += item.get("pair_pixel_values", [])
             texts += item.get("pair_caption_ids", [])
             num_pairs += len(item.get("pair_caption_ids", []))
-        batch = {
+        batch: ARFBatch = {
             "pixel_values": torch.stack(images),
             "labels": torch.tensor([item["label"] for item in items]),
             "num_captions": len(captions),

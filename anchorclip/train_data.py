@@ -1,14 +1,10 @@
 """The training data of one run: the finetune set, its captions and the retrieved pairs, checked up front and
-wrapped as `AnchoredDataset` + `AnchorCollator` (see batching.py); the step-count check; the trainer's callbacks.
+wrapped as `AnchoredDataset` + `AnchorCollator` (see batching.py); the step-count check.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
-import torch
-from transformers import TrainerCallback
 
 from .batching import AnchorCollator, AnchoredDataset, tokenize_column, tokenize_prompts
 from .data import (
@@ -156,21 +152,3 @@ def check_steps_will_train(args: AnchorTrainingArguments, num_examples: int | No
             f"{args.gradient_accumulation_steps} accumulation steps): no optimizer step would run. Lower "
             "per_device_train_batch_size or gradient_accumulation_steps, or use more data."
         )
-
-
-class ClampLogitScale(TrainerCallback):
-    """Keep the temperature parameter at or below ln(100) after every update, as CLIP does."""
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        if model is not None and hasattr(model, "logit_scale"):
-            with torch.no_grad():
-                model.logit_scale.clamp_(max=math.log(100.0))
-
-
-class SetEpoch(TrainerCallback):
-    """Tell the `AnchoredDataset` the epoch (its augmentation and pair order depend on it)."""
-
-    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
-        dataset = getattr(train_dataloader, "dataset", None)
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(math.floor((state.epoch or 0.0) + 1e-6))
