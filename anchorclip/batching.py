@@ -26,7 +26,7 @@ import hashlib
 import logging
 import multiprocessing
 from dataclasses import dataclass
-from typing import Required, TypedDict
+from typing import TYPE_CHECKING, Required, TypedDict
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from torch.utils.data import Dataset, Sampler
 
 from .data import decode_image
 from .transforms import ImageTransform
+
+if TYPE_CHECKING:
+    import datasets
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +117,7 @@ def pair_schedule(
     return slots
 
 
-def tokenize_column(dataset, column: str, tokenizer, max_length: int, desc: str):
+def tokenize_column(dataset: datasets.Dataset, column: str, tokenizer, max_length: int, desc: str) -> datasets.Dataset:
     """Token ids of one text column, computed once with `datasets.map` (and cached by its fingerprint).
 
     Only `column` is mapped (via `select_columns`), so the image bytes are never rewritten.
@@ -135,6 +138,12 @@ def tokenize_prompts(tokenizer, class_names: list[str], templates: list[str], ma
 
 
 class AnchoredDataset(Dataset):
+    """The finetune set with its augmentation, prompt template, caption and the pairs dealt to each item.
+
+    `finetune` / `pairs` hold raw image bytes (`with_raw_images`); `caption_ids` / `pair_caption_ids` are their
+    tokenized caption columns, row-aligned; `pairs_per_item` is a whole number or a fraction 1/m.
+    """
+
     def __init__(
         self,
         finetune,

@@ -4,6 +4,8 @@ wrapped as `AnchoredDataset` + `AnchorCollator` (see batching.py); the step-coun
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .batching import AnchorCollator, AnchoredDataset, tokenize_column, tokenize_prompts
@@ -20,15 +22,22 @@ from .templates import resolve_templates
 from .training_args import AnchorTrainingArguments
 from .transforms import ImageTransform
 
+if TYPE_CHECKING:
+    import datasets
+    from transformers import CLIPProcessor
+
+    from .anchors.embedding_store import EmbeddingStore
+    from .modeling_anchorclip import AnchorCLIPModel
+
 
 def build_train_data(
-    train_dataset,
-    pair_anchors,
+    train_dataset: datasets.Dataset,
+    pair_anchors: datasets.Dataset | None,
     args: AnchorTrainingArguments,
-    processing_class,
-    model,
-    class_names,
-    caption_anchors=None,
+    processing_class: CLIPProcessor,
+    model: AnchorCLIPModel,
+    class_names: list[str] | None,
+    caption_anchors: datasets.Dataset | None = None,
 ) -> tuple[AnchoredDataset, AnchorCollator, list[str]]:
     """Validate the finetune and anchor sets up front; wrap them in an `AnchoredDataset` and its collator.
 
@@ -107,7 +116,9 @@ def build_train_data(
     return dataset, collator, class_names
 
 
-def pretrained_pair_features(pairs, image_column: str, model, processing_class):
+def pretrained_pair_features(
+    pairs: datasets.Dataset, image_column: str, model: AnchorCLIPModel, processing_class: CLIPProcessor
+) -> EmbeddingStore:
     """Anchor distillation's targets for un-augmented pair images: f₀ of every pair image's evaluation view.
 
     The pair set and the starting weights f₀ never change during a run, so each target is computed once instead
