@@ -2,7 +2,8 @@
 
 from .configuration_anchorclip import AnchorCLIPConfig
 from .evaluation import EvalSet
-from .loss import ContrastiveLoss
+from .heads import LinearHeadCLIP
+from .loss import ARFFeatures, ARFLoss, ContrastiveLoss
 from .modeling_anchorclip import AnchorCLIPModel
 from .templates import OPENAI_IMAGENET_TEMPLATES, SIMPLE_TEMPLATES
 from .trainer import AnchorCLIPTrainer, NonFiniteLossError
@@ -13,6 +14,8 @@ from .wise import wise_ft, wise_ft_sweep
 __version__ = "0.1.0"
 
 __all__ = [
+    "ARFFeatures",
+    "ARFLoss",
     "AnchorCLIPConfig",
     "AnchorCLIPModel",
     "AnchorCLIPTrainer",
@@ -20,6 +23,7 @@ __all__ = [
     "ContrastiveLoss",
     "EvalSet",
     "ImageTransform",
+    "LinearHeadCLIP",
     "NonFiniteLossError",
     "OPENAI_IMAGENET_TEMPLATES",
     "SIMPLE_TEMPLATES",

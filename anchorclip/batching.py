@@ -26,6 +26,7 @@ import hashlib
 import logging
 import multiprocessing
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Required, TypedDict
 
 import numpy as np
 import torch
@@ -34,11 +35,34 @@ from torch.utils.data import Dataset, Sampler
 from .data import decode_image
 from .transforms import ImageTransform
 
+if TYPE_CHECKING:
+    import datasets
+
 logger = logging.getLogger(__name__)
 
 
 class UndecodableImageError(ValueError):
-    pass
+    """An image that cannot be decoded, with `strict_images=True` (or no decodable image at all)."""
+
+
+class ARFBatch(TypedDict, total=False):
+    """The batch `AnchorCollator` builds: one image batch, one text batch, and the sizes that name their rows.
+
+    A plain dict (so Trainer moves its tensors to the device); `ARFFeatures.from_outputs` splits the model's
+    outputs by these sizes.
+    """
+
+    pixel_values: Required[torch.Tensor]  # [finetune images; pair images], (batch + num_pairs, 3, H, W)
+    labels: Required[torch.Tensor]  # (batch,) class ids of the finetune images
+    num_captions: Required[int]  # captions in the text batch, after the class prompts (0 or batch)
+    num_pairs: Required[int]  # retrieved pairs: pair images after the finetune images, pair captions last
+    num_skipped_images: Required[torch.Tensor]  # undecodable images replaced by the next row (a count)
+    input_ids: torch.Tensor  # [class prompts; captions; pair captions], right-padded (absent for FT / LP-FT)
+    attention_mask: torch.Tensor  # 1 on the tokens of `input_ids`, 0 on the padding
+    text_groups: list[tuple[int, int]]  # (rows, tokens) of the prompts, then of captions + pair captions
+    caption_keys: torch.Tensor  # (num_captions,) `text_key` of each caption
+    pair_keys: torch.Tensor  # (num_pairs,) `text_key` of each pair caption
+    pair_targets: torch.Tensor  # (num_pairs, dim) f₀ of each un-augmented pair image (anchor distillation)
 
 
 def _generator(*keys: int) -> torch.Generator:
@@ -93,7 +117,7 @@ def pair_schedule(
     return slots
 
 
-def tokenize_column(dataset, column: str, tokenizer, max_length: int, desc: str):
+def tokenize_column(dataset: datasets.Dataset, column: str, tokenizer, max_length: int, desc: str) -> datasets.Dataset:
     """Token ids of one text column, computed once with `datasets.map` (and cached by its fingerprint).
 
     Only `column` is mapped (via `select_columns`), so the image bytes are never rewritten.
@@ -114,6 +138,12 @@ def tokenize_prompts(tokenizer, class_names: list[str], templates: list[str], ma
 
 
 class AnchoredDataset(Dataset):
+    """The finetune set with its augmentation, prompt template, caption and the pairs dealt to each item.
+
+    `finetune` / `pairs` hold raw image bytes (`with_raw_images`); `caption_ids` / `pair_caption_ids` are their
+    tokenized caption columns, row-aligned; `pairs_per_item` is a whole number or a fraction 1/m.
+    """
+
     def __init__(
         self,
         finetune,
@@ -281,7 +311,7 @@ class AnchorCollator:
     pad_token_id: int
     with_prompts: bool = True
 
-    def __call__(self, items: list[dict]) -> dict:
+    def __call__(self, items: list[dict]) -> ARFBatch:
         images = [item["pixel_values"] for item in items]
         texts = []
         if self.with_prompts:
@@ -294,7 +324,7 @@ class AnchorCollator:
             images += item.get("pair_pixel_values", [])
             texts += item.get("pair_caption_ids", [])
             num_pairs += len(item.get("pair_caption_ids", []))
-        batch = {
+        batch: ARFBatch = {
             "pixel_values": torch.stack(images),
             "labels": torch.tensor([item["label"] for item in items]),
             "num_captions": len(captions),

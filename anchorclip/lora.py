@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .heads import LinearHeadCLIP
 from .modeling_anchorclip import AnchorCLIPModel
 
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -66,7 +67,7 @@ def apply_lora(
 
     if is_lora_model(model):
         raise ValueError("The model already has LoRA adapters.")
-    if getattr(model, "finetune_head", None) is not None:
+    if isinstance(model, LinearHeadCLIP):
         raise ValueError("LoRA is for the contrastive methods (arf, flyp); this model has an FT linear head.")
     peft_model = get_peft_model(model, lora_config(r, alpha, dropout, target_modules))
     peft_model.base_model.model.logit_scale.requires_grad_(False)

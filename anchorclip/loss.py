@@ -1,4 +1,14 @@
-"""CLIP's symmetric contrastive loss, gathered across processes with gradients (open_clip's local-loss form).
+"""The training objectives: CLIP's contrastive loss (`ContrastiveLoss`) and ARF's (`ARFLoss`) built on it.
+
+ARF's objective, on the named features of one contrastive batch (`ARFFeatures`):
+
+    L = L_cls(finetune images, class prompts)
+      + λ1 L_caption(finetune images, captions)
+      + λ2 L_pairs(pair images, pair captions)
+      [+ λ3 L_distill(pair images): ‖f(x) − f₀(x)‖² against the frozen pretrained image tower f₀; off by default]
+
+FLYP is `ARFLoss` with λ1 = λ2 = 0. The contrastive loss is gathered across processes with gradients
+(open_clip's local-loss form).
 
 Each process scores its local rows against the features of *all* processes, so the global batch size
 sets the number of negatives however small the per-GPU batch is. The gather is torch's functional
@@ -18,12 +28,20 @@ a scale of 100 is where fp16/bf16 rounding hurts.
 
 from __future__ import annotations
 
+import copy
 import math
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from .batching import ARFBatch
+    from .modeling_anchorclip import AnchorCLIPModel
+    from .training_args import AnchorTrainingArguments
 
 LOGIT_SCALE_MAX = math.log(100.0)
 DUPLICATE_MODES = ("negatives", "mask")
@@ -107,3 +125,158 @@ class ContrastiveLoss(nn.Module):
             logits_per_image = logits_per_image.masked_fill(same_class, float("-inf"))
             logits_per_text = logits_per_text.masked_fill(same_class, float("-inf"))
         return (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets)) / 2
+
+
+@dataclass
+class ARFFeatures:
+    """The L2-normalised features of one ARF batch, by role; rows of a pair are at the same index.
+
+    `images` and `prompts` (`(batch, dim)`) are the finetune images and their class prompts, `labels` their class
+    ids; `captions` pair with `images` (when λ1 > 0), `pair_images` with `pair_captions` (when λ2 > 0).
+    `caption_keys` / `pair_keys` are the captions' `text_key`s: equal captions are masked, not negatives.
+    `distill_targets` are f₀ of `pair_images` (anchor distillation, λ3 > 0).
+    """
+
+    images: torch.Tensor
+    prompts: torch.Tensor
+    labels: torch.Tensor
+    captions: torch.Tensor | None = None
+    caption_keys: torch.Tensor | None = None
+    pair_images: torch.Tensor | None = None
+    pair_captions: torch.Tensor | None = None
+    pair_keys: torch.Tensor | None = None
+    distill_targets: torch.Tensor | None = None
+
+    @classmethod
+    def from_outputs(cls, batch: ARFBatch, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> ARFFeatures:
+        """Name the rows of one image pass and one text pass over an `AnchorCollator` batch.
+
+        The collator lays the image batch out as [finetune images; pair images] and the text batch as
+        [class prompts; captions; pair captions], with the segment sizes in the batch (see `ARFBatch`).
+        """
+        size, num_captions, num_pairs = batch["labels"].shape[0], batch["num_captions"], batch["num_pairs"]
+        return cls(
+            images=image_embeds[:size],
+            prompts=text_embeds[:size],
+            labels=batch["labels"],
+            captions=text_embeds[size : size + num_captions],
+            caption_keys=batch.get("caption_keys"),
+            pair_images=image_embeds[size:],
+            pair_captions=text_embeds[size + num_captions : size + num_captions + num_pairs],
+            pair_keys=batch.get("pair_keys"),
+            distill_targets=batch.get("pair_targets"),
+        )
+
+    @classmethod
+    def cat(cls, parts: list[ARFFeatures]) -> ARFFeatures:
+        """Rows of several micro-batches as one batch (a field missing from any part is left out)."""
+        if len(parts) == 1:
+            return parts[0]
+        joined = {}
+        for field in fields(cls):
+            values = [getattr(part, field.name) for part in parts]
+            joined[field.name] = None if any(value is None for value in values) else torch.cat(values)
+        return cls(**joined)
+
+
+@dataclass
+class ARFLossOutput:
+    """`window_loss`: the terms of the whole contrastive batch; `local_loss`: the per-image terms (distillation)
+    of the micro-batch passed as `local`; `terms`: each unweighted term by name (`loss_cls`, `loss_caption`,
+    `loss_pairs`, `loss_distill`), for logging."""
+
+    window_loss: torch.Tensor
+    local_loss: torch.Tensor | None
+    terms: dict[str, torch.Tensor]
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """The total loss (when the batch is one micro-batch)."""
+        return self.window_loss if self.local_loss is None else self.window_loss + self.local_loss
+
+
+class ARFLoss(nn.Module):
+    """ARF's objective (see the module docstring); a term whose λ is 0 is not computed.
+
+    Args:
+        lambda_caption: λ1, weight of the caption-anchor term.
+        lambda_pairs: λ2, weight of the retrieved-pair term.
+        lambda_distill: λ3, weight of anchor-feature distillation (beyond the paper; 0 = off).
+        duplicates: same-class images in L_cls (`ContrastiveLoss`'s modes); equal captions are always masked.
+    """
+
+    def __init__(
+        self,
+        lambda_caption: float = 1.0,
+        lambda_pairs: float = 1.0,
+        lambda_distill: float = 0.0,
+        duplicates: str = "negatives",
+    ):
+        super().__init__()
+        self.lambda_caption, self.lambda_pairs, self.lambda_distill = lambda_caption, lambda_pairs, lambda_distill
+        self.class_loss = ContrastiveLoss(duplicates=duplicates)
+        self.caption_loss = ContrastiveLoss(duplicates="mask")  # equal captions (equal text keys) are no negatives
+
+    @classmethod
+    def from_args(cls, args: AnchorTrainingArguments) -> ARFLoss:
+        """The objective of `args.method`: a term the method or its anchors leave out gets λ = 0."""
+        return cls(
+            lambda_caption=args.lambda_caption if args.uses_captions else 0.0,
+            lambda_pairs=args.lambda_pairs if args.uses_pairs else 0.0,
+            lambda_distill=args.lambda_distill if args.uses_distillation else 0.0,
+            duplicates=args.duplicate_classes,
+        )
+
+    def forward(
+        self, features: ARFFeatures, logit_scale: torch.Tensor, local: ARFFeatures | None = None
+    ) -> ARFLossOutput:
+        """The loss of `features` (every micro-batch of a contrastive batch), plus the per-image terms of `local`
+        (the micro-batch being differentiated; default: `features`). `logit_scale`: the log temperature."""
+        local = local if local is not None else features
+        terms = {"loss_cls": self.class_loss(features.images, features.prompts, logit_scale, features.labels)}
+        loss = terms["loss_cls"]
+        if self.lambda_caption > 0:
+            keys = _required(features.caption_keys, "caption_keys")
+            terms["loss_caption"] = self.caption_loss(features.images, features.captions, logit_scale, keys)
+            loss = loss + self.lambda_caption * terms["loss_caption"]
+        if self.lambda_pairs > 0:
+            keys = _required(features.pair_keys, "pair_keys")
+            terms["loss_pairs"] = self.caption_loss(features.pair_images, features.pair_captions, logit_scale, keys)
+            loss = loss + self.lambda_pairs * terms["loss_pairs"]
+        local_loss = None
+        if self.lambda_distill > 0:
+            if local.distill_targets is None:
+                raise KeyError("Anchor distillation: the batch has no `pair_targets` (AnchorCollator adds them).")
+            distances = (local.pair_images.float() - local.distill_targets.float()).pow(2).sum(dim=-1)
+            terms["loss_distill"] = distances.mean()
+            local_loss = self.lambda_distill * terms["loss_distill"]
+        return ARFLossOutput(window_loss=loss, local_loss=local_loss, terms=terms)
+
+
+def _required(keys: torch.Tensor | None, name: str) -> torch.Tensor:
+    if keys is None:
+        raise KeyError(f"The batch has no {name!r} (its texts' `text_key`s): use AnchorCollator.")
+    return keys
+
+
+class FrozenImageTower(nn.Module):
+    """A frozen copy of a CLIP model's image tower (encoder + projection): the targets of `L_distill`.
+
+    Copied when the trainer is built, i.e. from the weights the finetune starts from (a resumed run is
+    built from the same pretrained model, so its targets are the same)."""
+
+    def __init__(self, model: AnchorCLIPModel):
+        super().__init__()
+        self.vision_model = copy.deepcopy(model.vision_model)
+        self.visual_projection = copy.deepcopy(model.visual_projection)
+        self.requires_grad_(False)
+        self.eval()
+
+    @torch.no_grad()
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """f₀(x): the L2-normalised pretrained image features."""
+        pooled = self.vision_model(pixel_values=pixel_values).pooler_output
+        return F.normalize(self.visual_projection(pooled), dim=-1)
+
+    def train(self, mode: bool = True) -> FrozenImageTower:
+        return super().train(False)  # dropout and the like stay off: the targets are the pretrained features

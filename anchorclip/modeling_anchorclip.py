@@ -3,35 +3,27 @@
 The weights are exactly CLIP's, so checkpoints stay interchangeable with `transformers.CLIPModel`.
 Two additions:
 
-* `forward` also accepts only images or only text (the trainer encodes one tower at a time for some
-  methods); with both it is `CLIPModel.forward` unchanged. With `finetune_head=True` and images only it
-  also returns the FT / LP-FT head's logits, so that the head is used inside the (DDP-wrapped) forward
-  and its gradients are synchronised like every other parameter's. With `text_groups` it encodes each
-  group of text rows at its own width: an ARF batch's class prompts are a few tokens, its captions
-  several times longer, and padding every prompt to the longest caption multiplied the text tower's work.
+* `forward` also accepts only images or only text; with both it is `CLIPModel.forward` unchanged. With
+  `text_groups` it encodes each group of text rows at its own width: an ARF batch's class prompts are a few
+  tokens, its captions several times longer, and padding every prompt to the longest caption multiplied the
+  text tower's work.
 * `build_zero_shot_head` / `classify`: class names x templates -> text embeddings, L2-normalised per
   prompt, averaged over templates and renormalised (Radford et al., WiSE-FT, open_clip).
 
-A linear head trained by the FT / LP-FT baselines is kept outside the CLIP state dict, in
-`finetune_head.safetensors`, so that plain `CLIPModel` never sees an unexpected key.
+The FT / LP-FT baselines' linear head is not part of this model: see `heads.LinearHeadCLIP`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
-from torch import nn
 from transformers import CLIPModel
 from transformers.models.clip.modeling_clip import CLIPOutput
 
 from .configuration_anchorclip import AnchorCLIPConfig
 from .templates import resolve_templates
-
-FINETUNE_HEAD_FILE = "finetune_head.safetensors"
 
 
 class AnchorCLIPModel(CLIPModel):
@@ -46,8 +38,6 @@ class AnchorCLIPModel(CLIPModel):
 
     def __init__(self, config: AnchorCLIPConfig):
         super().__init__(config)
-        # Set by the FT / LP-FT baselines: (num_classes, projection_dim) weights on normalised image features.
-        self.finetune_head: nn.Parameter | None = None
         self._processor = None
 
     # ---------------------------------------------------------------- forward
@@ -59,29 +49,15 @@ class AnchorCLIPModel(CLIPModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         return_loss: bool | None = None,
-        finetune_head: bool = False,
-        train_image_tower: bool = True,
         text_groups: Sequence[tuple[int, int]] | None = None,
         **kwargs,
     ) -> CLIPOutput:
         """`CLIPModel.forward` with both inputs; one tower's normalised embeddings with one input.
 
-        `finetune_head=True` (images only) adds `logits_per_image`, the linear head's logits on the
-        normalised image features; `train_image_tower=False` then computes the features without gradients
-        (LP-FT's probing phase: only the head learns).
-
         `text_groups` (`(rows, tokens)` per group of consecutive right-padded text rows, as `AnchorCollator`
         builds them) encodes each group trimmed to its own `tokens`. Causal attention never lets a token see
         the padding after it, so the embeddings are those of the padded batch; only the work shrinks.
         """
-        if finetune_head:
-            if self.finetune_head is None or pixel_values is None or input_ids is not None:
-                raise ValueError("finetune_head=True needs a head (set_finetune_head) and pixel_values alone.")
-            with torch.set_grad_enabled(train_image_tower and torch.is_grad_enabled()):
-                features = self.get_image_features(pixel_values=pixel_values).pooler_output
-            image_embeds = F.normalize(features, dim=-1)
-            logits = image_embeds.float() @ self.finetune_head.float().t()
-            return CLIPOutput(logits_per_image=logits, image_embeds=image_embeds)
         if input_ids is not None and pixel_values is not None and text_groups is None:
             return super().forward(
                 input_ids=input_ids,
@@ -175,27 +151,22 @@ class AnchorCLIPModel(CLIPModel):
     ) -> torch.Tensor:
         """Logits `(batch, num_classes)` for PIL `images` (or ready `pixel_values`).
 
-        With no `class_names`/`head`, uses the trained FT head if there is one, else a zero-shot head for
-        the class names and templates saved in the config.
+        With no `class_names`/`head`, a zero-shot head for the class names and templates saved in the config
+        (an FT / LP-FT checkpoint's trained head: `heads.LinearHeadCLIP.classify`).
         """
         if pixel_values is None:
             if images is None:
                 raise ValueError("Pass images or pixel_values.")
             pixel_values = self.processor(images=images, return_tensors="pt")["pixel_values"]
         if head is None:
-            if class_names is None and self.finetune_head is not None:
-                head = self.finetune_head
-            else:
-                class_names = class_names or getattr(self.config, "class_names", None)
-                if not class_names:
-                    raise ValueError("No class_names given and none saved in the config.")
-                head = self.build_zero_shot_head(class_names, templates)
+            class_names = class_names or getattr(self.config, "class_names", None)
+            if not class_names:
+                raise ValueError("No class_names given and none saved in the config.")
+            head = self.build_zero_shot_head(class_names, templates)
         image_embeds = F.normalize(
             self.get_image_features(pixel_values=pixel_values.to(self.device, self.dtype)).pooler_output.float(),
             dim=-1,
         )
-        if self.finetune_head is not None and head is self.finetune_head:
-            return image_embeds @ head.float().t()
         return self.logit_scale.exp().float() * image_embeds @ head.t()
 
     @property
@@ -216,55 +187,3 @@ class AnchorCLIPModel(CLIPModel):
     @processor.setter
     def processor(self, value) -> None:
         self._processor = value
-
-    # ------------------------------------------------------- FT head, save
-
-    def set_finetune_head(self, weights: torch.Tensor | None) -> None:
-        """Attach (or remove, with None) a trainable linear head used by the FT / LP-FT baselines."""
-        self.finetune_head = None if weights is None else nn.Parameter(weights.detach().clone())
-
-    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
-        # Saved as a plain CLIP checkpoint: the head goes to its own file, the architecture reads "CLIPModel".
-        head, self.finetune_head = self.finetune_head, None
-        saved_head = head
-        state_dict = kwargs.get("state_dict")
-        if state_dict is not None and "finetune_head" in state_dict:  # gathered by Trainer (FSDP, DeepSpeed)
-            kwargs["state_dict"] = {key: value for key, value in state_dict.items() if key != "finetune_head"}
-            saved_head = state_dict["finetune_head"]
-        try:
-            super().save_pretrained(save_directory, *args, **kwargs)
-        finally:
-            self.finetune_head = head
-        if saved_head is not None and kwargs.get("is_main_process", True):
-            save_file(
-                {"weight": saved_head.detach().cpu().float().contiguous()},
-                os.path.join(save_directory, FINETUNE_HEAD_FILE),
-            )
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> AnchorCLIPModel:
-        """Any CLIP checkpoint (Hub id or folder), as `CLIPModel.from_pretrained` takes it (same arguments), plus
-        the FT / LP-FT linear head saved beside an anchorclip checkpoint, when there is one."""
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        head_file = _resolve_file(pretrained_model_name_or_path, FINETUNE_HEAD_FILE, kwargs)
-        if head_file is not None:
-            model.set_finetune_head(load_file(head_file)["weight"].to(model.device))
-        return model
-
-
-def _resolve_file(name_or_path, filename: str, kwargs: dict) -> str | None:
-    """Path of an optional extra file in a local folder or Hub repo, or None when it does not exist."""
-    path = os.path.join(str(name_or_path), filename)
-    if os.path.isdir(str(name_or_path)):
-        return path if os.path.isfile(path) else None
-    from transformers.utils import cached_file
-
-    return cached_file(
-        name_or_path,
-        filename,
-        revision=kwargs.get("revision"),
-        cache_dir=kwargs.get("cache_dir"),
-        token=kwargs.get("token"),
-        _raise_exceptions_for_missing_entries=False,
-        _raise_exceptions_for_connection_errors=False,
-    )

@@ -1,14 +1,12 @@
 """The training data of one run: the finetune set, its captions and the retrieved pairs, checked up front and
-wrapped as `AnchoredDataset` + `AnchorCollator` (see batching.py); the step-count check; the trainer's callbacks.
+wrapped as `AnchoredDataset` + `AnchorCollator` (see batching.py); the step-count check.
 """
 
 from __future__ import annotations
 
-import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from transformers import TrainerCallback
 
 from .batching import AnchorCollator, AnchoredDataset, tokenize_column, tokenize_prompts
 from .data import (
@@ -24,15 +22,22 @@ from .templates import resolve_templates
 from .training_args import AnchorTrainingArguments
 from .transforms import ImageTransform
 
+if TYPE_CHECKING:
+    import datasets
+    from transformers import CLIPProcessor
+
+    from .anchors.embedding_store import EmbeddingStore
+    from .modeling_anchorclip import AnchorCLIPModel
+
 
 def build_train_data(
-    train_dataset,
-    pair_anchors,
+    train_dataset: datasets.Dataset,
+    pair_anchors: datasets.Dataset | None,
     args: AnchorTrainingArguments,
-    processing_class,
-    model,
-    class_names,
-    caption_anchors=None,
+    processing_class: CLIPProcessor,
+    model: AnchorCLIPModel,
+    class_names: list[str] | None,
+    caption_anchors: datasets.Dataset | None = None,
 ) -> tuple[AnchoredDataset, AnchorCollator, list[str]]:
     """Validate the finetune and anchor sets up front; wrap them in an `AnchoredDataset` and its collator.
 
@@ -111,7 +116,9 @@ def build_train_data(
     return dataset, collator, class_names
 
 
-def pretrained_pair_features(pairs, image_column: str, model, processing_class):
+def pretrained_pair_features(
+    pairs: datasets.Dataset, image_column: str, model: AnchorCLIPModel, processing_class: CLIPProcessor
+) -> EmbeddingStore:
     """Anchor distillation's targets for un-augmented pair images: f₀ of every pair image's evaluation view.
 
     The pair set and the starting weights f₀ never change during a run, so each target is computed once instead
@@ -156,21 +163,3 @@ def check_steps_will_train(args: AnchorTrainingArguments, num_examples: int | No
             f"{args.gradient_accumulation_steps} accumulation steps): no optimizer step would run. Lower "
             "per_device_train_batch_size or gradient_accumulation_steps, or use more data."
         )
-
-
-class ClampLogitScale(TrainerCallback):
-    """Keep the temperature parameter at or below ln(100) after every update, as CLIP does."""
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        if model is not None and hasattr(model, "logit_scale"):
-            with torch.no_grad():
-                model.logit_scale.clamp_(max=math.log(100.0))
-
-
-class SetEpoch(TrainerCallback):
-    """Tell the `AnchoredDataset` the epoch (its augmentation and pair order depend on it)."""
-
-    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
-        dataset = getattr(train_dataloader, "dataset", None)
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(math.floor((state.epoch or 0.0) + 1e-6))

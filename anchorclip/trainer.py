@@ -1,17 +1,8 @@
 """`AnchorCLIPTrainer`: ARF and its baselines (FLYP, FT, LP-FT, zero-shot) on one `transformers.Trainer`.
 
-One ARF step: a single image pass over [finetune images; retrieved-pair images] and a single text pass
-over [class prompts; captions; pair captions]; then
-
-    L = L_cls(finetune images, prompts)
-      + λ1 L_caption(finetune images, captions)
-      + λ2 L_pairs(pair images, pair captions)
-      [+ λ3 L_distill(pair images): ‖f(x) − f₀(x)‖² against the frozen pretrained image tower f₀; off by default]
-
-so the finetune image features are computed once and serve both L_cls and L_caption. With un-augmented pair
-images (`augment_pairs=False`) each pair image is the same pixels every time, so f₀(x) is computed once per
-pair image before training (`pretrained_pair_features`) and comes with the batch; otherwise a frozen copy of
-the image tower computes it every step.
+One ARF step is a single image pass over [finetune images; retrieved-pair images] and a single text pass
+over [class prompts; captions; pair captions] (see `batching.AnchorCollator`), named as `loss.ARFFeatures` and
+scored by `loss.ARFLoss`. The FT / LP-FT baselines train `heads.LinearHeadCLIP` with cross-entropy.
 
 Gradient accumulation. A contrastive loss is not a sum over micro-batches (the negatives change), so
 accumulating micro-batch losses is *not* training with the large batch. We follow open_clip's
@@ -23,7 +14,6 @@ one extra no-grad forward per micro-batch.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 from collections import defaultdict
@@ -31,17 +21,19 @@ from collections import defaultdict
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 from transformers import Trainer, TrainerCallback
+from transformers.trainer import TRAINING_ARGS_NAME
 
 from .batching import AnchoredDataset
+from .callbacks import ClampLogitScale, SetEpoch
 from .evaluation import GROUPS, EvalSet
 from .evaluation.zero_shot import ZeroShotScorer
+from .heads import FINETUNE_HEAD_FILE, LinearHeadCLIP, load_linear_head, with_saved_head
 from .lora import apply_lora_from_args, is_lora_model, save_lora_extras
-from .loss import ContrastiveLoss
-from .modeling_anchorclip import FINETUNE_HEAD_FILE, AnchorCLIPModel
-from .train_data import ClampLogitScale, SetEpoch, build_train_data, check_steps_will_train
+from .loss import ARFFeatures, ARFLoss, FrozenImageTower
+from .modeling_anchorclip import AnchorCLIPModel
+from .train_data import build_train_data, check_steps_will_train
 from .training_args import AnchorTrainingArguments
 from .transforms import ImageTransform
 
@@ -54,33 +46,12 @@ class NonFiniteLossError(RuntimeError):
     """Training stopped because the loss became NaN or infinite."""
 
 
-class FrozenImageTower(nn.Module):
-    """A frozen copy of a CLIP model's image tower (encoder + projection): the targets of `L_distill`.
-
-    Copied when the trainer is built, i.e. from the weights the finetune starts from (a resumed run is
-    built from the same pretrained model, so its targets are the same)."""
-
-    def __init__(self, model: AnchorCLIPModel):
-        super().__init__()
-        self.vision_model = copy.deepcopy(model.vision_model)
-        self.visual_projection = copy.deepcopy(model.visual_projection)
-        self.requires_grad_(False)
-        self.eval()
-
-    @torch.no_grad()
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        pooled = self.vision_model(pixel_values=pixel_values).pooler_output
-        return F.normalize(self.visual_projection(pooled), dim=-1)
-
-    def train(self, mode: bool = True) -> FrozenImageTower:
-        return super().train(False)  # dropout and the like stay off: the targets are the pretrained features
-
-
 class AnchorCLIPTrainer(Trainer):
     """Finetune a CLIP model with ARF or a baseline (see `AnchorTrainingArguments.method`).
 
     Args:
-        model: an `AnchorCLIPModel` (load any CLIP checkpoint with `AnchorCLIPModel.from_pretrained`).
+        model: an `AnchorCLIPModel` (load any CLIP checkpoint with `AnchorCLIPModel.from_pretrained`); for FT /
+            LP-FT it gets a linear head (`heads.LinearHeadCLIP`), or keeps the one saved beside its checkpoint.
         args: `AnchorTrainingArguments`.
         train_dataset: the finetune set: an image column, an integer label column and, for ARF with
             λ1 > 0 and no `caption_anchors`, a caption column.
@@ -101,7 +72,7 @@ class AnchorCLIPTrainer(Trainer):
 
     def __init__(
         self,
-        model: AnchorCLIPModel,
+        model: AnchorCLIPModel | LinearHeadCLIP,
         args: AnchorTrainingArguments,
         train_dataset=None,
         eval_dataset=None,
@@ -117,8 +88,7 @@ class AnchorCLIPTrainer(Trainer):
         if processing_class is None:
             raise ValueError("Pass processing_class=CLIPProcessor (its tokenizer and image processor are needed).")
         self.class_names = class_names
-        self.contrastive_loss = ContrastiveLoss(duplicates=args.duplicate_classes)
-        self.caption_loss = ContrastiveLoss(duplicates="mask")  # equal captions (equal text keys) are no negatives
+        self.arf_loss = ARFLoss.from_args(args)  # FLYP: L_cls alone
         # Kept on the device and read at logging / checkpoint time: a `.item()` per micro-step would stall the
         # GPU queue every step.
         self._term_sums: dict[str, torch.Tensor] = {}
@@ -127,13 +97,16 @@ class AnchorCLIPTrainer(Trainer):
         self._last_finite_step = 0
         self._skipped_images = 0
         self._window: list[dict] = []
-        self._window_cache: list[dict] | None = None
+        self._window_cache: list[ARFFeatures] | None = None
         self._micro = 0
 
+        if isinstance(model, LinearHeadCLIP) and train_dataset is not None and args.is_contrastive:
+            raise ValueError(f"method={args.method!r} trains the CLIP model: pass model.clip, not its linear head.")
         train_data, collator = None, None
         if train_dataset is not None:
+            clip = model.clip if isinstance(model, LinearHeadCLIP) else model
             train_data, collator, self.class_names = build_train_data(
-                train_dataset, pair_anchors, args, processing_class, model, self.class_names, caption_anchors
+                train_dataset, pair_anchors, args, processing_class, clip, self.class_names, caption_anchors
             )
         callbacks = [ClampLogitScale(), SetEpoch(), *(callbacks or [])]
         if args.method == "lp_ft":
@@ -148,6 +121,11 @@ class AnchorCLIPTrainer(Trainer):
         # LoRA (anchorclip/lora.py): wrap in a PeftModel before Trainer builds the optimizer.
         if args.lora_r > 0 and not is_lora_model(model):
             model = apply_lora_from_args(model, args)
+        if isinstance(model, AnchorCLIPModel) and (args.method in ("ft", "lp_ft") or train_dataset is None):
+            model = with_saved_head(model)  # a checkpoint of an FT / LP-FT run brings its head
+        new_head = args.method in ("ft", "lp_ft") and not isinstance(model, LinearHeadCLIP)
+        if new_head:  # FT / LP-FT start from the zero-shot head (init_from_zero_shot, below)
+            model = LinearHeadCLIP(model, torch.zeros(len(self.class_names or ()), model.config.projection_dim))
         super().__init__(
             model=model,
             args=args,
@@ -158,20 +136,10 @@ class AnchorCLIPTrainer(Trainer):
             callbacks=callbacks,
             **kwargs,
         )
+        if new_head:  # computed where Trainer placed the model
+            model.init_from_zero_shot(self.class_names, args.eval_templates, processing_class.tokenizer)
         if args.method in ("ft", "lp_ft"):
-            self._prepare_linear_head(model, processing_class)
-
-    # ------------------------------------------------------------------ data
-
-    def _prepare_linear_head(self, model: AnchorCLIPModel, processing_class) -> None:
-        """FT / LP-FT: a linear head initialised from the zero-shot head (WiSE-FT), text tower frozen."""
-        if model.finetune_head is None:
-            head = model.build_zero_shot_head(self.class_names, self.args.eval_templates, processing_class.tokenizer)
-            model.set_finetune_head(head * model.logit_scale.exp().detach())
-        for parameter in model.text_model.parameters():
-            parameter.requires_grad_(False)
-        model.text_projection.requires_grad_(False)
-        model.logit_scale.requires_grad_(False)
+            model.freeze_text_tower()
 
     def _get_train_sampler(self, train_dataset=None):
         """The `AnchoredDataset`'s own epoch order, so that it can deal pairs by global batch (see batching.py).
@@ -196,15 +164,12 @@ class AnchorCLIPTrainer(Trainer):
     def train(self, *args, **kwargs):
         if self.args.method == "zeroshot":
             raise ValueError("method='zeroshot' trains nothing: call evaluate() on the pretrained model instead.")
-        self._check_steps_will_train()
+        # Refuse settings that give zero optimizer steps (Trainer would warn, save and exit 0).
+        check_steps_will_train(self.args, len(self.train_dataset) if self.train_dataset is not None else None)
         output = super().train(*args, **kwargs)
         if self.state.global_step == 0:  # whatever the cause: never report an untouched model as finetuned
             raise RuntimeError("Training ended without a single optimizer step; the model was not finetuned.")
         return output
-
-    def _check_steps_will_train(self) -> None:
-        """Refuse settings that give zero optimizer steps (Trainer would warn, save and exit 0)."""
-        check_steps_will_train(self.args, len(self.train_dataset) if self.train_dataset is not None else None)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The training loss of one micro-batch: ARF/FLYP contrastive terms, or cross-entropy for FT / LP-FT.
@@ -236,84 +201,43 @@ class AnchorCLIPTrainer(Trainer):
 
     def _cross_entropy(self, model, inputs) -> torch.Tensor:
         probing = self.args.method == "lp_ft" and self.state.global_step < self.args.lp_fraction * self.state.max_steps
-        # The head runs inside the wrapped forward: DDP then averages its gradients too (used outside, it
-        # raised "mark a variable ready only once", and LP-FT's probing trained one head per process).
-        logits = model(pixel_values=inputs["pixel_values"], finetune_head=True, train_image_tower=not probing)
+        # `model` is the (DDP-wrapped) LinearHeadCLIP: the head runs inside the wrapped forward (see heads.py).
+        logits = model(pixel_values=inputs["pixel_values"], train_image_tower=not probing)
         return F.cross_entropy(logits.logits_per_image, inputs["labels"])
 
-    def _encode(self, model, inputs) -> dict[str, torch.Tensor]:
-        """One image pass and the text passes of `text_groups`, split into the segments of an ARF batch."""
+    def _features(self, model, inputs) -> ARFFeatures:
+        """One image pass and the text passes of `text_groups`, named by role."""
         outputs = model(
             input_ids=inputs["input_ids"],
             attention_mask=inputs["attention_mask"],
             pixel_values=inputs["pixel_values"],
             text_groups=inputs.get("text_groups"),
         )
-        batch = inputs["labels"].shape[0]
-        num_captions, num_pairs = inputs["num_captions"], inputs["num_pairs"]
-        images, texts = outputs.image_embeds, outputs.text_embeds
-        return {
-            "images": images[:batch],
-            "pair_images": images[batch:],
-            "prompts": texts[:batch],
-            "captions": texts[batch : batch + num_captions],
-            "pair_captions": texts[batch + num_captions : batch + num_captions + num_pairs],
-            "labels": inputs["labels"],
-        }
+        return ARFFeatures.from_outputs(inputs, outputs.image_embeds, outputs.text_embeds)
 
     def _contrastive_window_loss(self, model, inputs, micro: int, window: int):
         if window > 1 and self._window_cache is None:
             with torch.no_grad():
-                self._window_cache = [self._encode(model, self._prepare_inputs(batch)) for batch in self._window]
-        features = self._encode(model, inputs)
-        own_pair_images = features["pair_images"]  # this micro-batch's, before the window's are joined
-        if window > 1:
-            parts = [features if j == micro else self._window_cache[j] for j in range(window)]
-            features = {key: torch.cat([part[key] for part in parts]) for key in features}
+                self._window_cache = [self._features(model, self._prepare_inputs(batch)) for batch in self._window]
+        local = self._features(model, inputs)
+        if self.distill_tower is not None:  # augmented pair images: their targets change every step
+            self.distill_tower.to(local.images.device)
+            local.distill_targets = self.distill_tower(inputs["pixel_values"][inputs["labels"].shape[0] :])
+        # The whole window's features: this micro-batch's with gradients, the others' cached.
+        features = ARFFeatures.cat([self._window_cache[j] if j != micro else local for j in range(window)])
         logit_scale = self.accelerator.unwrap_model(model).logit_scale
         if micro != window - 1:
             # The loss is evaluated `window` times; let the temperature collect its gradient only once.
             logit_scale = logit_scale.detach()
-
-        # Equal captions (greedy captioners repeat; the same pair can appear twice) are masked as duplicates,
-        # not negatives: the collator's text keys, concatenated over the window in the features' order.
-        batches = self._window if window > 1 else [inputs]
-
-        def keys(name: str) -> torch.Tensor:
-            if any(name not in batch for batch in batches):
-                raise KeyError(f"The batch has no {name!r} (its texts' `text_key`s): use AnchorCollator.")
-            return torch.cat([batch[name] for batch in batches]).to(features["images"].device)
-
-        terms = {
-            "loss_cls": self.contrastive_loss(features["images"], features["prompts"], logit_scale, features["labels"])
-        }
-        loss = terms["loss_cls"]
-        if self.args.uses_captions:
-            terms["loss_caption"] = self.caption_loss(
-                features["images"], features["captions"], logit_scale, keys("caption_keys")
-            )
-            loss = loss + self.args.lambda_caption * terms["loss_caption"]
-        if self.args.uses_pairs:
-            terms["loss_pairs"] = self.caption_loss(
-                features["pair_images"], features["pair_captions"], logit_scale, keys("pair_keys")
-            )
-            loss = loss + self.args.lambda_pairs * terms["loss_pairs"]
+        output = self.arf_loss(features, logit_scale, local=local)
         # Each of the `window` backward passes must carry the full gradient of its micro-batch's features,
-        # while the reported value sums to the window's loss: value loss/window, gradient of loss.
-        reported = loss.detach() / window
-        total = reported + (loss - loss.detach())
-        if self.args.uses_distillation:
-            # A per-image term, so a micro-batch's share of the window's mean is its own mean / window.
-            if self.distill_tower is not None:  # augmented pair images: their targets change every step
-                self.distill_tower.to(own_pair_images.device)
-                targets = self.distill_tower(inputs["pixel_values"][inputs["labels"].shape[0] :])
-            elif "pair_targets" in inputs:
-                targets = inputs["pair_targets"]
-            else:
-                raise KeyError("augment_pairs=False: the batch has no `pair_targets` (AnchorCollator adds them).")
-            terms["loss_distill"] = (own_pair_images.float() - targets.float()).pow(2).sum(dim=-1).mean()
-            total = total + self.args.lambda_distill * terms["loss_distill"] / window
-        return total, terms
+        # while the reported value sums to the window's loss: value loss/window, gradient of loss. A per-image
+        # term (distillation) is this micro-batch's own mean: its share of the window's mean is 1/window.
+        loss = output.window_loss
+        total = loss.detach() / window + (loss - loss.detach())
+        if output.local_loss is not None:
+            total = total + output.local_loss / window
+        return total, output.terms
 
     # ------------------------------------------------------------------ logs
 
@@ -364,26 +288,24 @@ class AnchorCLIPTrainer(Trainer):
         self._check_finite()  # never write a checkpoint of weights a non-finite loss may have updated
         return super()._save_checkpoint(model, trial)
 
-    # The FT / LP-FT head is saved beside the CLIP weights (see modeling_anchorclip): Trainer's loaders read
-    # model.safetensors only and would resume with the zero-shot head under the trained head's optimizer state.
+    # An FT / LP-FT checkpoint is a CLIP checkpoint plus its head file: Trainer's own loaders would resume with the
+    # zero-shot head under the trained head's optimizer state.
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        self._load_finetune_head(resume_from_checkpoint)
+        model = model if model is not None else self.model
+        if not isinstance(model, LinearHeadCLIP):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        super()._load_from_checkpoint(resume_from_checkpoint, model.clip)
+        head = load_linear_head(resume_from_checkpoint)
+        if head is None:
+            raise FileNotFoundError(f"{resume_from_checkpoint} has no {FINETUNE_HEAD_FILE}: not an FT / LP-FT run.")
+        with torch.no_grad():  # in place: the optimizer holds this very parameter
+            model.head.copy_(head)
 
     def _load_best_model(self) -> None:
-        super()._load_best_model()
-        self._load_finetune_head(self.state.best_model_checkpoint)
-
-    def _load_finetune_head(self, folder: str) -> None:
-        model = self.accelerator.unwrap_model(self.model)
-        path = os.path.join(folder, FINETUNE_HEAD_FILE)
-        if getattr(model, "finetune_head", None) is None:
-            return
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{folder} has no {FINETUNE_HEAD_FILE}: not a checkpoint of an FT / LP-FT run.")
-        with torch.no_grad():  # in place: the optimizer holds this very parameter
-            model.finetune_head.copy_(load_file(path)["weight"])
+        if isinstance(self.model, LinearHeadCLIP):
+            return self._load_from_checkpoint(self.state.best_model_checkpoint)
+        return super()._load_best_model()
 
     # ------------------------------------------------------------ evaluation
 
@@ -403,8 +325,9 @@ class AnchorCLIPTrainer(Trainer):
             eval_dataset = {metric_key_prefix.removeprefix("eval").strip("_") or "eval": eval_dataset}
         model = self.accelerator.unwrap_model(self.model)
         finetune_head = None
-        if model.finetune_head is not None and self.class_names:
-            finetune_head = (list(self.class_names), model.finetune_head)
+        if isinstance(model, LinearHeadCLIP):
+            finetune_head = (list(self.class_names), model.head) if self.class_names else None
+            model = model.clip
         scorer = ZeroShotScorer(
             model,
             self.processing_class.tokenizer,
@@ -457,6 +380,15 @@ class AnchorCLIPTrainer(Trainer):
         return push_to_hub(self, commit_message=commit_message, blocking=blocking, **kwargs)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        model = self.accelerator.unwrap_model(self.model)
+        if isinstance(model, LinearHeadCLIP):  # not a PreTrainedModel: Trainer would write one flat state dict
+            if self.args.should_save:
+                output_dir = output_dir if output_dir is not None else self.args.output_dir
+                os.makedirs(output_dir, exist_ok=True)
+                model.save_pretrained(output_dir, state_dict=state_dict)  # CLIP checkpoint + head file
+                self.processing_class.save_pretrained(output_dir)
+                torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+            return
         super()._save(output_dir, state_dict=state_dict)
         if self.args.should_save and is_lora_model(self.model):
             from .hub import logged_results, write_model_card

@@ -6,6 +6,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+import torch
 from transformers import TrainingArguments
 from transformers.training_args import ParallelMode
 
@@ -110,6 +111,9 @@ class AnchorTrainingArguments(TrainingArguments):
             # anchors) before our collator sees it: the classic "dropped image column" failure.
             logger.warning("remove_unused_columns=True is ignored: anchorclip builds its batches itself.")
             self.remove_unused_columns = False
+        if self.dataloader_pin_memory and (self.use_cpu or not torch.accelerator.is_available()):
+            # Pinned memory only speeds up copies to an accelerator; without one torch warns on every loader.
+            self.dataloader_pin_memory = False
         # HfArgumentParser passes None for a list field without default_factory: fall back to the default.
         self.lora_target_modules = list(self.lora_target_modules or DEFAULT_LORA_TARGETS)
         if self.lora_r < 0:

@@ -218,7 +218,7 @@ def train_one(
     if wise:
         zero_shot = AnchorCLIPModel.from_pretrained(MINICLIP_PATH)
         finetuned, result["wise"], result["wise_val"] = trainer.model, {}, {}
-        head = zero_shot_head(zero_shot, trainer) if finetuned.finetune_head is not None else None
+        head = zero_shot_head(zero_shot, trainer) if getattr(finetuned, "finetune_head", None) is not None else None
         for alpha in WISE_ALPHAS:
             if alpha == 1.0:  # θ(1) is the finetuned model itself
                 result["wise"]["1.0"], result["wise_val"]["1.0"] = result["test"], result["val"]

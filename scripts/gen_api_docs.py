@@ -29,7 +29,8 @@ EXTRA = {  # public modules beyond the package namespace: (module, names)
     "anchorclip.evaluation.zero_shot": ("ZeroShotScorer",),
 }
 METHODS = {
-    "AnchorCLIPModel": ("build_zero_shot_head", "classify", "set_finetune_head", "from_pretrained"),
+    "AnchorCLIPModel": ("build_zero_shot_head", "classify"),
+    "LinearHeadCLIP": ("init_from_zero_shot", "classify", "save_pretrained", "from_pretrained"),
     "AnchorCLIPTrainer": ("evaluate", "compute_loss"),
 }
 

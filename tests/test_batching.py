@@ -199,13 +199,13 @@ def test_equal_captions_and_pair_captions_are_masked_not_negatives(tmp_path):
     batch = next(iter(trainer.get_train_dataloader()))
     _, terms = trainer._contrastive_window_loss(trainer.model, batch, micro=0, window=1)
 
-    features = trainer._encode(trainer.model, batch)
+    features = trainer._features(trainer.model, batch)
     rows = [tuple(row[keep.bool()].tolist()) for row, keep in zip(batch["input_ids"], batch["attention_mask"])]
     text_ids = torch.tensor([rows.index(row) for row in rows])  # equal texts, equal ids (from the tokens alone)
     scale = trainer.model.logit_scale
     for term, images, texts, ids in (
-        ("loss_caption", features["images"], features["captions"], text_ids[8:16]),
-        ("loss_pairs", features["pair_images"], features["pair_captions"], text_ids[16:]),
+        ("loss_caption", features.images, features.captions, text_ids[8:16]),
+        ("loss_pairs", features.pair_images, features.pair_captions, text_ids[16:]),
     ):
         assert len(set(ids.tolist())) < len(ids)  # the batch does hold duplicates
         masked = ContrastiveLoss(duplicates="mask")(images, texts, scale, ids)

@@ -25,7 +25,7 @@ from huggingface_hub.utils import httpx
 from test_modeling import _PLAIN_TRANSFORMERS
 from test_trainer import make_trainer
 
-from anchorclip import AnchorCLIPModel, EvalSet
+from anchorclip import AnchorCLIPModel, EvalSet, LinearHeadCLIP
 from anchorclip.hub import UPLOAD_DIR, build_model_card, public_name, validate_card_locally
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "run_anchor_ft.py")
@@ -239,6 +239,21 @@ def test_online_push_uploads_exactly_the_folder(tmp_path, monkeypatch):
     assert calls["folder_path"] == os.path.join(trainer.args.output_dir, UPLOAD_DIR)
     _, evals = validate_card_locally(ModelCard.load(os.path.join(calls["folder_path"], "README.md")))
     assert [e.dataset_type for e in evals] == ["photo"]
+
+
+def test_linear_head_upload_folder_is_a_plain_checkpoint_with_its_head(tmp_path):
+    """FT / LP-FT: the upload folder holds the CLIP checkpoint and `finetune_head.safetensors` beside it."""
+    import torch
+    from safetensors import safe_open
+
+    trainer = make_trainer(tmp_path, method="ft", max_steps=1)
+    trainer.train()
+    folder = trainer.push_to_hub()  # offline (conftest): writes the upload folder
+    with safe_open(os.path.join(folder, "model.safetensors"), "pt") as weights:
+        assert not [key for key in weights.keys() if "head" in key.split(".")[0]]
+    assert os.path.isfile(os.path.join(folder, "finetune_head.safetensors"))
+    torch.testing.assert_close(LinearHeadCLIP.from_pretrained(folder).finetune_head, trainer.model.finetune_head)
+    assert not hasattr(AnchorCLIPModel.from_pretrained(folder), "finetune_head")  # the CLIP model alone
 
 
 def test_card_records_anchor_provenance_and_lora():

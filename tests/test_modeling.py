@@ -13,7 +13,7 @@ from conftest import (
 )
 from test_trainer import make_trainer
 
-from anchorclip import AnchorCLIPModel, wise_ft, wise_ft_sweep
+from anchorclip import AnchorCLIPModel, LinearHeadCLIP, wise_ft, wise_ft_sweep
 from anchorclip.templates import OPENAI_IMAGENET_TEMPLATES, resolve_templates
 
 
@@ -119,7 +119,7 @@ def test_ft_head_saved_beside_plain_checkpoint(tmp_path):
     trainer = make_trainer(tmp_path, method="ft", max_steps=1)
     trainer.train()
     trainer.save_model(str(tmp_path / "ft"))
-    loaded = AnchorCLIPModel.from_pretrained(str(tmp_path / "ft"))
+    loaded = LinearHeadCLIP.from_pretrained(str(tmp_path / "ft"))
     torch.testing.assert_close(loaded.finetune_head, trainer.model.finetune_head)
     from safetensors import safe_open
 

@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import pytest
 import torch
@@ -283,22 +284,22 @@ def test_evaluate_follows_the_current_text_tower(tmp_path):
 @pytest.mark.parametrize("method", ["ft", "lp_ft"])
 def test_linear_head_baselines_train_and_evaluate(tmp_path, method):
     trainer = make_trainer(tmp_path, method=method, max_steps=4, per_device_train_batch_size=4)
-    text_before = trainer.model.text_projection.weight.detach().clone()
-    vision_before = trainer.model.visual_projection.weight.detach().clone()
+    text_before = trainer.model.clip.text_projection.weight.detach().clone()
+    vision_before = trainer.model.clip.visual_projection.weight.detach().clone()
     head_before = trainer.model.finetune_head.detach().clone()
     trainer.train()
-    assert torch.equal(trainer.model.text_projection.weight, text_before)  # text tower frozen
+    assert torch.equal(trainer.model.clip.text_projection.weight, text_before)  # text tower frozen
     assert not torch.equal(trainer.model.finetune_head, head_before)
-    assert not torch.equal(trainer.model.visual_projection.weight, vision_before)
+    assert not torch.equal(trainer.model.clip.visual_projection.weight, vision_before)
     metrics = trainer.evaluate({"photo": make_classification_dataset(8, seed=5)})
     assert 0.0 <= metrics["eval_photo_top1"] <= 1.0
 
 
 def test_lp_ft_probes_before_finetuning(tmp_path):
     trainer = make_trainer(tmp_path, method="lp_ft", max_steps=2, lp_fraction=1.0)
-    vision_before = trainer.model.visual_projection.weight.detach().clone()
+    vision_before = trainer.model.clip.visual_projection.weight.detach().clone()
     trainer.train()
-    assert torch.equal(trainer.model.visual_projection.weight, vision_before)
+    assert torch.equal(trainer.model.clip.visual_projection.weight, vision_before)
 
 
 def test_zeroshot_method_refuses_to_train(tmp_path):
@@ -409,3 +410,14 @@ def test_weight_decay_names_follow_lora(tmp_path):
     assert set(decayed) & set(trainable) == {name for name in trainable if "lora_" in name}
     spared = ("token_embedding", "position_embedding", "class_embedding", "logit_scale", "norm", "bias")
     assert not [name for name in decayed if any(word in name for word in spared)]
+
+
+def test_cpu_run_does_not_ask_for_pinned_memory(tmp_path):
+    """Pinned memory only helps copies to an accelerator: on CPU torch warns on every loader, so it is off."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = make_trainer(tmp_path, max_steps=1)
+        trainer.train()
+        trainer.evaluate({"photo": make_classification_dataset(8, seed=5)})
+    assert trainer.args.dataloader_pin_memory is False
+    assert not [str(w.message) for w in caught if "pin_memory" in str(w.message)]

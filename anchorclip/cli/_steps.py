@@ -65,7 +65,7 @@ def wise_sweep(trainer, zero_shot_model: str, alphas: list[float], finetuned=Non
     current = trainer.model
     finetuned = finetuned if finetuned is not None else current
     zero_shot_head = None
-    if zero_shot.finetune_head is None and finetuned.finetune_head is not None:
+    if getattr(finetuned, "finetune_head", None) is not None:  # FT / LP-FT: a heads.LinearHeadCLIP
         # FT's linear head started as the zero-shot head times the logit scale (the trainer's
         # `_prepare_linear_head`): that start is what α=0 must give back.
         with torch.no_grad():
