@@ -41,21 +41,29 @@ def _launch_on_cpu() -> bool:
     return not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
 
 
-def joined_processes(state):
-    """`state`, unless the launch started more processes than `state` counts; then raise.
+def check_launch_joined(joined: int, what: str, fix: str) -> None:
+    """Raise when the launch started more processes (`WORLD_SIZE`) than the `joined` ones that work together.
 
-    Such processes would each do the whole job and write the same files at once (a reader of a file that
-    another process is rewriting can die of SIGBUS). It happens with an `Accelerator()` built without `cpu=True`
-    on a machine without GPUs.
+    The guard of every job: such processes would each do the whole job (train its own model, write the same
+    files at once; a reader of a file that another process is rewriting can die of SIGBUS). It happens on a
+    machine without GPUs when the processes are not told to use the CPU. `what` says what the processes
+    would do alone, `fix` how to make them join.
     """
     launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched > state.num_processes:
+    if launched > joined:
         raise RuntimeError(
-            f"This job was launched as {launched} processes (WORLD_SIZE={launched}), but its Accelerate state "
-            f"counts {state.num_processes}: each process would do the whole job and overwrite the others' "
-            "files. On a machine without GPUs build the Accelerator with cpu=True (or set ACCELERATE_USE_CPU=1); "
-            "with GPUs, check that torch sees them (torch.cuda.is_available())."
+            f"This job was launched as {launched} processes (WORLD_SIZE={launched}), but {joined} work together: "
+            f"{what}. {fix} With GPUs, check that torch sees them (torch.cuda.is_available())."
         )
+
+
+def joined_processes(state):
+    """`state`, unless the launch started more processes than `state` counts (`check_launch_joined`)."""
+    check_launch_joined(
+        state.num_processes,
+        "each process would do the whole job and overwrite the others' files",
+        "On a machine without GPUs build the Accelerator with cpu=True (or set ACCELERATE_USE_CPU=1).",
+    )
     return state
 
 

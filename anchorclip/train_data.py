@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import datasets
     from transformers import CLIPProcessor
 
-    from .anchors.embedding_store import EmbeddingStore
+    from .anchors.pool.store import EmbeddingStore
     from .modeling_anchorclip import AnchorCLIPModel
 
 

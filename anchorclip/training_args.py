@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 
 import torch
@@ -129,14 +128,15 @@ class AnchorTrainingArguments(TrainingArguments):
         starts N processes that each see a plain CPU device: every one would train its own model on its
         shard of the data and the run would still exit 0.
         """
-        launched = int(os.environ.get("WORLD_SIZE", "1"))
-        if launched > 1 and self.parallel_mode in (ParallelMode.NOT_PARALLEL, ParallelMode.NOT_DISTRIBUTED):
-            raise RuntimeError(
-                f"This run was launched as {launched} processes (WORLD_SIZE={launched}), but they would not "
-                f"train together (transformers' parallel_mode is {self.parallel_mode.value}, not distributed): "
-                "each process would train its own model. Without GPUs add --use_cpu (`accelerate launch "
-                "--multi_gpu --num_processes N ... --use_cpu` runs gloo processes); with GPUs, check that torch "
-                "sees them (torch.cuda.is_available())."
+        from .distributed import check_launch_joined
+
+        if self.parallel_mode in (ParallelMode.NOT_PARALLEL, ParallelMode.NOT_DISTRIBUTED):
+            check_launch_joined(
+                1,
+                f"transformers' parallel_mode is {self.parallel_mode.value}, not distributed, so each process "
+                "would train its own model",
+                "Without GPUs add --use_cpu (`accelerate launch --multi_gpu --num_processes N ... --use_cpu` runs "
+                "gloo processes).",
             )
 
     @property

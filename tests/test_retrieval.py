@@ -633,7 +633,7 @@ def test_processes_that_did_not_join_the_launch_are_refused(pool, checkpoint, tm
     monkeypatch.setenv("WORLD_SIZE", "2")
     model, processor = CLIPModel.from_pretrained(checkpoint), CLIPProcessor.from_pretrained(checkpoint)
     with pytest.raises(
-        RuntimeError, match=r"launched as 2 processes \(WORLD_SIZE=2\), but its Accelerate state counts 1"
+        RuntimeError, match=r"launched as 2 processes \(WORLD_SIZE=2\), but 1 work together: each process would do"
     ):
         embed_pool(pool, model, processor, cache_dir=str(tmp_path), accelerator=_Rank(0, 1))
     args = RetrievalArguments(model_name_or_path=checkpoint, output_dir=str(tmp_path / "anchors"))
