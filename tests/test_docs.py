@@ -134,13 +134,16 @@ def stated_defaults(text: str, page: str) -> list[tuple[str, str, str]]:
                 default_column = lowered.index("default")
                 continue
             flags = re.findall(r"`--([\w-]+)`", cells[0])
-            if default_column is not None and len(cells) > default_column and flags:
+            if default_column is not None and len(cells) > default_column:
+                flags = re.findall(r"`--([\w-]+)`", " ".join(cells[:default_column]))
                 parts = [part.strip() for part in cells[default_column].split(",")]
                 if len(flags) == 1:
                     parts = [cells[default_column]]
-                if len(parts) == len(flags):
-                    for flag, part in zip(flags, parts):
-                        found.append((where, flag, part.split(" (")[0]))
+                if flags and len(parts) == len(flags):
+                    for flag, part in zip(flags, parts):  # "`arf`", "1.0", "100 per class", "0 (off)"
+                        leading = re.match(r"`([^`]+)`|(-?\d[\d.e-]*)(?:\s|$)|(\w+)$", part.split(" (")[0])
+                        if leading:
+                            found.append((where, flag, next(group for group in leading.groups() if group)))
                 continue
             if len(flags) == 1:  # an options table without a default column: "(default X" in its text
                 rest = "|".join(cells[1:])
