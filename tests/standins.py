@@ -76,6 +76,9 @@ DOMAINNET_CLASSES = "airplane alarm_clock ambulance angel ant anvil apple arm as
 IMAGEFOLDERS["data/domainnet/real"] = (DOMAINNET_CLASSES, {"train": 2, "test": 1})
 for _domain in ("clipart", "infograph", "painting", "quickdraw", "sketch"):
     IMAGEFOLDERS[f"data/domainnet/{_domain}"] = (DOMAINNET_CLASSES, {"": 1})
+# A user's own small set (docs/recipes.md "Small data"): one folder per split, one folder per class inside.
+PRODUCT_CLASSES = "espresso_machine kettle desk_lamp office_chair".split()
+IMAGEFOLDERS["data/products"] = (PRODUCT_CLASSES, {"train": 4, "validation": 1, "test": 1})
 # Finetuned checkpoints that docs evaluate without training them on the page (a CLIP stand-in, other weights).
 CHECKPOINTS = {"out/arf-vitb16-imagenet": 16}
 
