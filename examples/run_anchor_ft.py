@@ -3,7 +3,7 @@
 
     accelerate launch examples/run_anchor_ft.py                      # the built-in miniature world, offline
     accelerate launch examples/run_anchor_ft.py \
-        --model_name_or_path openai/clip-vit-base-patch16 --dataset_name imagenet-1k \
+        --model_name_or_path openai/clip-vit-base-patch16 --dataset_name ILSVRC/imagenet-1k \
         --caption_anchors anchors/imagenet-blip2 --pair_anchors anchors/cc3m-imagenet \
         --eval_suite imagenet-ood --method arf --output_dir out/
 

@@ -220,6 +220,16 @@ def test_leakage_guard_removes_eval_duplicates(pool, checkpoint, tmp_path):
     assert 5 in _retrieve(pool, checkpoint, tmp_path, **kwargs)["pool_index"]  # without the guard it is there
 
 
+def test_a_guard_that_removes_every_candidate_is_a_clear_error(pool, checkpoint, tmp_path):
+    # At threshold -1 every candidate "leaks": the job must say so, not crash inside the selection.
+    evaluation = datasets.Dataset.from_dict(
+        {"image": make_images(2, seed=97), "label": [0, 1]},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}),
+    )
+    with pytest.raises(ValueError, match=r"No anchor candidates are left: the leakage guard removed all \d+"):
+        _retrieve(pool, checkpoint, tmp_path, leakage_sets=[evaluation], k_per_class=5, leakage_threshold=-1.0)
+
+
 def _wds_folder(root, images):
     """A CLIP_benchmark webdataset folder (`test/0.tar` of KEY.png + KEY.cls, `classnames.txt`): what
     `load_dataset_any` cannot read and `anchorclip eval` can."""

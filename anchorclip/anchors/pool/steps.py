@@ -169,6 +169,13 @@ def select(args, found: dict, query_class, search_store, image_store, evaluation
         leaked = leaked_rows(candidates, image_store, evaluation, args.leakage_threshold)
         candidates = candidates.take(~np.isin(candidates.row, leaked))
     counts["leakage_removed_pool_items"] = len(leaked)
+    if len(candidates) == 0:
+        raise ValueError(
+            f"No anchor candidates are left: the leakage guard removed all {counts['candidate_pool_items']} "
+            f"candidate pool items (cosine >= leakage_threshold {args.leakage_threshold} to an evaluation image). "
+            "The retrieval model may not separate the pool from the evaluation sets (an untrained model embeds "
+            "everything alike): retrieve with a pretrained CLIP, or raise --leakage_threshold."
+        )
     assigned = best_class_only(candidates)
     counts["other_class_duplicates_removed"] = len(candidates) - len(assigned)
     deduplicated = assigned
