@@ -1,0 +1,241 @@
+"""Local data read with `datasets`' own builders: CSV / JSON (Lines), parquet, webdataset tar shards, ImageFolder.
+
+`anchorclip.data.load_dataset_any` sends every spec that looks local here (`looks_local`), so that a mistyped path
+is an error naming it at once rather than a Hub lookup with retries. A folder's files are found, and split into
+`train` / `test` / ..., by `datasets`' own naming conventions (`get_data_patterns`); its format is that of its
+files: tar shards (webdataset) first, then parquet, then images (`imagefolder`, with `metadata.jsonl` captions),
+then JSON and CSV. img2dataset writes `NNNNN.parquet` / `NNNNN_stats.json` beside its `NNNNN.tar` shards: a
+folder with tar shards is read from its tar shards alone.
+
+Image paths in CSV / JSON files are resolved relative to the file's folder (run_clip.py's convention) and the
+column is cast to `datasets.Image()`; a path that does not resolve is an error naming the file and the line.
+Image bytes in parquet (Hugging Face's `{bytes, path}` struct, img2dataset's binary `jpg` column) are cast to
+`datasets.Image()` too. A label column of class names becomes a `ClassLabel` (names sorted, as ImageFolder sorts
+its folders), or is encoded against `class_names` when given; a label outside the list names the file and row.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tarfile
+
+import datasets
+import pyarrow as pa
+
+logger = logging.getLogger(__name__)
+
+TABULAR_EXTENSIONS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+BUILDER_EXTENSIONS = {
+    "webdataset": (".tar",),
+    "parquet": (".parquet",),
+    "json": (".jsonl", ".json"),
+    "csv": (".csv", ".tsv"),
+}
+DATA_EXTENSIONS = (*TABULAR_EXTENSIONS, ".tar", ".arrow", *IMAGE_EXTENSIONS)
+# Columns that hold an image path in CSV / JSON files, by the names run_clip.py, open_clip and ImageFolder use.
+IMAGE_PATH_COLUMNS = ("image", "image_path", "img", "filepath", "file_path", "file_name", "filename", "path", "jpg")
+STRING_TYPES = ("string", "large_string")
+LABEL_NAMES = ("label", "labels", "class", "cls", "fine_label", "class_name")
+
+
+def looks_local(spec: str) -> bool:
+    """Whether `spec` can only mean a local path: `./`, `../`, `/`, `~`, a data file extension, or more path parts
+    than a Hub id's `owner/name`."""
+    if spec.startswith(("hf://", "http://", "https://", "s3://", "gs://")):
+        return False
+    if spec.startswith(("./", "../", "/", "~", ".\\")) or "\\" in spec:
+        return True
+    return spec.lower().endswith(DATA_EXTENSIONS) or spec.count("/") > 1
+
+
+def load_local(
+    path: str,
+    split: str | None = "train",
+    streaming: bool = False,
+    *,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    class_names: list[str] | None = None,
+    **kwargs,
+):
+    """Load a local data file or folder (not a `save_to_disk` folder) with the builder its files call for."""
+    path = os.path.expanduser(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist (a local path: it is not looked up on the Hub).")
+    files, split = data_files(path, split)
+    builder = file_format(files)
+    if builder == "imagefolder":
+        dataset = datasets.load_dataset("imagefolder", data_dir=path, split=split, streaming=streaming, **kwargs)
+        return dataset
+    # Only the builder's own files: img2dataset's `_stats.json` / `.parquet` beside its tar shards are not data.
+    files = [f for f in files if f.lower().endswith(BUILDER_EXTENSIONS[builder])]
+    if builder == "webdataset":
+        for shard in files:
+            check_tar(shard)
+    if builder in ("csv", "json"):  # tables of paths: small, read whole to check every row, then streamed if asked
+        dataset = datasets.concatenate_datasets(
+            [_tabular(file, builder, image_column, label_column, **kwargs) for file in files]
+        )
+        dataset = _encode_labels(dataset, label_column, class_names, ", ".join(files))
+        return dataset.to_iterable_dataset(num_shards=len(files)) if streaming else dataset
+    dataset = datasets.load_dataset(builder, data_files={split: files}, split=split, streaming=streaming, **kwargs)
+    dataset = _image_bytes_as_images(dataset, image_column)
+    if not streaming:
+        dataset = _encode_labels(dataset, label_column, class_names, ", ".join(files))
+    return dataset
+
+
+def data_files(path: str, split: str | None) -> tuple[list[str], str]:
+    """The files of `split` under `path` (a file is its own single split) and the split name actually read.
+
+    A folder with a single split (no `train`/`test` names in it) gives that split for any `split` asked, as
+    many evaluation sets are one folder; with several, a missing split is an error listing those present.
+    """
+    if os.path.isfile(path):
+        return [path], split or "train"
+    from datasets.data_files import get_data_patterns, resolve_pattern
+
+    try:
+        patterns = get_data_patterns(path)
+    except datasets.data_files.EmptyDatasetError as error:
+        raise FileNotFoundError(f"{path} holds no data files.") from error
+    splits = {str(name): [f for p in pats for f in resolve_pattern(p, path)] for name, pats in patterns.items()}
+    wanted = split or "train"
+    if wanted not in splits:
+        if len(splits) != 1:
+            raise ValueError(f"{path} has splits {sorted(splits)}, not {wanted!r}.")
+        logger.info("%s has no %r split; reading its only split %r.", path, wanted, next(iter(splits)))
+        wanted = next(iter(splits))
+    files = sorted(f for f in splits[wanted] if not os.path.basename(f).startswith("."))
+    if not files:
+        raise FileNotFoundError(f"{path} holds no files for split {wanted!r}.")
+    return files, wanted
+
+
+def file_format(files: list[str]) -> str:
+    """The `datasets` builder for a split's files: webdataset, parquet, imagefolder, json or csv."""
+    extensions = {os.path.splitext(f)[1].lower() for f in files}
+    if ".tar" in extensions:
+        return "webdataset"
+    if ".parquet" in extensions:
+        return "parquet"
+    if extensions & set(IMAGE_EXTENSIONS):
+        return "imagefolder"
+    for builder in ("json", "csv"):
+        if extensions & set(BUILDER_EXTENSIONS[builder]):
+            return builder
+    raise ValueError(f"No readable data among {files[:5]}: expected {', '.join(DATA_EXTENSIONS)} files.")
+
+
+def check_tar(shard: str) -> None:
+    """Read a tar shard's headers through; a truncated or corrupt shard is an error naming it."""
+    try:
+        size = os.path.getsize(shard)
+        with tarfile.open(shard, "r:") as tar:
+            for member in tar:
+                if member.isfile() and member.offset_data + member.size > size:
+                    raise tarfile.ReadError(f"{member.name} ends past the end of the file")
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise ValueError(f"{shard} is an unreadable or truncated tar shard: {error}") from error
+
+
+def _tabular(file: str, builder: str, image_column: str | None, label_column: str | None, **kwargs):
+    options = {"delimiter": "\t"} if file.lower().endswith(".tsv") else {}
+    dataset = datasets.load_dataset(builder, data_files={"train": [file]}, split="train", **options, **kwargs)
+    column = image_column or _path_column(dataset, file)
+    if column is None:
+        return dataset
+    if column not in dataset.column_names:
+        raise KeyError(f"{file}: the image column {column!r} is missing; the file has columns {dataset.column_names}.")
+    folder = os.path.dirname(os.path.abspath(file))
+    resolved = []
+    for row, value in enumerate(dataset[column]):
+        where = f"{file}, row {row} ({_line(file, row)})"
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{where}: the image column {column!r} holds {value!r}, not a path.")
+        if "://" in value:
+            resolved.append(value)
+            continue
+        full = value if os.path.isabs(value) else os.path.join(folder, value)
+        if not os.path.isfile(full):
+            raise FileNotFoundError(f"{where}: image {value!r} not found (looked for {full}).")
+        resolved.append(full)
+    order = dataset.column_names
+    dataset = dataset.remove_columns(column).add_column(column, resolved).select_columns(order)
+    return dataset.cast_column(column, datasets.Image())
+
+
+def _line(file: str, row: int) -> str:
+    """Where a data row sits in its file, for error messages."""
+    if file.lower().endswith((".csv", ".tsv")):
+        return f"line {row + 2}"  # after the header
+    return f"line {row + 1}" if file.lower().endswith(".jsonl") else f"item {row}"
+
+
+def _path_column(dataset, file: str) -> str | None:
+    """The column of image paths: a known name holding strings, else the one string column whose first value
+    ends in an image extension; None when there is none, an error when several qualify."""
+    strings = [
+        name for name, f in dataset.features.items() if isinstance(f, datasets.Value) and f.dtype in STRING_TYPES
+    ]
+    for name in IMAGE_PATH_COLUMNS:
+        if name in strings:
+            return name
+    if len(dataset) == 0:
+        return None
+    first = dataset[0]
+    paths = [name for name in strings if str(first[name] or "").lower().endswith(IMAGE_EXTENSIONS)]
+    if len(paths) > 1:
+        raise ValueError(f"{file}: columns {paths} all hold image paths; name one with --image_column.")
+    return paths[0] if paths else None
+
+
+def _image_bytes_as_images(dataset, image_column: str | None):
+    """Cast columns of image bytes (`{bytes, path}` structs, binary `jpg`/`png`/`webp`/`image`) to `Image()`."""
+    features = dataset.features
+    if features is None:
+        return dataset
+    for name, feature in features.items():
+        if isinstance(feature, datasets.Image):
+            continue
+        is_struct = isinstance(feature, dict) and set(feature) == {"bytes", "path"}
+        is_binary = isinstance(feature, datasets.Value) and pa.types.is_binary(feature.pa_type)
+        named = name == image_column or name in ("image", "img", "jpg", "jpeg", "png", "webp")
+        if is_struct or (is_binary and named):
+            dataset = dataset.cast_column(name, datasets.Image())
+    return dataset
+
+
+def _encode_labels(dataset, label_column: str | None, class_names: list[str] | None, source: str):
+    """A label column of class names as a `ClassLabel`; labels checked against `class_names` when given."""
+    column = label_column or next((name for name in LABEL_NAMES if name in (dataset.column_names or [])), None)
+    if column is None:
+        return dataset
+    if column not in dataset.column_names:
+        raise KeyError(f"{source}: the label column {column!r} is missing; columns are {dataset.column_names}.")
+    feature = dataset.features[column]
+    if isinstance(feature, datasets.ClassLabel):
+        names = list(class_names) if class_names else None
+        if names and names != list(feature.names):
+            raise ValueError(f"{source}: the label names {feature.names} differ from the class list {names}.")
+        return dataset
+    if not isinstance(feature, datasets.Value):
+        return dataset
+    values = dataset[column]
+    if feature.dtype in STRING_TYPES:
+        names = list(class_names) if class_names else sorted({v for v in values if v is not None})
+        index = {name: i for i, name in enumerate(names)}
+        bad = next((row for row, value in enumerate(values) if value not in index), None)
+        if bad is not None:
+            raise ValueError(f"{source}, row {bad}: label {values[bad]!r} is not in the class list {names[:20]}.")
+        return dataset.cast_column(column, datasets.ClassLabel(names=names))  # ClassLabel casts names to ids
+    if class_names and feature.dtype.startswith("int"):
+        bad = next((row for row, value in enumerate(values) if not 0 <= int(value) < len(class_names)), None)
+        if bad is not None:
+            raise ValueError(
+                f"{source}, row {bad}: label {values[bad]} is outside the class list (0..{len(class_names) - 1})."
+            )
+        return dataset.cast_column(column, datasets.ClassLabel(names=list(class_names)))
+    return dataset
