@@ -67,8 +67,9 @@ def load_local(
     files, split = data_files(path, split)
     builder = file_format(files)
     if builder == "imagefolder":
+        # With a metadata.jsonl, `datasets` takes labels from its `label` field, not from the folder names.
         dataset = datasets.load_dataset("imagefolder", data_dir=path, split=split, streaming=streaming, **kwargs)
-        return dataset
+        return dataset if streaming else _encode_labels(dataset, label_column, class_names, path)
     # Only the builder's own files: img2dataset's `_stats.json` / `.parquet` beside its tar shards are not data.
     files = [f for f in files if f.lower().endswith(BUILDER_EXTENSIONS[builder])]
     if builder == "webdataset":
@@ -101,7 +102,14 @@ def data_files(path: str, split: str | None) -> tuple[list[str], str]:
         patterns = get_data_patterns(path)
     except datasets.data_files.EmptyDatasetError as error:
         raise FileNotFoundError(f"{path} holds no data files.") from error
-    splits = {str(name): [f for p in pats for f in resolve_pattern(p, path)] for name, pats in patterns.items()}
+
+    def resolve(pattern: str) -> list[str]:  # a split has several patterns; those that match nothing are no error
+        try:
+            return resolve_pattern(pattern, path)
+        except FileNotFoundError:
+            return []
+
+    splits = {str(name): [f for p in pats for f in resolve(p)] for name, pats in patterns.items()}
     wanted = split or "train"
     if wanted not in splits:
         if len(splits) != 1:
@@ -127,6 +135,18 @@ def file_format(files: list[str]) -> str:
         if extensions & set(BUILDER_EXTENSIONS[builder]):
             return builder
     raise ValueError(f"No readable data among {files[:5]}: expected {', '.join(DATA_EXTENSIONS)} files.")
+
+
+def is_image_folder(path: str) -> bool:
+    """Whether a local folder is read as an ImageFolder (images, not tar shards, parquet or CSV / JSON files)."""
+    for _, _, names in os.walk(path):  # the first data file decides: a large image folder is not listed whole
+        for name in names:
+            extension = os.path.splitext(name)[1].lower()
+            if extension in IMAGE_EXTENSIONS:
+                return True
+            if extension in (".tar", *TABULAR_EXTENSIONS) and not name.startswith(("metadata.", ".")):
+                return False
+    return True  # no data files: the ImageFolder reader says what is wrong, as before
 
 
 def check_tar(shard: str) -> None:

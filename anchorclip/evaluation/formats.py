@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import datasets
 
 from anchorclip.data import load_dataset_any
+from anchorclip.data_formats import is_image_folder
 from anchorclip.templates import resolve_templates
 
 logger = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ def load_eval_dataset(
     if os.path.isdir(path):
         if is_wds_folder(path):
             return load_wds_folder(path, split or "test", cache_dir=cache_dir)
-        if not _is_saved_dataset(path):
+        if not _is_saved_dataset(path) and is_image_folder(path):
             return load_imagefolder(path, split, class_names_file)
     elif os.path.basename(path.rstrip("/")).startswith("wds_"):
         return load_wds_hub(path, split or "test", cache_dir=cache_dir)
