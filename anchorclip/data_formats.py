@@ -65,6 +65,7 @@ def load_local(
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist (a local path: it is not looked up on the Hub).")
     files, split = data_files(path, split)
+    class_names = class_names or _names_beside(path)
     builder = file_format(files)
     if builder == "imagefolder":
         # With a metadata.jsonl, `datasets` takes labels from its `label` field, not from the folder names.
@@ -86,6 +87,16 @@ def load_local(
     if not streaming:
         dataset = _encode_labels(dataset, label_column, class_names, ", ".join(files))
     return dataset
+
+
+def _names_beside(path: str) -> list[str] | None:
+    """The class names of a `classnames.txt` in the folder (or beside the file), one per line in label order, as
+    CLIP_benchmark lays its sets out: integer labels then become a `ClassLabel` with those names."""
+    names_file = os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "classnames.txt")
+    if not os.path.isfile(names_file):
+        return None
+    with open(names_file, encoding="utf-8") as file:
+        return [line.strip() for line in file if line.strip()]
 
 
 def data_files(path: str, split: str | None) -> tuple[list[str], str]:
@@ -137,16 +148,27 @@ def file_format(files: list[str]) -> str:
     raise ValueError(f"No readable data among {files[:5]}: expected {', '.join(DATA_EXTENSIONS)} files.")
 
 
-def is_image_folder(path: str) -> bool:
-    """Whether a local folder is read as an ImageFolder (images, not tar shards, parquet or CSV / JSON files)."""
-    for _, _, names in os.walk(path):  # the first data file decides: a large image folder is not listed whole
-        for name in names:
+def local_format(path: str) -> str | None:
+    """The builder a local folder is read with, from its first data file (a large image folder is not listed whole):
+    "imagefolder", "webdataset", "parquet", "json", "csv", or None when it holds no data file."""
+    for _, _, names in os.walk(path):
+        for name in sorted(names):
             extension = os.path.splitext(name)[1].lower()
             if extension in IMAGE_EXTENSIONS:
-                return True
-            if extension in (".tar", *TABULAR_EXTENSIONS) and not name.startswith(("metadata.", ".")):
-                return False
-    return True  # no data files: the ImageFolder reader says what is wrong, as before
+                return "imagefolder"
+            if extension == ".tar":
+                return "webdataset"
+            if extension in TABULAR_EXTENSIONS and not name.startswith(("metadata.", ".")):
+                return TABULAR_EXTENSIONS[extension]
+    return None
+
+
+def has_metadata(path: str) -> bool:
+    """Whether an image folder has a `metadata.jsonl` / `.csv` / `.parquet` (captions, labels) at its top or split
+    level: `datasets` then reads labels from it, not from the folder names."""
+    folders = [path, *(entry.path for entry in os.scandir(path) if entry.is_dir())]
+    names = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
+    return any(os.path.isfile(os.path.join(folder, name)) for folder in folders for name in names)
 
 
 def check_tar(shard: str) -> None:
