@@ -258,10 +258,9 @@ def _encode_labels(dataset, label_column: str | None, class_names: list[str] | N
     if column not in dataset.column_names:
         raise KeyError(f"{source}: the label column {column!r} is missing; columns are {dataset.column_names}.")
     feature = dataset.features[column]
-    if isinstance(feature, datasets.ClassLabel):
-        names = list(class_names) if class_names else None
-        if names and names != list(feature.names):
-            raise ValueError(f"{source}: the label names {feature.names} differ from the class list {names}.")
+    if isinstance(feature, datasets.ClassLabel):  # folder names (wnids) with curated class names are fine
+        if class_names and len(class_names) != feature.num_classes:
+            raise ValueError(f"{source}: {feature.num_classes} labels, but the class list has {len(class_names)}.")
         return dataset
     if not isinstance(feature, datasets.Value):
         return dataset

@@ -303,3 +303,24 @@ def test_streamed_webdataset_pool_split_over_two_processes(data, checkpoint, tmp
     assert re.search(r"process 0 read 2 of 4 stream files \(4 rows\)", result.stderr), result.stderr[-3000:]
     assert re.search(r"process 1 read 2 of 4 stream files \(4 rows\)", result.stderr), result.stderr[-3000:]
     assert len(datasets.load_from_disk(str(tmp_path / "two"))) > 0
+
+
+def test_class_names_number_the_labels_in_their_order(data):
+    names = list(reversed(CLASS_NAMES))
+    dataset = load_dataset_any(data["csv"], class_names=names)
+    assert dataset.features["label"].names == names
+    assert [names[label] for label in dataset["label"]] == [_label(i) for i in range(ROWS)]
+
+
+def test_a_bad_spec_fails_before_anything_is_written(data, checkpoint, tmp_path):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "train.csv").write_text("image,label\nmissing.jpg,circle\n")
+    from test_captioning import save_tiny_captioner
+
+    captioner = save_tiny_captioner(tmp_path / "captioner")
+    caption = ["caption", "--dataset_name", str(tmp_path / "bad" / "train.csv"), "--captioner", captioner]
+    with pytest.raises(FileNotFoundError, match=r"train\.csv, row 0 \(line 2\)"):
+        cli([*caption, "--output_dir", str(tmp_path / "captions")])
+    with pytest.raises(FileNotFoundError, match="nope.parquet"):
+        cli(["retrieve", *_retrieve_args(checkpoint, "./nope.parquet", tmp_path), "--output_dir", str(tmp_path / "a")])
+    assert not (tmp_path / "captions").exists() and not (tmp_path / "a").exists()

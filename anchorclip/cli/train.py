@@ -275,7 +275,10 @@ def _load_finetune_set(data_args, training_args):
         train = load_miniworld_split("finetune", size=_miniworld_size("finetune", data_args))
         train = train.rename_column("caption", "oracle_caption")
     else:
-        train = load_dataset_any(data_args.dataset_name, split=data_args.dataset_split)
+        # --class_names: labels given as names in a CSV / JSON file are numbered in that order, and checked
+        train = load_dataset_any(
+            data_args.dataset_name, split=data_args.dataset_split, class_names=data_args.class_names
+        )
     if data_args.max_train_samples is not None:
         train = train.select(range(min(len(train), data_args.max_train_samples)))
     return train
