@@ -226,24 +226,28 @@ def test_truncated_shard_is_an_error_naming_it(tmp_path):
 # ---------------------------------------------------------------- the doors
 
 
-def _eval(checkpoint, spec, out):
-    args = ["eval", "--model_name_or_path", checkpoint, "--eval_datasets", f"X@zero_shot={spec}"]
+def _eval(checkpoint, spec, out, group="zero_shot"):
+    args = ["eval", "--model_name_or_path", checkpoint, "--eval_datasets", f"X@{group}={spec}"]
     assert cli([*args, "--output-dir", str(out), "--dataloader_num_workers", "0", "--eval_templates", "simple"]) == 0
     return json.loads((out / "results.json").read_text())
 
 
-@pytest.mark.parametrize("name", ["csv", "hf_parquet", "imagefolder"])
-def test_eval_door_reads_labelled_formats(name, data, checkpoint, tmp_path):
-    results = _eval(checkpoint, data[name], tmp_path / "out")
+@pytest.mark.parametrize("name", list(WRITERS))
+def test_eval_door_reads_every_format(name, data, checkpoint, tmp_path):
+    """Labelled sets score top-1; image-text sets (no labels) score image-text retrieval."""
+    group = "zero_shot" if name in ("csv", "hf_parquet", "imagefolder") else "retrieval"
+    results = _eval(checkpoint, data[name], tmp_path / "out", group)
     (summary,) = results["evaluated"].values()
     assert 0.0 <= summary["sets"]["X"] <= 1.0
+    metrics = summary["metrics"]["X"]
+    assert "top1" in metrics if group == "zero_shot" else any("recall" in key for key in metrics), metrics
 
 
-def test_caption_door_reads_a_csv_and_a_webdataset(data, tmp_path):
+def test_caption_door_reads_every_format(data, tmp_path):
     from test_captioning import save_tiny_captioner
 
     captioner = save_tiny_captioner(tmp_path / "captioner")
-    for name in ("csv", "webdataset"):
+    for name in WRITERS:
         out = tmp_path / name
         args = ["caption", "--dataset_name", data[name], "--captioner", captioner, "--output_dir", str(out)]
         assert cli([*args, "--batch_size", "4", "--max_new_tokens", "4", "--no_progress"]) == 0
@@ -258,7 +262,7 @@ def _retrieve_args(checkpoint, pool, tmp_path):
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("name", ["jsonl", "img2dataset_parquet", "webdataset"])
+@pytest.mark.parametrize("name", ["jsonl", "img2dataset_parquet", "webdataset", "hf_parquet", "imagefolder"])
 def test_retrieve_door_reads_pools_streamed_or_not_with_leakage_sets(name, data, checkpoint, tmp_path):
     common = _retrieve_args(checkpoint, data[name], tmp_path)
     assert cli(["retrieve", *common, "--output_dir", str(tmp_path / "out")]) == 0
@@ -266,17 +270,20 @@ def test_retrieve_door_reads_pools_streamed_or_not_with_leakage_sets(name, data,
     assert 0 < len(anchors) <= len(CLASS_NAMES)
     # The leakage set is read and embedded (a parquet folder); at a threshold over 1 it removes nothing, since the
     # tiny random CLIP puts every noise image near every other.
-    leakage = ["--leakage_sets", data["hf_parquet"], "--leakage_threshold", "1.01"]
+    leakage = ["--leakage_sets", data["csv"], data["webdataset"], "--leakage_threshold", "1.01"]
     assert cli(["retrieve", *common, "--streaming", *leakage, "--output_dir", str(tmp_path / "streamed")]) == 0
     streamed = datasets.load_from_disk(str(tmp_path / "streamed"))
     assert streamed["pool_index"] == anchors["pool_index"]
 
 
-def test_train_door_csv_finetune_set_with_webdataset_pair_anchors(data, checkpoint, tmp_path):
+@pytest.mark.parametrize(
+    "finetune, pairs", [("csv", "webdataset"), ("hf_parquet", "img2dataset_parquet"), ("imagefolder", "jsonl")]
+)
+def test_train_door_finetune_sets_and_pair_anchors(finetune, pairs, data, checkpoint, tmp_path):
     out = tmp_path / "out"
     args = [
-        "train", "--model_name_or_path", checkpoint, "--dataset_name", data["csv"], "--method", "arf",
-        "--lambda_caption", "0", "--pair_anchors", data["webdataset"], "--eval_datasets", f"X@zero_shot={data['csv']}",
+        "train", "--model_name_or_path", checkpoint, "--dataset_name", data[finetune], "--method", "arf",
+        "--lambda_caption", "0", "--pair_anchors", data[pairs], "--eval_datasets", f"X@zero_shot={data[finetune]}",
         "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "4", "--save_strategy",
         "no", "--report_to", "none", "--use_cpu", "--dataloader_num_workers", "0", "--eval_templates", "simple",
     ]  # fmt: skip
