@@ -22,6 +22,7 @@ import tarfile
 
 import datasets
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +75,11 @@ def load_local(
     # Only the builder's own files: img2dataset's `_stats.json` / `.parquet` beside its tar shards are not data.
     files = [f for f in files if f.lower().endswith(BUILDER_EXTENSIONS[builder])]
     if builder == "webdataset":
-        for shard in files:
-            check_tar(shard)
+        for shard in files:  # a stream reads the headers as it goes: only each shard's end is checked up front
+            check_tar_end(shard) if streaming else check_tar(shard)
+    if builder == "parquet":
+        for file in files:
+            check_parquet(file)
     if builder in ("csv", "json"):  # tables of paths: small, read whole to check every row, then streamed if asked
         dataset = datasets.concatenate_datasets(
             [_tabular(file, builder, image_column, label_column, **kwargs) for file in files]
@@ -183,9 +187,34 @@ def check_tar(shard: str) -> None:
         raise ValueError(f"{shard} is an unreadable or truncated tar shard: {error}") from error
 
 
+def check_tar_end(shard: str) -> None:
+    """A tar shard ends in tar's end-of-archive marker (zero blocks): a cheap test for a truncated download or copy,
+    one read per shard, for streamed pools of thousands of shards where reading every header would take hours."""
+    try:
+        size = os.path.getsize(shard)
+        with open(shard, "rb") as file:
+            file.seek(max(0, size - 1024))
+            end = file.read(1024)
+    except OSError as error:
+        raise ValueError(f"{shard} is unreadable: {error}") from error
+    if size < 1024 or size % 512 or any(end):
+        raise ValueError(f"{shard} is truncated: it does not end in tar's end-of-archive blocks.")
+
+
+def check_parquet(file: str) -> None:
+    """A parquet file's footer reads (one small read): a truncated or foreign file is an error naming it."""
+    try:
+        pq.read_metadata(file)
+    except (pa.ArrowException, OSError) as error:
+        raise ValueError(f"{file} is not a readable parquet file: {error}") from error
+
+
 def _tabular(file: str, builder: str, image_column: str | None, label_column: str | None, **kwargs):
     options = {"delimiter": "\t"} if file.lower().endswith(".tsv") else {}
-    dataset = datasets.load_dataset(builder, data_files={"train": [file]}, split="train", **options, **kwargs)
+    try:
+        dataset = datasets.load_dataset(builder, data_files={"train": [file]}, split="train", **options, **kwargs)
+    except datasets.exceptions.DatasetGenerationError as error:
+        raise ValueError(f"{file} could not be read as {builder}: {error.__cause__ or error}") from error
     column = image_column or _path_column(dataset, file)
     if column is None:
         return dataset

@@ -215,12 +215,21 @@ def test_missing_column_and_label_outside_the_class_list(tmp_path):
     assert encoded.features["label"].names == ["circle", "hexagon"]
 
 
-def test_truncated_shard_is_an_error_naming_it(tmp_path):
+@pytest.mark.parametrize("streaming", [False, True])
+def test_truncated_shard_or_parquet_or_csv_is_an_error_naming_it(streaming, tmp_path):
     root = write_webdataset(tmp_path / "wds")
     shard = root / "00001.tar"
     shard.write_bytes(shard.read_bytes()[:1500])
     with pytest.raises(ValueError, match=re.escape(str(shard))):
-        load_dataset_any(str(root))
+        load_dataset_any(str(root), streaming=streaming)
+    root = write_hf_parquet(tmp_path / "parquet")
+    (part,) = (root / "data").glob("train-00001-*.parquet")
+    part.write_bytes(part.read_bytes()[:100])
+    with pytest.raises(ValueError, match=re.escape(str(part))):
+        load_dataset_any(str(root), streaming=streaming)
+    (tmp_path / "bad.jsonl").write_text('{"image": "a.jpg"}\n{not json\n')
+    with pytest.raises(ValueError, match="bad.jsonl"):
+        load_dataset_any(str(tmp_path / "bad.jsonl"), streaming=streaming)
 
 
 # ---------------------------------------------------------------- the doors
@@ -250,7 +259,7 @@ def test_caption_door_reads_every_format(data, tmp_path):
     for name in WRITERS:
         out = tmp_path / name
         args = ["caption", "--dataset_name", data[name], "--captioner", captioner, "--output_dir", str(out)]
-        assert cli([*args, "--batch_size", "4", "--max_new_tokens", "4", "--no_progress"]) == 0
+        assert cli([*args, "--batch_size", "8", "--max_new_tokens", "4", "--no_progress"]) == 0
         captions = datasets.load_from_disk(str(out))
         assert len(captions) == ROWS and all(isinstance(text, str) for text in captions["caption"])
 
