@@ -215,11 +215,16 @@ def _tabular(file: str, builder: str, image_column: str | None, label_column: st
         dataset = datasets.load_dataset(builder, data_files={"train": [file]}, split="train", **options, **kwargs)
     except datasets.exceptions.DatasetGenerationError as error:
         raise ValueError(f"{file} could not be read as {builder}: {error.__cause__ or error}") from error
-    column = image_column or _path_column(dataset, file)
-    if column is None:
-        return dataset
-    if column not in dataset.column_names:
-        raise KeyError(f"{file}: the image column {column!r} is missing; the file has columns {dataset.column_names}.")
+    columns = [image_column] if image_column else _path_columns(dataset)
+    for column in columns:
+        if column not in dataset.column_names:
+            raise KeyError(f"{file}: the image column {column!r} is missing; the file has {dataset.column_names}.")
+        dataset = _resolve_paths(dataset, column, file)
+    return dataset
+
+
+def _resolve_paths(dataset, column: str, file: str):
+    """`column`'s paths made absolute (relative ones against the file's folder), checked, cast to `Image()`."""
     folder = os.path.dirname(os.path.abspath(file))
     resolved = []
     for row, value in enumerate(dataset[column]):
@@ -245,22 +250,16 @@ def _line(file: str, row: int) -> str:
     return f"line {row + 1}" if file.lower().endswith(".jsonl") else f"item {row}"
 
 
-def _path_column(dataset, file: str) -> str | None:
-    """The column of image paths: a known name holding strings, else the one string column whose first value
-    ends in an image extension; None when there is none, an error when several qualify."""
+def _path_columns(dataset) -> list[str]:
+    """The columns of image paths: string columns with a known name (`image_path`, `filepath`, ...) or whose first
+    value ends in an image extension. All are cast to images, so that a door's `--image_column` picks among them."""
     strings = [
         name for name, f in dataset.features.items() if isinstance(f, datasets.Value) and f.dtype in STRING_TYPES
     ]
-    for name in IMAGE_PATH_COLUMNS:
-        if name in strings:
-            return name
-    if len(dataset) == 0:
-        return None
-    first = dataset[0]
-    paths = [name for name in strings if str(first[name] or "").lower().endswith(IMAGE_EXTENSIONS)]
-    if len(paths) > 1:
-        raise ValueError(f"{file}: columns {paths} all hold image paths; name one with --image_column.")
-    return paths[0] if paths else None
+    first = dataset[0] if len(dataset) else {}
+    valued = [name for name in strings if str(first.get(name) or "").lower().endswith(IMAGE_EXTENSIONS)]
+    named = [name for name in IMAGE_PATH_COLUMNS if name in strings]
+    return list(dict.fromkeys(named + valued))
 
 
 def _image_bytes_as_images(dataset, image_column: str | None):

@@ -24,7 +24,7 @@ from conftest import CLASS_NAMES, make_model, make_processor
 from PIL import Image
 
 from anchorclip.cli import main as cli
-from anchorclip.data import CAPTION_COLUMNS, IMAGE_COLUMNS, LABEL_COLUMNS, find_column, load_dataset_any
+from anchorclip.data import CAPTION_COLUMNS, IMAGE_COLUMNS, LABEL_COLUMNS, ColumnError, find_column, load_dataset_any
 
 ROWS = 8
 
@@ -319,6 +319,20 @@ def test_streamed_webdataset_pool_split_over_two_processes(data, checkpoint, tmp
     assert re.search(r"process 0 read 2 of 4 stream files \(4 rows\)", result.stderr), result.stderr[-3000:]
     assert re.search(r"process 1 read 2 of 4 stream files \(4 rows\)", result.stderr), result.stderr[-3000:]
     assert len(datasets.load_from_disk(str(tmp_path / "two"))) > 0
+
+
+def test_two_path_columns_are_both_images_and_a_named_label_column_is_encoded(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(_jpg(0))
+    (tmp_path / "m.png").write_bytes(_jpg(1))
+    (tmp_path / "train.csv").write_text("photo,mask,species\na.jpg,m.png,owl\na.jpg,m.png,crow\n")
+    dataset = load_dataset_any(str(tmp_path / "train.csv"), label_column="species")
+    assert isinstance(dataset.features["photo"], datasets.Image) and isinstance(
+        dataset.features["mask"], datasets.Image
+    )
+    assert dataset.features["species"].names == ["crow", "owl"] and dataset["species"] == [1, 0]
+    with pytest.raises(ColumnError, match="Name it explicitly"):  # two image columns, neither a known name
+        find_column(dataset, None, IMAGE_COLUMNS, "image")
+    assert find_column(dataset, "photo", IMAGE_COLUMNS, "image") == "photo"
 
 
 def test_class_names_number_the_labels_in_their_order(data):

@@ -282,7 +282,8 @@ def _load_finetune_set(data_args, training_args):
         if names is None and data_args.class_names_file:
             with contextlib.suppress(ValueError):  # a mapping needs the label names: applied in _class_names
                 names = class_names_from_file(data_args.class_names_file)
-        train = load_dataset_any(data_args.dataset_name, split=data_args.dataset_split, class_names=names)
+        columns = {"image_column": training_args.image_column, "label_column": training_args.label_column}
+        train = load_dataset_any(data_args.dataset_name, split=data_args.dataset_split, class_names=names, **columns)
     if data_args.max_train_samples is not None:
         train = train.select(range(min(len(train), data_args.max_train_samples)))
     return train
