@@ -18,8 +18,8 @@ from PIL import Image
 
 logger = logging.getLogger(__name__)
 
-IMAGE_COLUMNS = ("image", "img", "jpg", "png", "pixel_values")
-LABEL_COLUMNS = ("label", "labels", "class", "fine_label")
+IMAGE_COLUMNS = ("image", "img", "jpg", "png", "webp", "jpeg", "image_path", "filepath", "file_name", "pixel_values")
+LABEL_COLUMNS = ("label", "labels", "class", "cls", "fine_label", "class_name")
 CAPTION_COLUMNS = ("caption", "text", "txt", "captions", "sentence")
 ROW_INDEX_COLUMN = "row_index"  # the key of a captions table made without an id column: the finetune row number
 
@@ -31,22 +31,39 @@ class ColumnError(KeyError):
         return str(self.args[0])
 
 
-def load_dataset_any(spec: str, split: str | None = "train", streaming: bool = False, **kwargs):
-    """Load a dataset from a Hub id, a local image folder, or a folder written by `save_to_disk`.
+def load_dataset_any(
+    spec: str,
+    split: str | None = "train",
+    streaming: bool = False,
+    *,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    class_names: list[str] | None = None,
+    **kwargs,
+):
+    """Load a dataset from a Hub id, a `save_to_disk` folder, or local data files and folders.
 
-    `spec` may carry the split after a colon (`"path/to/data:validation"`), which wins over `split`.
+    Local data (see `anchorclip.data_formats`): CSV / JSON / JSON Lines with image paths (relative to the file),
+    parquet files or folders with image bytes (Hugging Face exports, img2dataset), folders of webdataset tar
+    shards, ImageFolders (with `metadata.jsonl` captions). `spec` may carry the split after a colon
+    (`"path/to/data:validation"`), which wins over `split`. A spec that looks local and does not exist is an error
+    naming it, never a Hub lookup. `image_column` / `label_column` name the columns of a CSV / JSON file where
+    they cannot be detected; `class_names` checks (and encodes) its labels against a class list.
     """
+    from anchorclip.data_formats import load_local, looks_local
+
     if ":" in spec and not os.path.exists(spec) and not spec.startswith(("hf://", "http")):
         spec, split = spec.rsplit(":", 1)
-    if os.path.isdir(spec):
-        if _is_saved_dataset(spec):
-            loaded = datasets.load_from_disk(spec)
-            if isinstance(loaded, datasets.DatasetDict):
-                if split not in loaded:
-                    raise ValueError(f"{spec} has splits {list(loaded)}, not {split!r}.")
-                loaded = loaded[split]
-            return loaded.to_iterable_dataset() if streaming else loaded
-        return datasets.load_dataset("imagefolder", data_dir=spec, split=split, streaming=streaming, **kwargs)
+    if os.path.isdir(spec) and _is_saved_dataset(spec):
+        loaded = datasets.load_from_disk(spec)
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise ValueError(f"{spec} has splits {list(loaded)}, not {split!r}.")
+            loaded = loaded[split]
+        return loaded.to_iterable_dataset() if streaming else loaded
+    if os.path.exists(spec) or looks_local(spec):
+        columns = {"image_column": image_column, "label_column": label_column, "class_names": class_names}
+        return load_local(spec, split, streaming, **columns, **kwargs)
     return datasets.load_dataset(spec, split=split, streaming=streaming, **kwargs)
 
 
@@ -65,10 +82,19 @@ def find_column(dataset, preferred: str | None, candidates: Sequence[str], what:
     for name in candidates:
         if name in columns:
             return name
+    typed = _columns_of_type(dataset, what)
+    if len(typed) == 1:  # no known name, but a single column of the right type (an image, a class label)
+        return typed[0]
     raise ColumnError(
         f"No {what} column found (looked for {list(candidates)}); the dataset has columns {columns}. "
         f"Name it explicitly with the matching `*_column` argument."
     )
+
+
+def _columns_of_type(dataset, what: str) -> list[str]:
+    kind = datasets.Image if "image" in what else datasets.ClassLabel if "label" in what else None
+    features = dataset.features or {}
+    return [name for name, feature in features.items() if kind is not None and isinstance(feature, kind)]
 
 
 def class_names_from_features(dataset, label_column: str) -> list[str] | None:

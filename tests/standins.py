@@ -378,4 +378,7 @@ def build_world(root: str | os.PathLike) -> Path:
     for seed, (name, patch) in enumerate(CHECKPOINTS.items()):
         save_clip(root / name, patch, seed=1 + seed)
     build_anchors(root)
+    from standins_your_data import build_your_data  # docs/your-data.md's class folders, CSV, JSON Lines, img2dataset
+
+    build_your_data(root)
     return root

@@ -14,6 +14,7 @@ suite. Anchors that are built (not given) are cached under `<output_dir>/anchors
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -263,7 +264,14 @@ def _load_finetune_set(data_args, training_args):
         train = load_miniworld_split("finetune", size=_miniworld_size("finetune", data_args))
         train = train.rename_column("caption", "oracle_caption")
     else:
-        train = load_dataset_any(data_args.dataset_name, split=data_args.dataset_split)
+        # Labels given as names in a CSV / JSON file are numbered in the order of --class_names or of a
+        # --class_names_file list (not a wnid mapping), and checked against it.
+        names = data_args.class_names
+        if names is None and data_args.class_names_file:
+            with contextlib.suppress(ValueError):  # a mapping needs the label names: applied in _class_names
+                names = class_names_from_file(data_args.class_names_file)
+        columns = {"image_column": training_args.image_column, "label_column": training_args.label_column}
+        train = load_dataset_any(data_args.dataset_name, split=data_args.dataset_split, class_names=names, **columns)
     if data_args.max_train_samples is not None:
         train = train.select(range(min(len(train), data_args.max_train_samples)))
     return train

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import datasets
 
 from anchorclip.data import load_dataset_any
+from anchorclip.data_formats import has_metadata, local_format
 from anchorclip.templates import resolve_templates
 
 logger = logging.getLogger(__name__)
@@ -136,9 +137,10 @@ def load_eval_dataset(
         return eval_format.load(name, size)
     path, split = split_spec(spec, split)
     if os.path.isdir(path):
-        if is_wds_folder(path):
+        data_format = local_format(path)  # CSV / JSON / parquet, metadata.jsonl: read by load_dataset_any below
+        if is_wds_folder(path) and data_format in ("webdataset", None):
             return load_wds_folder(path, split or "test", cache_dir=cache_dir)
-        if not _is_saved_dataset(path):
+        if not _is_saved_dataset(path) and data_format in ("imagefolder", None) and not has_metadata(path):
             return load_imagefolder(path, split, class_names_file)
     elif os.path.basename(path.rstrip("/")).startswith("wds_"):
         return load_wds_hub(path, split or "test", cache_dir=cache_dir)
