@@ -182,7 +182,7 @@ class AnchorCLIPTrainer(Trainer):
         if not model.training:
             raise NotImplementedError("AnchorCLIPTrainer scores evaluation sets with evaluate(), not a loss.")
         window = len(self._window) or 1
-        micro, self._micro = self._micro, self._micro + 1
+        micro, self._micro = self._micro % window, self._micro + 1  # modulo: calls outside a training loop
         if self.args.method in ("ft", "lp_ft"):
             terms = {"loss_ce": self._cross_entropy(model, inputs)}
             loss = terms["loss_ce"] / window
