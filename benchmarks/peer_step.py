@@ -2,8 +2,11 @@
 
 Install (open_clip is a benchmark-only extra; the anchorclip package never imports it):
 
-    pip install --no-deps open_clip_torch==3.3.0     # or: pip install --no-deps -e ".[bench]"
+    pip install --no-deps open_clip_torch==3.3.0     # setup.py's "bench" extra, without its dependencies
     pip install --no-deps ftfy wcwidth               # optional: a stand-in is used when ftfy is missing
+
+(`pip install ".[bench]"` would also install open_clip's dependencies torchvision and timm: a torchvision wheel
+can replace the installed torch with its own pinned build, or fail beside it.)
 
 `--no-deps` keeps pip from pulling torchvision and timm. open_clip imports torchvision at load time (its image
 transforms, `FrozenBatchNorm2d`) and ftfy (its tokenizer); none of them run in a training step fed with
@@ -17,6 +20,7 @@ Run:
     python benchmarks/peer_step.py --config tiny --batch 16 --steps 30 --rounds 5       # CPU, ~minutes
     python benchmarks/peer_step.py --config vit-b-16 --batch 16 --steps 3 --warmup 1 --rounds 3
     python benchmarks/peer_step.py --config vit-b-16 --batch 128 --bf16 [--compile]      # on a GPU
+    python benchmarks/peer_step.py --side flyp --profile 5 --steps 6 --threads 1          # torch.profiler table
 
 Sides, each in its own subprocess (peak memory is the process's own), run alternately round by round:
 
@@ -51,6 +55,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import types
 
@@ -177,10 +182,22 @@ class FetchTimer:
     def __init__(self, collate, device: torch.device):
         self.collate, self.device, self.stamps = collate, device, []
 
+    profile: tuple[int, int] | None = None  # (first, last) fetch between which torch.profiler records
+    profiler = None
+
     def __call__(self, items):
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.stamps.append(time.perf_counter())
+        if self.profile and len(self.stamps) - 1 == self.profile[0]:
+            self.profiler = torch.profiler.profile(record_shapes=False)
+            self.profiler.start()
+        elif self.profile and len(self.stamps) - 1 == self.profile[1] and self.profiler is not None:
+            self.profiler.stop()
+            table = self.profiler.key_averages().table(
+                sort_by="cpu_time_total", row_limit=40, max_name_column_width=70
+            )
+            print(f"profile of {self.profile[1] - self.profile[0]} steps\n{table}", file=sys.stderr, flush=True)
         return self.collate(items)
 
     def step_times(self, warmup: int, steps: int) -> list[float]:
@@ -238,6 +255,7 @@ def run_open_clip(args, device: torch.device) -> dict:
     loss = open_clip.ClipLoss(cache_labels=True)  # open_clip_train.main's create_loss, one process
     data = OpenCLIPData(spec, total * args.batch, width, spec["caption_tokens"])
     timer = FetchTimer(default_collate, device)
+    timer.profile = _profile_window(args)
     loader = DataLoader(data, batch_size=args.batch, shuffle=True, drop_last=True, collate_fn=timer)
     loader.num_batches, loader.num_samples = len(loader), len(data)  # as open_clip_train.data sets them
     train_data = types.SimpleNamespace(dataloader=loader, set_epoch=lambda epoch: None)
@@ -265,8 +283,9 @@ def run_anchorclip(args, device: torch.device, method: str) -> dict:
     arf = method == "arf"
     total = args.warmup + args.steps + 1
     training_args = AnchorTrainingArguments(
-        output_dir=os.path.join(args.workdir, method), method=method, lambda_caption=1.0 if arf else 0.0,
-        lambda_pairs=1.0 if arf else 0.0, pair_anchors_per_image=1, per_device_train_batch_size=args.batch,
+        output_dir=os.path.join(args.workdir or tempfile.mkdtemp(), method), method=method,
+        lambda_caption=1.0 if arf else 0.0, lambda_pairs=1.0 if arf else 0.0, pair_anchors_per_image=1,
+        per_device_train_batch_size=args.batch,
         max_steps=total, learning_rate=LR, weight_decay=WEIGHT_DECAY, adam_beta1=BETAS[0], adam_beta2=BETAS[1],
         adam_epsilon=EPS, optim=args.anchorclip_optim, max_grad_norm=CLIP_NORM, lr_scheduler_type="cosine",
         warmup_steps=WARMUP_LR_STEPS, logging_steps=args.log_every, save_strategy="no", report_to="none",
@@ -280,6 +299,7 @@ def run_anchorclip(args, device: torch.device, method: str) -> dict:
     data.anchors = arf
     collator = AnchorCollator(prompt_ids=data.prompts.tolist(), num_templates=1, pad_token_id=1)
     timer = FetchTimer(collator, device)
+    timer.profile = _profile_window(args)
     trainer.train_dataset, trainer.data_collator = data, timer  # what build_train_data returns, pre-made
     for patch in args.patch:
         PATCHES[patch](trainer)
@@ -290,6 +310,10 @@ def run_anchorclip(args, device: torch.device, method: str) -> dict:
 
 # Experiments on anchorclip's side (applied to the trainer before `train()`), to measure a candidate fix.
 PATCHES: dict = {}
+
+
+def _profile_window(args) -> tuple[int, int] | None:
+    return (args.warmup, args.warmup + args.profile) if args.profile else None
 
 
 def _rss_mib() -> float:
@@ -336,7 +360,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--open_clip_context", type=int, default=None, help="Default: anchorclip's prompt width.")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per side (default: torch's).")
     parser.add_argument("--patch", nargs="*", default=[], help="anchorclip-side experiments (see PATCHES).")
-    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # child mode: run one side, print JSON
+    parser.add_argument("--profile", type=int, default=0, help="With --side: torch.profiler over N steps (stderr).")
+    parser.add_argument("--side", choices=SIDES, help="Run only this side, in this process; print its JSON.")
     parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--output", default=None, help="Default: docs/results/peer_step_{cpu|gpu}.json")
     return parser.parse_args(argv)
@@ -436,9 +461,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "open_clip" in args.sides and not open_clip_available():
         raise SystemExit("open_clip is not installed: pip install --no-deps open_clip_torch==3.3.0 (see the header).")
-    import tempfile
-
-    workdir = tempfile.mkdtemp(prefix="peer_step_")
+    workdir = tempfile.mkdtemp(prefix="peer_step_")  # anchorclip's output_dir (nothing is saved: save_strategy=no)
     runs: dict[str, list[dict]] = {side: [] for side in args.sides}
     orders = []
     for round_ in range(args.rounds):
