@@ -445,7 +445,8 @@ def write_markdown(path: str, report: dict) -> None:
             f"{', compiled' if report['compile'] else ''}\n\n"
             f"Command: `{info['command']}`  \nMachine: {info['machine']} ({info['cpu_count']} CPUs), torch "
             f"{info['torch']}, transformers {info['transformers']}, open_clip {report.get('open_clip')}, "
-            f"{info['date']}. {report['rounds']} rounds, each side in its own process, sides alternated "
+            f"{info['date']}, {report['threads']} torch thread(s) per side. {report['rounds']} rounds, each side "
+            "in its own process, sides alternated "
             f"({' / '.join(report['orders'][:2])} ...); per run the median of {report['steps']} steps after "
             f"{report['warmup']} warm-up steps; the table gives the median over runs.\n\n"
             + markdown_table(header, rows)

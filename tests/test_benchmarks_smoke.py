@@ -91,7 +91,9 @@ def test_peer_step_times_anchorclip_sides_in_their_own_processes(tmp_path):
     assert output.exists() and "| flyp |" in (tmp_path / "peer.md").read_text()
 
 
-@pytest.mark.skipif(not peer_step.open_clip_available(), reason="open_clip_torch not installed (pip install .[bench])")
+@pytest.mark.skipif(
+    not peer_step.open_clip_available(), reason="open_clip not installed: pip install --no-deps open_clip_torch==3.3.0"
+)
 def test_peer_step_open_clip_side_trains_the_same_architecture(tmp_path):
     report = peer_step.main([*PEER_ARGS, "--sides", "open_clip", "flyp", "--output", str(tmp_path / "peer.json")])
     open_clip, flyp = report["runs"]["open_clip"][0], report["runs"]["flyp"][0]
