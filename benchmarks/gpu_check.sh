@@ -208,6 +208,8 @@ if "$PY" -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('open_cl
 then PS_SIDES=(open_clip flyp arf); PC_SIDES=(open_clip flyp)
 else echo "open_clip missing (carry its wheel in .whl/): peer parts time anchorclip only"; PS_SIDES=(flyp arf); PC_SIDES=(flyp)
 fi
+# The smoke run checks the wiring with one process (tests/test_benchmarks_smoke.py runs the open_clip side).
+[ "$MODE" = gpu ] || PS_SIDES=(flyp)
 run_part peer "$PS_TIMEOUT" "$PY" benchmarks/peer_step.py "${PS_ARGS[@]}" --rounds "$PS_ROUNDS" \
   --sides "${PS_SIDES[@]}" --output "$WORK/peer_step_$SUFFIX.json"
 if [ "$PC_TIMEOUT" -gt 0 ]; then
