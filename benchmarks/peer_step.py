@@ -256,7 +256,8 @@ def run_open_clip(args, device: torch.device) -> dict:
     data = OpenCLIPData(spec, total * args.batch, width, spec["caption_tokens"])
     timer = FetchTimer(default_collate, device)
     timer.profile = _profile_window(args)
-    loader = DataLoader(data, batch_size=args.batch, shuffle=True, drop_last=True, collate_fn=timer)
+    pin = device.type == "cuda"  # open_clip_train's loaders pin memory, as the Trainer's do by default
+    loader = DataLoader(data, batch_size=args.batch, shuffle=True, drop_last=True, collate_fn=timer, pin_memory=pin)
     loader.num_batches, loader.num_samples = len(loader), len(data)  # as open_clip_train.data sets them
     train_data = types.SimpleNamespace(dataloader=loader, set_epoch=lambda epoch: None)
     if args.compile:
