@@ -11,11 +11,17 @@
 #   precision   benchmarks/precision.py: ARF 20 steps from one init on the same batches, bf16 autocast vs fp32
 #   loader      benchmarks/loader.py: the trainer's data path at 224x224, batch 256, 8 and 15 workers,
 #               compared with the throughput part's training images/s
+#   peer        benchmarks/peer_step.py: anchorclip FLYP / ARF vs open_clip's train_one_epoch, ViT-B/16 bf16,
+#               batch 128, each side in its own process, alternated (2 rounds); open_clip from the carried
+#               wheel (see --prepare-wheels; without it only the anchorclip sides run)
+#   peer_compile  the same with torch.compile on both sides (1 round, FLYP and open_clip)
 #   miniworld   examples/run_anchor_ft.py --method flyp / --method arf, 200 steps, bf16, a separate output dir
 #               each, if anchorclip/assets/miniclip (and minicaptioner for ARF) exist; else skipped
 # Output: ONE JSON, $OUT/gpu_check.json (./gpu_check_out/ when OUT is unset), with every part's status, rc,
 # seconds, results and log tail; beside it gpu_check.log (all logs) and the Markdown tables
-# (throughput_gpu.md, throughput_gpu_compile.md, loader_gpu.md, precision_gpu.md): 6 files, under the device tool's 8.
+# (throughput_gpu.md, throughput_gpu_compile.md, loader_gpu.md, precision_gpu.md, peer_step_gpu.md,
+# peer_step_gpu_compile.md): 8 files, the device tool's limit. GPU_CHECK_PARTS="peer peer_compile" (a space-separated
+# list of part names) runs only those parts (env and install always run): e.g. the peer comparison alone.
 #
 # ---- How a future session runs it (device tool) -------------------------------------------------------
 # 1. Here (network), once: prepare the wheels the GPU image lacks (KINDS.md: it has torch 2.11, transformers
@@ -53,6 +59,8 @@ if [ "$MODE" = prepare-wheels ]; then
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl \
     datasets==5.2.0 evaluate==0.4.6 dill==0.4.1 multiprocess==0.70.19 faiss-cpu==1.15.1 transformers==5.24.0
+  # open_clip for benchmarks/peer_step.py only (pure Python, --no-deps: see that script's header).
+  "$PY" -m pip download --no-deps -d .whl open_clip_torch==3.3.0
   du -sh .whl && ls .whl
   exit $?
 fi
@@ -78,6 +86,11 @@ export HF_DATASETS_DISABLE_PROGRESS_BARS=1 TORCHINDUCTOR_CACHE_DIR=$WORK/inducto
 run_part() {
   local name=$1 limit=$2
   shift 2
+  if [ -n "${GPU_CHECK_PARTS:-}" ] && [ "$name" != env ] && [ "$name" != install ] \
+    && [[ " $GPU_CHECK_PARTS " != *" $name "* ]]; then
+    printf '%s\tskipped (GPU_CHECK_PARTS)\t-\t0\n' "$name" >>"$STATUS"
+    return
+  fi
   local left=$((BUDGET_S - ($(date +%s) - START)))
   if [ "$left" -lt 15 ]; then
     printf '%s\tskipped (budget)\t-\t0\n' "$name" >>"$STATUS"
@@ -164,6 +177,8 @@ if [ "$MODE" = gpu ]; then
   PR_ARGS=(--config vit-b-16 --batch 256 --steps 20 --ckpt); PR_TIMEOUT=90
   LD_ARGS=(--batch 256 --workers 8,15 --methods arf,flyp --batches 6); LD_TIMEOUT=60
   MW_ARGS=(--max_steps 200 --bf16 --save_strategy no --report_to none --disable_tqdm true); MW_TIMEOUT_FLYP=80; MW_TIMEOUT_ARF=120
+  PS_ARGS=(--config vit-b-16 --batch 128 --bf16 --steps 10 --warmup 3); PS_ROUNDS=2; PS_TIMEOUT=240
+  PC_TIMEOUT=300
   SUFFIX=gpu
 else
   TP_ARGS=(--config tiny --batch 8 --no-bf16 --steps 2 --warmup 1)
@@ -174,6 +189,8 @@ else
   MW_ARGS=(--max_steps 2 --per_device_train_batch_size 16 --save_strategy no --report_to none --use_cpu
            --disable_tqdm true)
   MW_TIMEOUT_FLYP=30; MW_TIMEOUT_ARF=30
+  PS_ARGS=(--config tiny --batch 16 --steps 2 --warmup 1 --threads 1); PS_ROUNDS=1; PS_TIMEOUT=120
+  PC_TIMEOUT=0  # compiling on a shared CPU takes minutes: the smoke run checks the eager path only
   SUFFIX=cpu_smoke
 fi
 NOTE="gpu_check.sh $MODE"
@@ -185,6 +202,22 @@ run_part compile "$CP_TIMEOUT" "$PY" benchmarks/throughput.py "${TP_ARGS[@]}" --
 run_part precision "$PR_TIMEOUT" "$PY" benchmarks/precision.py "${PR_ARGS[@]}" --output "$WORK/precision_$SUFFIX.json"
 run_part loader "$LD_TIMEOUT" "$PY" benchmarks/loader.py "${LD_ARGS[@]}" --train-json "$WORK/throughput_$SUFFIX.json" \
   --note "$NOTE" --output "$WORK/loader_$SUFFIX.json"
+
+# ---- anchorclip vs open_clip (benchmarks/peer_step.py); without open_clip, the anchorclip sides alone
+if "$PY" -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('open_clip') and u.find_spec('open_clip_train')))"
+then PS_SIDES=(open_clip flyp arf); PC_SIDES=(open_clip flyp)
+else echo "open_clip missing (carry its wheel in .whl/): peer parts time anchorclip only"; PS_SIDES=(flyp arf); PC_SIDES=(flyp)
+fi
+# The smoke run checks the wiring with one process (tests/test_benchmarks_smoke.py runs the open_clip side).
+[ "$MODE" = gpu ] || PS_SIDES=(flyp)
+run_part peer "$PS_TIMEOUT" "$PY" benchmarks/peer_step.py "${PS_ARGS[@]}" --rounds "$PS_ROUNDS" \
+  --sides "${PS_SIDES[@]}" --output "$WORK/peer_step_$SUFFIX.json"
+if [ "$PC_TIMEOUT" -gt 0 ]; then
+  run_part peer_compile "$PC_TIMEOUT" "$PY" benchmarks/peer_step.py "${PS_ARGS[@]}" --compile --rounds 1 \
+    --sides "${PC_SIDES[@]}" --output "$WORK/peer_step_${SUFFIX}_compile.json"
+else
+  skip_part peer_compile "CPU smoke run"
+fi
 
 ASSETS=$ROOT/anchorclip/assets
 if [ -f "$ASSETS/miniclip/config.json" ]; then
@@ -224,7 +257,8 @@ for line in open(os.path.join(work, "status.tsv")):
                    "log_tail": tail(os.path.join(work, f"{name}.log"), 8000 if name == "env" else 3000)}
 suffix = "gpu" if mode == "gpu" else "cpu_smoke"
 files = {"throughput": f"throughput_{suffix}.json", "compile": f"throughput_{suffix}_compile.json",
-         "loader": f"loader_{suffix}.json", "precision": f"precision_{suffix}.json"}
+         "loader": f"loader_{suffix}.json", "precision": f"precision_{suffix}.json",
+         "peer": f"peer_step_{suffix}.json", "peer_compile": f"peer_step_{suffix}_compile.json"}
 for name, file in files.items():
     if name in parts:
         parts[name]["results"] = load(os.path.join(work, file))

@@ -1,4 +1,4 @@
-"""Smoke tests of the speed benchmarks (flops.py, throughput.py, loader.py, precision.py): seconds, CPU only."""
+"""Smoke tests of the speed benchmarks (flops.py, throughput.py, loader.py, precision.py, peer_step.py): CPU only."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 
 import flops  # noqa: E402
 import loader  # noqa: E402
+import peer_step  # noqa: E402
 import precision  # noqa: E402
 import throughput  # noqa: E402
 from common import CONFIGS  # noqa: E402
@@ -73,3 +74,30 @@ def test_lambda_sweep_grid_trains_what_each_point_names():
             family, overrides, *_ = robustness.METHODS[lambda_sweep.variant(row, *point)]
             assert family == robustness.METHODS[row][0]
             assert (overrides.get("lambda_caption", 1.0), overrides.get("lambda_pairs", 1.0)) == point
+
+
+PEER_ARGS = ["--config", "tiny", "--batch", "4", "--steps", "2", "--warmup", "1", "--rounds", "1", "--threads", "1"]
+
+
+def test_peer_step_times_anchorclip_sides_in_their_own_processes(tmp_path):
+    # The anchorclip sides run whether open_clip is installed or not (CI installs only .[dev]).
+    output = tmp_path / "peer.json"
+    report = peer_step.main([*PEER_ARGS, "--sides", "flyp", "arf", "--output", str(output)])
+    for side in ("flyp", "arf"):
+        (run,) = report["runs"][side]
+        assert len(run["step_times_s"]) == 2 and report["summary"][side]["images_per_s"] > 0
+        assert run["peak_rss_mib"] >= run["rss_before_training_mib"] > 0
+    assert report["runs"]["flyp"][0]["parameters"] == report["runs"]["arf"][0]["parameters"]
+    assert output.exists() and "| flyp |" in (tmp_path / "peer.md").read_text()
+
+
+@pytest.mark.skipif(
+    not peer_step.open_clip_available(), reason="open_clip not installed: pip install --no-deps open_clip_torch==3.3.0"
+)
+def test_peer_step_open_clip_side_trains_the_same_architecture(tmp_path):
+    report = peer_step.main([*PEER_ARGS, "--sides", "open_clip", "flyp", "--output", str(tmp_path / "peer.json")])
+    open_clip, flyp = report["runs"]["open_clip"][0], report["runs"]["flyp"][0]
+    # The same towers: only the text position table differs (open_clip's is cut to the prompts' width).
+    positions = CONFIGS["tiny"]["text"]["max_position_embeddings"] - open_clip["context_length"]
+    assert flyp["parameters"] - open_clip["parameters"] == positions * CONFIGS["tiny"]["text"]["hidden_size"]
+    assert report["summary"]["flyp"]["images_per_s_vs_open_clip"] > 0
