@@ -34,6 +34,7 @@ setup(
     ],
     extras_require={
         "retrieval": ["faiss-cpu>=1.8"],
+        "corruptions": ["scipy>=1.10"],  # ImageNet-C style corruptions (anchorclip.evaluation.corruptions)
         "dev": ["faiss-cpu>=1.8", "pytest>=8", "ruff>=0.6", "matplotlib>=3.8"],
     },
     entry_points={"console_scripts": ["anchorclip=anchorclip.cli:main"]},
