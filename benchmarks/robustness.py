@@ -237,7 +237,7 @@ def train_one(
         learning_rate=lr, warmup_steps=max(1, args.steps // 10), lr_scheduler_type="cosine", weight_decay=0.1,
         seed=seed, save_strategy="no", report_to="none", logging_steps=max(1, args.steps // 5), disable_tqdm=True,
         dataloader_num_workers=args.workers, use_cpu=not torch.cuda.is_available(),
-        eval_templates=list(SHAPE_TEMPLATES), **overrides,
+        eval_templates=list(SHAPE_TEMPLATES), per_device_eval_batch_size=args.eval_batch, **overrides,
     )  # fmt: skip
     model = AnchorCLIPModel.from_pretrained(MINICLIP_PATH)
     trainer = AnchorCLIPTrainer(
@@ -496,6 +496,7 @@ def main() -> None:
     parser.add_argument("--corruptions", type=int, default=0, help="images per corruption x severity (0: none)")
     parser.add_argument("--lr_from", nargs="+", default=[], help="results files whose chosen_lr fixes rows' lr")
     parser.add_argument("--no_wise", action="store_true", help="skip the WiSE-FT rows (and their sweeps)")
+    parser.add_argument("--eval_batch", type=int, default=8, help="evaluation batch (scores do not depend on it)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)  # 1 avoids OpenMP spin-wait collapse when other jobs share the cores
     eval_sets = evaluation_sets(args.eval_size or (100 if args.quick else None), args.corruptions)
@@ -545,6 +546,7 @@ def main() -> None:
         method="zeroshot",
         report_to="none",
         use_cpu=not torch.cuda.is_available(),
+        per_device_eval_batch_size=args.eval_batch,
     )
     zs_trainer = AnchorCLIPTrainer(
         model=AnchorCLIPModel.from_pretrained(MINICLIP_PATH), args=zs_args, processing_class=processor
