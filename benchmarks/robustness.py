@@ -237,7 +237,7 @@ def train_one(
         learning_rate=lr, warmup_steps=max(1, args.steps // 10), lr_scheduler_type="cosine", weight_decay=0.1,
         seed=seed, save_strategy="no", report_to="none", logging_steps=max(1, args.steps // 5), disable_tqdm=True,
         dataloader_num_workers=args.workers, use_cpu=not torch.cuda.is_available(),
-        eval_templates=list(SHAPE_TEMPLATES), per_device_eval_batch_size=args.eval_batch, **overrides,
+        eval_templates=list(SHAPE_TEMPLATES), per_device_eval_batch_size=getattr(args, "eval_batch", 8), **overrides,
     )  # fmt: skip
     model = AnchorCLIPModel.from_pretrained(MINICLIP_PATH)
     trainer = AnchorCLIPTrainer(
