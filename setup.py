@@ -44,7 +44,8 @@ setup(
         "faiss-cpu>=1.8",
     ],
     extras_require={
-        "dev": ["pytest>=8", "ruff>=0.6", "mypy>=1.10", "matplotlib>=3.8"],
+        "dev": ["pytest>=8", "ruff>=0.6", "mypy>=1.10", "matplotlib>=3.8", "scipy>=1.10"],
+        "corruptions": ["scipy>=1.10"],  # ImageNet-C style corruptions (anchorclip.evaluation.corruptions)
         # benchmarks/peer_step.py only (never imported by anchorclip). Its own deps pull torchvision/timm, whose
         # wheels may replace or break the installed torch: install it with `pip install --no-deps open_clip_torch`.
         "bench": ["open_clip_torch==3.3.0"],

@@ -12,6 +12,8 @@ _GROUP_TITLES = {
     "domain_shift": "domain-shift avg",
     "zero_shot": "zero-shot avg",
     "retrieval": "retrieval mean R@{1,5,10}",
+    "corruption": "corruption avg",
+    "corruption_val": "val-corruption avg",
 }
 # Metric names of one set, longest first so that `a_top1` is not read as set `a_top` + `1`.
 SET_METRICS = sorted(

@@ -2,6 +2,14 @@
 
     python benchmarks/robustness.py --jobs 2                         # full table (~45 min on 2 CPU cores)
     python benchmarks/robustness.py --seeds 0 --steps 20 --quick     # smoke run
+    python benchmarks/robustness.py --corruptions 200 --lr_from docs/results/robustness_v3.json ...  # + ImageNet-C
+
+`--corruptions N` adds the miniworld corruption suite (anchorclip.evaluation.corruption_sets): N test_photo
+images under each of the 15 ImageNet-C test corruptions x 5 severities (group `corruption`), and N finetune_val
+images under the 4 validation corruptions (`val_corruption` of each run, what a choice may use; never a test
+corruption). The corrupted images are made once, before training, and shared by every run.
+`--lr_from FILE ...` takes each row's lr from earlier results files' `chosen_lr` (chosen there on finetune_val)
+instead of sweeping it again.
 
 `--jobs N` trains N runs at once in separate one-thread processes: on a small model this uses the cores
 far better than one run with N threads (each run is deterministic given its seed, so results do not depend
@@ -54,6 +62,7 @@ from anchorclip import AnchorCLIPModel, AnchorCLIPTrainer, AnchorTrainingArgumen
 from anchorclip.anchors import RetrievalArguments, retrieve_anchors
 from anchorclip.anchors.captions.job import caption_dataset
 from anchorclip.evaluation import GROUPS
+from anchorclip.evaluation.corruption_sets import corruption_report, miniworld_corruption_sets
 from anchorclip.miniworld import MINICAPTIONER_PATH, MINICLIP_PATH, load_miniworld_split, miniworld_eval_sets
 from anchorclip.miniworld.prompts import SHAPE_TEMPLATES
 from anchorclip.reporting import summarize
@@ -175,12 +184,38 @@ def build_anchors(workdir: str, k_per_class: int) -> dict:
     return {"captioner": captions, "oracle": finetune, "pairs": pairs, "class_names": class_names}
 
 
-def evaluation_sets(size: int | None) -> dict:
-    """The test suite and, under "val", `finetune_val`: the only set any choice is made on."""
+def evaluation_sets(size: int | None, corruptions: int = 0) -> dict:
+    """The test suite and, under "val", `finetune_val`: the only set any choice is made on. With `corruptions`
+    N > 0, also the miniworld corruption suite (N images per corruption and severity) and, named `val-*`,
+    finetune_val under the validation corruptions; their corrupted images made once here."""
     eval_sets = miniworld_eval_sets(size_per_set=size)
     validation = load_miniworld_split("finetune_val", size=size)
     eval_sets["val"] = EvalSet(validation, group="id", templates=list(SHAPE_TEMPLATES))
+    if corruptions:
+        eval_sets.update(_materialize(miniworld_corruption_sets(corruptions, "test")))
+        val_sets = miniworld_corruption_sets(corruptions, "validation", split="finetune_val")
+        eval_sets.update({f"val-{name}": s for name, s in _materialize(val_sets).items()})
     return eval_sets
+
+
+def _materialize(corrupted: dict) -> dict:
+    """Apply each set's on-the-fly corruption once (at the model's 32 px) into an in-memory dataset."""
+    import dataclasses
+
+    import datasets
+
+    from anchorclip.data import decode_image
+
+    out = {}
+    for name, eval_set in corrupted.items():
+        source = eval_set.dataset
+        images = [eval_set.image_transform(decode_image(row["image"]), i, 32) for i, row in enumerate(source)]
+        dataset = datasets.Dataset.from_dict(
+            {"image": images, "label": source["label"]},
+            features=datasets.Features({"image": datasets.Image(), "label": source.features["label"]}),
+        )
+        out[name] = dataclasses.replace(eval_set, dataset=dataset, image_transform=None)
+    return out
 
 
 def train_one(
@@ -202,7 +237,7 @@ def train_one(
         learning_rate=lr, warmup_steps=max(1, args.steps // 10), lr_scheduler_type="cosine", weight_decay=0.1,
         seed=seed, save_strategy="no", report_to="none", logging_steps=max(1, args.steps // 5), disable_tqdm=True,
         dataloader_num_workers=args.workers, use_cpu=not torch.cuda.is_available(),
-        eval_templates=list(SHAPE_TEMPLATES), **overrides,
+        eval_templates=list(SHAPE_TEMPLATES), per_device_eval_batch_size=getattr(args, "eval_batch", 8), **overrides,
     )  # fmt: skip
     model = AnchorCLIPModel.from_pretrained(MINICLIP_PATH)
     trainer = AnchorCLIPTrainer(
@@ -214,6 +249,9 @@ def train_one(
     trainer.train()
     result = {"name": name, "lr": lr, "seed": seed, "train_seconds": round(time.time() - start, 1)}
     result["val"] = trainer.evaluate({"val": eval_sets["val"]})["eval_val_top1"]
+    val_corrupted = {name: s for name, s in eval_sets.items() if name.startswith("val-")}
+    if val_corrupted:  # finetune_val under the 4 validation corruptions: what a corruption choice may use
+        result["val_corruption"] = trainer.evaluate(val_corrupted)["eval_corruption_val_mean"]
     result["test"] = summarize(trainer.evaluate(_tests(eval_sets)))
     if wise:
         zero_shot = AnchorCLIPModel.from_pretrained(MINICLIP_PATH)
@@ -243,7 +281,7 @@ def zero_shot_head(zero_shot: AnchorCLIPModel, trainer: AnchorCLIPTrainer) -> to
 
 
 def _tests(eval_sets: dict) -> dict:
-    return {name: eval_set for name, eval_set in eval_sets.items() if name != "val"}
+    return {name: eval_set for name, eval_set in eval_sets.items() if name != "val" and not name.startswith("val-")}
 
 
 def _save(path: str, result: dict) -> dict:
@@ -325,7 +363,8 @@ def mean_std(summaries: list[dict]) -> dict:
 def markdown_table(table: dict) -> str:
     groups = [g for g in GROUPS if g in next(iter(table.values()))["groups"]]
     titles = {"id": "ID", "domain_shift": "domain-shift avg", "zero_shot": "zero-shot avg", "retrieval": "retrieval"}
-    sets = list(next(iter(table.values()))["sets"])
+    titles["corruption"] = "corruption avg (15 x 5)"
+    sets = [s for s in next(iter(table.values()))["sets"] if not _is_corrupted(s)]  # 75 cells: see below
     lines = [
         "| method | " + " | ".join([titles[g] for g in groups] + sets) + " |",
         "|---" * (1 + len(groups) + len(sets)) + "|",
@@ -334,6 +373,40 @@ def markdown_table(table: dict) -> str:
         cells = [f"{row['groups'][g]['mean']:.1f} ± {row['groups'][g]['std']:.1f}" for g in groups]
         cells += [f"{row['sets'][s]['mean']:.1f}" for s in sets]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _is_corrupted(name: str) -> bool:
+    return name.count("-") >= 2 and name.rsplit("-", 1)[-1].isdigit()
+
+
+def corruption_table(table: dict) -> str:
+    """Per corruption (mean over the 5 severities) and per severity, mean ± std over seeds."""
+    reports = {
+        name: [corruption_report({"sets": {s: v / 100 for s, v in zip(row["sets"], values)}})
+               for values in zip(*[cell["values"] for cell in row["sets"].values()])]
+        for name, row in table.items()
+    }  # fmt: skip
+    reports = {name: [r["test_photo"]["corruption"] for r in rs] for name, rs in reports.items() if rs and rs[0]}
+    if not reports:
+        return ""
+    first = next(iter(reports.values()))[0]
+    columns = [("mean", None)] + [(c, "per_corruption") for c in first["per_corruption"]]
+    columns += [(f"severity {s}", ("per_severity", s)) for s in first["per_severity"]]
+
+    def cell(runs, key, where):
+        if where is None:
+            values = [100 * r["mean_top1"] for r in runs]
+        elif isinstance(where, tuple):
+            values = [100 * r[where[0]][where[1]] for r in runs]
+        else:
+            values = [100 * r[where][key] for r in runs]
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.mean(values):.1f} ± {std:.1f}"
+
+    lines = ["| method | " + " | ".join(c for c, _ in columns) + " |", "|---" * (1 + len(columns)) + "|"]
+    for name, runs in reports.items():
+        lines.append(f"| {name} | " + " | ".join(cell(runs, c, w) for c, w in columns) + " |")
     return "\n".join(lines)
 
 
@@ -420,9 +493,13 @@ def main() -> None:
     parser.add_argument("--output", default="docs/results/robustness")
     parser.add_argument("--eval_size", type=int, default=None, help="images per evaluation set (default: 1000)")
     parser.add_argument("--quick", action="store_true", help="small eval sets and anchors for a smoke run")
+    parser.add_argument("--corruptions", type=int, default=0, help="images per corruption x severity (0: none)")
+    parser.add_argument("--lr_from", nargs="+", default=[], help="results files whose chosen_lr fixes rows' lr")
+    parser.add_argument("--no_wise", action="store_true", help="skip the WiSE-FT rows (and their sweeps)")
+    parser.add_argument("--eval_batch", type=int, default=8, help="evaluation batch (scores do not depend on it)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)  # 1 avoids OpenMP spin-wait collapse when other jobs share the cores
-    eval_sets = evaluation_sets(args.eval_size or (100 if args.quick else None))
+    eval_sets = evaluation_sets(args.eval_size or (100 if args.quick else None), args.corruptions)
     check_workdir_models(args.workdir)
     anchors = build_anchors(args.workdir, 50 if args.quick else args.k_per_class)
 
@@ -432,10 +509,23 @@ def main() -> None:
 
     families = sorted({family_of(name) for name in args.methods})
     representative = {family: next(name for name in METHODS if family_of(name) == family) for family in families}
-    grid = [(representative[family], lr, args.seeds[0], False) for family in families for lr in args.lr_grid]
+    given = {}  # --lr_from: lrs chosen on finetune_val by earlier runs of this benchmark
+    for path in args.lr_from:
+        with open(path) as handle:
+            given.update(json.load(handle)["chosen_lr"])
+    given = {family: given[family] for family in families if family in given}
+    grid = [
+        (representative[family], lr, args.seeds[0], False)
+        for family in families
+        if family not in given
+        for lr in args.lr_grid
+    ]
     grid_runs = iter(run_all(grid, anchors, args, eval_sets))
-    chosen, sweep = {}, {}
+    chosen, sweep = dict(given), {}
     for family in families:
+        if family in given:
+            print(f"{family}: lr {given[family]:g} from --lr_from (chosen on finetune_val there)")
+            continue
         sweep[representative[family]] = {lr: next(grid_runs) for lr in args.lr_grid}
         scores = {lr: run["val"] for lr, run in sweep[representative[family]].items()}
         chosen[family] = max(scores, key=scores.get)
@@ -456,19 +546,24 @@ def main() -> None:
         method="zeroshot",
         report_to="none",
         use_cpu=not torch.cuda.is_available(),
+        per_device_eval_batch_size=args.eval_batch,
     )
     zs_trainer = AnchorCLIPTrainer(
         model=AnchorCLIPModel.from_pretrained(MINICLIP_PATH), args=zs_args, processing_class=processor
     )
     table = {"zero-shot": mean_std([summarize(zs_trainer.evaluate(_tests(eval_sets)))])}
-    tasks = [(name, chosen[family_of(name)], seed, name in WISE_OF) for name in args.methods for seed in args.seeds]
+    tasks = [
+        (name, chosen[family_of(name)], seed, name in WISE_OF and not args.no_wise)
+        for name in args.methods
+        for seed in args.seeds
+    ]
     finished = iter(run_all(tasks, anchors, args, eval_sets))
     runs = {name: [next(finished) for _ in args.seeds] for name in args.methods}
     for name in args.methods:
         table[name] = mean_std([run["test"] for run in runs[name]])
     curves, wise_alpha = {}, {}
     for base, label in WISE_OF.items():
-        if base in runs:
+        if base in runs and not args.no_wise:
             # α like the lr: on finetune_val with the first seed (or fixed by --wise_alpha), never on a test set.
             by_alpha = runs[base][0]["wise_val"]
             best = float(max(by_alpha, key=by_alpha.get))
@@ -480,6 +575,7 @@ def main() -> None:
                 {
                     group: statistics.mean(100 * run["wise"][str(a)]["groups"][group] for run in runs[base])
                     for group in GROUPS
+                    if group in runs[base][0]["wise"][str(a)]["groups"]
                 }
                 for a in WISE_ALPHAS
             ]
@@ -496,9 +592,12 @@ def main() -> None:
                     for name, row in table.items()},
         "wise_curves": {name: dict(zip(map(str, WISE_ALPHAS), points)) for name, points in curves.items()},
         "train_seconds": {name: [run["train_seconds"] for run in runs[name]] for name in runs},
+        "lr_from": args.lr_from, "corruption_images_per_cell": args.corruptions,
+        "val_corruption": {name: [run.get("val_corruption") for run in runs[name]] for name in runs},
         # Test numbers at every grid point (seed 0), for reading the lr trade-off; never used to choose.
         "lr_sweep_seed0": {name: {str(lr): {"val": 100 * run["val"]} | {g: 100 * run["test"]["groups"][g]
-                                                                         for g in GROUPS}
+                                                                         for g in GROUPS
+                                                                         if g in run["test"]["groups"]}
                                   for lr, run in by_lr.items()}
                            for name, by_lr in sweep.items()},
     }  # fmt: skip
@@ -514,7 +613,13 @@ def main() -> None:
             f"WiSE-FT α {'fixed' if args.wise_alpha is not None else 'chosen on finetune_val'}: {wise_alpha}.\n\n"
             f"Accuracy in % (mean ± std over seeds for group means; per-set columns are means).\n\n"
             f"{markdown}\n\n![ID vs OOD]({os.path.basename(args.output)}.png)\n\n"
-            f"{sweep_table(report['lr_sweep_seed0'])}\n"
+            + (
+                f"Corruptions (test_photo, {args.corruptions} images per corruption x severity), top-1 %, mean ± std "
+                f"over seeds:\n\n{corruption_table(table)}\n\n"
+                if args.corruptions
+                else ""
+            )
+            + f"{sweep_table(report['lr_sweep_seed0'])}\n"
         )
     plot(table, curves, args.output + ".png")
     print(markdown)

@@ -9,6 +9,7 @@ import torch
 import transformers
 
 from ..evaluation import GROUPS, EvalSet
+from ..evaluation.corruption_sets import CorruptionArguments, corruption_sets_from_args
 from ..evaluation.suites import SuiteEntry, build_eval_set, list_suites, load_suite_sets
 from ..modeling_anchorclip import AnchorCLIPModel
 from ..reporting import summarize
@@ -16,7 +17,7 @@ from ..wise import wise_ft
 
 
 @dataclass
-class EvalSetArguments:
+class EvalSetArguments(CorruptionArguments):
     """Which sets to evaluate on: the same flags, with the same meaning, for `anchorclip train` and `eval`."""
 
     eval_datasets: list[str] = field(
@@ -54,6 +55,7 @@ def eval_sets_from_args(args: EvalSetArguments, miniworld_size: int | None = Non
             raise ValueError(f"--eval_datasets {spec!r}: the name {name!r} is already taken (by the suite?).")
         entry = SuiteEntry(name=name, group=group, dataset=dataset_spec, class_names="auto", templates="auto")
         eval_sets[name] = build_eval_set(entry, data_root=data_root, miniworld_size=miniworld_size)
+    eval_sets.update(corruption_sets_from_args(args, eval_sets, data_root))  # --eval_corruptions / _imagenet_c
     return eval_sets
 
 

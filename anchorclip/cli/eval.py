@@ -20,6 +20,7 @@ from accelerate import PartialState
 from transformers import CLIPProcessor, HfArgumentParser
 
 from ..evaluation.formats import scaled_size
+from ..evaluation.corruption_sets import add_corruption_reports
 from ..hub import public_name
 from ..modeling_anchorclip import AnchorCLIPModel
 from ..reporting import format_results_table, result_rows, summarize, write_results
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
             trainer = _trainer(name, training_args, eval_sets)
             results["evaluated"][public_name(name)] = summarize(trainer.evaluate())
     results["eval_groups"] = {name: eval_set.group for name, eval_set in eval_sets.items()}
+    add_corruption_reports(results, args)  # mean / per-corruption top-1, mCE (--eval_corruption_reference)
     if state.is_main_process:
         results["hardware"] = {**hardware(), "num_processes": state.num_processes}
         results["args"] = asdict(args)

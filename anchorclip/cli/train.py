@@ -33,6 +33,7 @@ from anchorclip.anchors.pool.args import prefixed_arguments, retrieval_arguments
 from anchorclip.cli import plug_in_miniworld
 from anchorclip.cli._steps import EvalSetArguments, eval_sets_from_args, hardware, wise_sweep
 from anchorclip.data import LABEL_COLUMNS, class_names_from_features, find_column, load_dataset_any
+from anchorclip.evaluation.corruption_sets import add_corruption_reports
 from anchorclip.evaluation.formats import class_names_from_file
 from anchorclip.lora import save_merged
 from anchorclip.reporting import format_results_table, result_rows, summarize, write_results
@@ -161,6 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
             results["wise"] = wise_sweep(trainer, model_args.model_name_or_path, data_args.wise_alphas)
 
     # 6. Report.
+    add_corruption_reports(results, data_args)  # mean / per-corruption top-1, mCE (--eval_corruption_reference)
     if state.is_main_process:
         results["hardware"] = {**hardware(), "num_processes": state.num_processes}
         results["args"] = {

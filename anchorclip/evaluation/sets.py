@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-GROUPS = ("id", "domain_shift", "zero_shot", "retrieval")
-CLASSIFICATION_GROUPS = GROUPS[:3]
+# corruption / corruption_val: ImageNet-C style corrupted copies (anchorclip.evaluation.corruption_sets)
+GROUPS = ("id", "domain_shift", "zero_shot", "retrieval", "corruption", "corruption_val")
+CLASSIFICATION_GROUPS = ("id", "domain_shift", "zero_shot", "corruption", "corruption_val")
 
 
 @dataclass
@@ -31,6 +32,8 @@ class EvalSet:
     caption_column: str | None = None
     class_subset: list[int | list[int]] | None = None
     metadata: dict = field(default_factory=dict)
+    # `(image, row_index, size) -> image` applied to each decoded image before preprocessing (corruptions)
+    image_transform: object = None
 
     def __post_init__(self):
         if self.group not in GROUPS:

@@ -91,7 +91,8 @@ class ZeroShotScorer:
         num_classes = len(eval_set.class_subset) if subset is not None else len(class_names)
         metrics = classification_metrics(num_classes)
         k = min(5, num_classes)
-        for pixel_values, labels in self._images(dataset, image_column, label_column, "zero-shot eval"):
+        images = self._images(dataset, image_column, label_column, "zero-shot eval", eval_set.image_transform)
+        for pixel_values, labels in images:
             logits = scale * self._embed_images(pixel_values) @ head.t()
             if subset is not None:  # the set's class i scores max over its parent classes; others are left out
                 logits = logits[:, subset.clamp(min=0)].masked_fill(subset < 0, -torch.inf).amax(dim=-1)
@@ -147,9 +148,11 @@ class ZeroShotScorer:
 
     # ------------------------------------------------------------ towers
 
-    def _images(self, dataset, image_column: str, label_column: str | None, description: str):
+    def _images(self, dataset, image_column: str, label_column: str | None, description: str, image_transform=None):
         loader = DataLoader(
-            _EvalImages(with_raw_images(dataset, image_column), image_column, label_column, self.transform),
+            _EvalImages(
+                with_raw_images(dataset, image_column), image_column, label_column, self.transform, image_transform
+            ),
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             collate_fn=_collate,
@@ -182,13 +185,14 @@ def _subset_index(class_subset: list[list[int]], device) -> torch.Tensor:
 
 
 class _EvalImages(Dataset):
-    def __init__(self, dataset, image_column: str, label_column: str | None, transform):
+    def __init__(self, dataset, image_column: str, label_column: str | None, transform, image_transform=None):
         self.dataset, self.image_column, self.label_column, self.transform = (
             dataset,
             image_column,
             label_column,
             transform,
         )
+        self.image_transform = image_transform
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -199,6 +203,8 @@ class _EvalImages(Dataset):
         if image is None:  # scored as a miss rather than silently shrinking the set
             logger.warning("Undecodable evaluation image in row %d: scored as a miss.", index)
             return torch.zeros(3, self.transform.size, self.transform.size), -1
+        if self.image_transform is not None:
+            image = self.image_transform(image, index, self.transform.size)
         return self.transform(image), int(row[self.label_column]) if self.label_column else 0
 
 

@@ -16,6 +16,8 @@ GROUP_TITLES = {
     "domain_shift": "domain shift",
     "zero_shot": "zero-shot",
     "retrieval": "retrieval (mean R@1/5/10)",
+    "corruption": "corruptions (ImageNet-C style)",
+    "corruption_val": "validation corruptions",
 }
 _MEAN_TITLES = {"retrieval": "retrieval"}  # group-mean rows: the metric is in the sets' group column
 METHOD_TITLES = {
