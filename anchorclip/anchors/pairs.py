@@ -1,5 +1,5 @@
-"""Pair anchors (ARF's L_itp set): `retrieve_anchors`, the one entry to the two retrieval jobs, and the reuse of
-anchors an earlier run built with the same settings.
+"""Pair anchors (the set behind ARF's L_pairs): `retrieve_anchors`, the one entry to the two retrieval jobs, and
+the reuse of anchors an earlier run built with the same settings.
 
 It sits above both pipelines: `anchorclip.anchors.pool.job` retrieves from a pool it embeds,
 `anchorclip.anchors.laion.job` from precomputed embeddings in LAION's layout; both share

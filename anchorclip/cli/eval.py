@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, field
 from accelerate import PartialState
 from transformers import CLIPProcessor, HfArgumentParser
 
-from ..evaluation.formats import scaled_size
 from ..evaluation.corruption_sets import add_corruption_reports
+from ..evaluation.formats import scaled_size
 from ..hub import public_name
 from ..modeling_anchorclip import AnchorCLIPModel
 from ..reporting import format_results_table, result_rows, summarize, write_results

@@ -1,4 +1,5 @@
-"""`anchorclip retrieve`: image-caption anchors (ARF's L_itp set) retrieved from a pool for the downstream classes.
+"""`anchorclip retrieve`: image-caption anchors (the set behind ARF's L_pairs) retrieved from a pool for the
+downstream classes.
 
     anchorclip retrieve --pool pixparse/cc3m-wds --model_name_or_path openai/clip-vit-base-patch16 \\
         --finetune_dataset imagenet-1k --output_dir anchors/cc3m-imagenet --k_per_class 100

@@ -143,26 +143,30 @@ def anchor_lines(provenance: dict) -> list[str]:
         generation = captions.get("generation") or {}
         counts = captions.get("counts") or {}
         lines.append(
-            f"**Text-compensated anchors (L_tc)**: captions of the finetune images by `{captions['captioner']}`"
+            "**Text-compensated anchors (L_caption, the paper's L_tc)**: captions of the finetune images by "
+            f"`{captions['captioner']}`"
             f" ({captions.get('captioner_class', '')}; beams {generation.get('num_beams')}, "
             f"max new tokens {generation.get('max_new_tokens')}, prompt {generation.get('prompt')!r}); "
             f"{counts.get('captioned', '?')} of {counts.get('input_rows', '?')} images captioned."
         )
     elif captions:
-        lines.append(f"**Text-compensated anchors (L_tc)**: given captions, `{captions.get('source')}`.")
+        lines.append(
+            f"**Text-compensated anchors (L_caption, the paper's L_tc)**: given captions, `{captions.get('source')}`."
+        )
     pairs = provenance.get("pair_anchors")
     if pairs and "rule" in pairs:
         counts = pairs.get("counts") or {}
         kept = counts.get("selected", counts.get("kept", counts.get("anchors")))
         lines.append(
-            f"**Image-text pair anchors (L_itp)**: retrieved from `{pairs.get('pool')}` with the pretrained "
+            f"**Image-text pair anchors (L_pairs, the paper's L_itp)**: retrieved from `{pairs.get('pool')}` with "
+            "the pretrained "
             f"`{pairs.get('model')}`; rule `{pairs.get('rule')}` (query mode `{pairs.get('query_mode')}`, "
             f"templates `{pairs.get('templates')}`), k = {pairs.get('k_per_class')} per class, budget "
             f"{pairs.get('budget')}, de-duplication threshold {pairs.get('dedup_threshold')}, leakage "
             f"threshold {pairs.get('leakage_threshold')}" + (f"; {kept} anchors kept." if kept is not None else ".")
         )
     elif pairs:
-        lines.append(f"**Image-text pair anchors (L_itp)**: given set, `{pairs.get('source')}`.")
+        lines.append(f"**Image-text pair anchors (L_pairs, the paper's L_itp)**: given set, `{pairs.get('source')}`.")
     return lines
 
 
@@ -175,7 +179,7 @@ def loss_text(method: str, a: dict) -> str:
             else ""
         )
         return (
-            f"L_cls + {a.get('lambda_caption')}·L_tc + {a.get('lambda_pairs')}·L_itp{distill} "
+            f"L_cls + {a.get('lambda_caption')}·L_caption + {a.get('lambda_pairs')}·L_pairs{distill} "
             f"(symmetric CLIP contrastive losses, {temperature})"
         )
     if method == "flyp":

@@ -1,6 +1,7 @@
 """Text-compensated anchors: caption every image of a dataset, resumably, on any number of processes.
 
-ARF's L_tc pairs each finetune image with a rich caption from a captioner (BLIP-2 in the paper). This job writes
+ARF's L_caption (the paper's L_tc) pairs each finetune image with a rich caption from a captioner (BLIP-2 in the
+paper). This job writes
 those captions once, offline, as a *captions-only table* keyed by a stable row id (no image is copied):
 
     anchorclip caption --dataset_name path/or/hub-id --captioner Salesforce/blip2-opt-2.7b --output_dir out/

@@ -1,4 +1,4 @@
-"""The retrieval job: image-text-pair anchors (ARF's L_itp set) from a pool of image-caption pairs.
+"""The retrieval job: image-text-pair anchors (the set behind ARF's L_pairs) from a pool of image-caption pairs.
 
 The pipeline, top to bottom:
 
