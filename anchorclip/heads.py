@@ -78,7 +78,7 @@ class LinearHeadCLIP(nn.Module):
         return self.clip.dtype
 
     @property
-    def name_or_path(self) -> str:
+    def name_or_path(self) -> str | None:
         return self.clip.name_or_path
 
     def forward(self, pixel_values: torch.Tensor, train_image_tower: bool = True) -> CLIPOutput:
@@ -150,7 +150,7 @@ def load_linear_head(name_or_path: str | os.PathLike, **kwargs) -> torch.Tensor 
         return load_file(path)["weight"] if os.path.isfile(path) else None
     from transformers.utils import cached_file
 
-    path = cached_file(
+    cached = cached_file(
         str(name_or_path),
         FINETUNE_HEAD_FILE,
         revision=kwargs.get("revision"),
@@ -159,4 +159,4 @@ def load_linear_head(name_or_path: str | os.PathLike, **kwargs) -> torch.Tensor 
         _raise_exceptions_for_missing_entries=False,
         _raise_exceptions_for_connection_errors=False,
     )
-    return load_file(path)["weight"] if path is not None else None
+    return load_file(cached)["weight"] if cached is not None else None

@@ -23,6 +23,7 @@ import copy
 import json
 import os
 from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -48,7 +49,7 @@ def lora_config(
         raise ValueError(f"LoRA rank must be > 0, got {r}.")
     return LoraConfig(
         r=r,
-        lora_alpha=alpha if alpha is not None else 2 * r,
+        lora_alpha=alpha if alpha is not None else 2 * r,  # type: ignore[arg-type]  # peft types it int; a float scales
         lora_dropout=dropout,
         target_modules=list(target_modules or DEFAULT_TARGET_MODULES),
         bias="none",
@@ -200,6 +201,7 @@ def lora_delta_norm(model) -> float:
     total = 0.0
     for module in unwrap_base_model(model).modules():
         if hasattr(module, "lora_A") and hasattr(module, "get_delta_weight"):
-            for name in module.lora_A:
-                total += float(module.get_delta_weight(name).norm())
+            layer = cast(Any, module)  # a peft LoRA layer, found by what it has
+            for name in layer.lora_A:
+                total += float(layer.get_delta_weight(name).norm())
     return total

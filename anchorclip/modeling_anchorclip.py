@@ -35,6 +35,7 @@ class AnchorCLIPModel(CLIPModel):
     """
 
     config_class = AnchorCLIPConfig
+    config: AnchorCLIPConfig
 
     def __init__(self, config: AnchorCLIPConfig):
         super().__init__(config)

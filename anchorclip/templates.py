@@ -4,6 +4,8 @@
 open_clip; `SIMPLE_TEMPLATES` is the short set open_clip ships for quick evaluation.
 """
 
+from collections.abc import Sequence
+
 OPENAI_IMAGENET_TEMPLATES: tuple[str, ...] = (
     "a bad photo of a {}.",
     "a photo of many {}.",
@@ -100,7 +102,7 @@ SIMPLE_TEMPLATES: tuple[str, ...] = (
 _NAMED = {"openai_imagenet": OPENAI_IMAGENET_TEMPLATES, "simple": SIMPLE_TEMPLATES, "photo": ("a photo of a {}.",)}
 
 
-def resolve_templates(templates: str | list[str] | tuple[str, ...] | None) -> list[str]:
+def resolve_templates(templates: str | Sequence[str] | None) -> list[str]:
     """Turn a template-set name (`openai_imagenet`, `simple`, `photo`) or a list of templates into a list.
 
     Every template must contain exactly one `{}` placeholder for the class name.

@@ -17,12 +17,14 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
+from typing import cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import Trainer, TrainerCallback
+from transformers import CLIPProcessor, TrainerCallback
+from transformers.data.data_collator import DataCollator
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from .batching import AnchoredDataset
@@ -30,6 +32,7 @@ from .callbacks import ClampLogitScale, SetEpoch
 from .evaluation import GROUPS, EvalSet
 from .evaluation.zero_shot import ZeroShotScorer
 from .heads import FINETUNE_HEAD_FILE, LinearHeadCLIP, load_linear_head, with_saved_head
+from .hub.trainer_hooks import HubTrainerMixin
 from .lora import apply_lora_from_args, is_lora_model, save_lora_extras
 from .loss import ARFFeatures, ARFLoss, FrozenImageTower
 from .modeling_anchorclip import AnchorCLIPModel
@@ -46,7 +49,7 @@ class NonFiniteLossError(RuntimeError):
     """Training stopped because the loss became NaN or infinite."""
 
 
-class AnchorCLIPTrainer(Trainer):
+class AnchorCLIPTrainer(HubTrainerMixin):
     """Finetune a CLIP model with ARF or a baseline (see `AnchorTrainingArguments.method`).
 
     Args:
@@ -69,6 +72,9 @@ class AnchorCLIPTrainer(Trainer):
     # When to look for a NaN/inf loss: True every micro-step; False at each log and before each checkpoint
     # (no per-step host sync); None (default) every step on CPU, at logs/checkpoints on accelerators.
     check_finite_each_step: bool | None = None
+    # Narrower than Trainer's own annotations: the constructor accepts nothing else.
+    args: AnchorTrainingArguments
+    processing_class: CLIPProcessor
 
     def __init__(
         self,
@@ -117,28 +123,30 @@ class AnchorCLIPTrainer(Trainer):
         if args.uses_distillation and is_lora_model(model):
             raise ValueError("lambda_distill > 0: pass the plain AnchorCLIPModel (LoRA is applied from args).")
         if args.uses_distillation and args.augment_pairs:
-            self.distill_tower = FrozenImageTower(model)
+            self.distill_tower = FrozenImageTower(model.clip if isinstance(model, LinearHeadCLIP) else model)
         # LoRA (anchorclip/lora.py): wrap in a PeftModel before Trainer builds the optimizer.
         if args.lora_r > 0 and not is_lora_model(model):
             model = apply_lora_from_args(model, args)
         if isinstance(model, AnchorCLIPModel) and (args.method in ("ft", "lp_ft") or train_dataset is None):
             model = with_saved_head(model)  # a checkpoint of an FT / LP-FT run brings its head
-        new_head = args.method in ("ft", "lp_ft") and not isinstance(model, LinearHeadCLIP)
-        if new_head:  # FT / LP-FT start from the zero-shot head (init_from_zero_shot, below)
-            model = LinearHeadCLIP(model, torch.zeros(len(self.class_names or ()), model.config.projection_dim))
+        new_head: LinearHeadCLIP | None = None
+        if args.method in ("ft", "lp_ft") and not isinstance(model, LinearHeadCLIP):
+            # FT / LP-FT start from the zero-shot head (init_from_zero_shot, below)
+            projection_dim = model.visual_projection.out_features
+            model = new_head = LinearHeadCLIP(model, torch.zeros(len(self.class_names or ()), projection_dim))
         super().__init__(
             model=model,
             args=args,
             train_dataset=train_data,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
-            data_collator=collator,
+            data_collator=cast("DataCollator", collator),  # ARFBatch is a TypedDict: a dict at runtime
             callbacks=callbacks,
             **kwargs,
         )
-        if new_head:  # computed where Trainer placed the model
-            model.init_from_zero_shot(self.class_names, args.eval_templates, processing_class.tokenizer)
-        if args.method in ("ft", "lp_ft"):
+        if new_head is not None:  # computed where Trainer placed the model
+            new_head.init_from_zero_shot(self.class_names or [], args.eval_templates, processing_class.tokenizer)
+        if args.method in ("ft", "lp_ft") and isinstance(model, LinearHeadCLIP):  # it is: a head was added above
             model.freeze_text_tower()
 
     def _get_train_sampler(self, train_dataset=None):
@@ -224,7 +232,8 @@ class AnchorCLIPTrainer(Trainer):
             self.distill_tower.to(local.images.device)
             local.distill_targets = self.distill_tower(inputs["pixel_values"][inputs["labels"].shape[0] :])
         # The whole window's features: this micro-batch's with gradients, the others' cached.
-        features = ARFFeatures.cat([self._window_cache[j] if j != micro else local for j in range(window)])
+        cache = self._window_cache if self._window_cache is not None else []  # empty when window == 1
+        features = ARFFeatures.cat([cache[j] if j != micro else local for j in range(window)])
         logit_scale = self.accelerator.unwrap_model(model).logit_scale
         if micro != window - 1:
             # The loss is evaluated `window` times; let the temperature collect its gradient only once.
@@ -303,8 +312,9 @@ class AnchorCLIPTrainer(Trainer):
             model.head.copy_(head)
 
     def _load_best_model(self) -> None:
-        if isinstance(self.model, LinearHeadCLIP):
-            return self._load_from_checkpoint(self.state.best_model_checkpoint)
+        checkpoint = self.state.best_model_checkpoint  # Trainer calls this only once it has one
+        if isinstance(self.model, LinearHeadCLIP) and checkpoint is not None:
+            return self._load_from_checkpoint(checkpoint)
         return super()._load_best_model()
 
     # ------------------------------------------------------------ evaluation
@@ -355,35 +365,12 @@ class AnchorCLIPTrainer(Trainer):
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
-    # ------------------------------------------------------------------- hub
-    # Push / model card delegate to anchorclip/hub.py (offline: writes <output_dir>/hub_upload/ and logs it).
-
-    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
-        from .hub import init_hf_repo
-
-        init_hf_repo(self, token=token, private=private)
-
-    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        """No mid-training pushes: output_dir also holds anchor caches; push_to_hub() uploads a clean folder."""
-
-    def create_model_card(self, **kwargs) -> None:
-        from .hub import write_model_card
-
-        if self.is_world_process_zero():
-            write_model_card(self, **kwargs)
-
-    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, **kwargs):
-        """Upload a plain CLIP checkpoint + model card (see anchorclip/hub.py); pass `results=` for the card's
-        evaluation table (default: `<output_dir>/results.json`). Offline, returns the folder it wrote."""
-        from .hub import push_to_hub
-
-        return push_to_hub(self, commit_message=commit_message, blocking=blocking, **kwargs)
-
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         model = self.accelerator.unwrap_model(self.model)
         if isinstance(model, LinearHeadCLIP):  # not a PreTrainedModel: Trainer would write one flat state dict
             if self.args.should_save:
                 output_dir = output_dir if output_dir is not None else self.args.output_dir
+                assert output_dir is not None  # TrainingArguments fills in a default
                 os.makedirs(output_dir, exist_ok=True)
                 model.save_pretrained(output_dir, state_dict=state_dict)  # CLIP checkpoint + head file
                 self.processing_class.save_pretrained(output_dir)
@@ -394,6 +381,7 @@ class AnchorCLIPTrainer(Trainer):
             from .hub import logged_results, write_model_card
 
             output_dir = output_dir if output_dir is not None else self.args.output_dir
+            assert output_dir is not None  # TrainingArguments fills in a default
             save_lora_extras(self.model, output_dir)  # class names/templates beside the adapters
             # peft just wrote its empty template card as README.md (base model by local path): ours replaces it,
             # from the logs only (a results.json in output_dir may be an earlier run's).

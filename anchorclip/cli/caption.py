@@ -26,7 +26,7 @@ DESCRIPTION = "Caption an image dataset with any HF captioning model (text-compe
 
 def parse_args(argv: Sequence[str] | None = None) -> CaptionArguments:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(CaptionArguments, prog="anchorclip caption", description=DESCRIPTION)
+    parser = HfArgumentParser(CaptionArguments, prog="anchorclip caption", description=DESCRIPTION)  # type: ignore[arg-type]  # transformers types dataclass_types NewType(Any): no class matches
     (args,) = parser.parse_args_into_dataclasses(args=argv)
     return args
 

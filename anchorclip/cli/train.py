@@ -59,7 +59,7 @@ RetrievalFlags = prefixed_arguments(RETRIEVAL_PREFIX)
 
 
 @dataclass
-class DataArguments(EvalSetArguments, RetrievalFlags):
+class DataArguments(EvalSetArguments, RetrievalFlags):  # type: ignore[misc,valid-type]  # a class built at run time
     dataset_name: str | None = field(
         default=None, metadata={"help": "Finetune set: Hub id, image folder or save_to_disk folder ('spec:split')."}
     )
@@ -203,7 +203,8 @@ def _setup_logging(training_args) -> None:
 def parse_args(argv: list[str] | None = None):
     """`(model_args, data_args, training_args)`. Defaults live in the parser (`set_defaults`), so every spelling
     of a flag (`--output_dir`, `--output-dir`, `--output_dir=...`) overrides them alike."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, AnchorTrainingArguments))
+    # transformers types dataclass_types as NewType(Any), which no class matches
+    parser = HfArgumentParser((ModelArguments, DataArguments, AnchorTrainingArguments))  # type: ignore[arg-type]
     parser.set_defaults(output_dir=DEFAULT_OUTPUT_DIR)
     argv = sys.argv[1:] if argv is None else list(argv)
     # A first parse only decides whether this is the default world; its preset then becomes the parser's defaults.

@@ -89,10 +89,10 @@ def scaled_size(spec: str, fraction: float) -> int | None:
     found = registered_format(spec)
     if fraction == 1.0:
         return None
-    if found is None or found[0].num_rows is None:
+    num_rows = found[0].num_rows if found is not None else None
+    if found is None or num_rows is None:
         raise ValueError(f"{spec!r} is not a registered format's set with a known size: it cannot be scaled.")
-    eval_format, name = found
-    return max(8, round(eval_format.num_rows(name) * fraction))
+    return max(8, round(num_rows(found[1]) * fraction))
 
 
 def split_spec(spec: str, split: str | None = None) -> tuple[str, str | None]:
@@ -242,7 +242,9 @@ def _members(shard: str, read_images: bool = True):
                         raise tarfile.ReadError(f"{member.name} ends past the end of the file")
                     yield os.path.join(directory, stem), extension, None
                     continue
-                yield os.path.join(directory, stem), extension, tar.extractfile(member).read()
+                file = tar.extractfile(member)
+                assert file is not None  # a regular file (member.isfile() above)
+                yield os.path.join(directory, stem), extension, file.read()
     except (tarfile.TarError, OSError, EOFError) as error:
         raise ValueError(f"{shard} is unreadable or truncated: {error}") from error
 
@@ -317,7 +319,7 @@ def class_names_from_file(path: str, label_names: list[str] | None = None) -> li
             raise ValueError(f"{path} has no name for {len(missing)} labels, e.g. {missing[:3]}.")
         return [mapping[label] for label in label_names]
     if names is None:
-        raise ValueError(f"{path} is a mapping ({len(mapping)} entries) but there are no folder names to map.")
+        raise ValueError(f"{path} is a mapping ({len(mapping or {})} entries) but there are no folder names to map.")
     if label_names is not None and len(names) != len(label_names):
         raise ValueError(f"{path} lists {len(names)} names; the dataset has {len(label_names)} labels.")
     return names

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import datasets
 
 GROUPS = ("id", "domain_shift", "zero_shot", "retrieval")
 CLASSIFICATION_GROUPS = GROUPS[:3]
@@ -22,7 +26,7 @@ class EvalSet:
     (`caption_column`); image->text and text->image recall@{1,5,10} are measured over the whole set.
     """
 
-    dataset: object
+    dataset: datasets.Dataset
     group: str = "id"
     class_names: list[str] | None = None
     templates: list[str] | None = None

@@ -164,7 +164,7 @@ def validate_card_locally(card: ModelCard | str) -> tuple[ModelCardData, list[Ev
             raise ValueError(f"The model card has no {key!r}.")
     if metadata["pipeline_tag"] != TASK:
         raise ValueError(f"pipeline_tag is {metadata['pipeline_tag']!r}, expected {TASK!r}.")
-    eval_list = []
+    eval_list: list[EvalResult] = []
     if "model-index" in metadata:
         _, eval_list = model_index_to_eval_results(metadata["model-index"])
         for result in eval_list:

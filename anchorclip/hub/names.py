@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import os
 import re
+from typing import TypeGuard
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def is_hub_id(name) -> bool:
+def is_hub_id(name: object) -> TypeGuard[str]:
     """A `namespace/name` string that is not a local path (only such ids belong in `base_model`/`datasets`)."""
     return isinstance(name, str) and bool(_REPO_ID.match(name)) and not os.path.exists(name)
 

@@ -145,7 +145,7 @@ def push_to_hub(
             commit_message=commit_message,
             token=token,
             revision=revision if revision is not None else trainer.args.hub_revision,
-            run_as_future=not blocking,
+            run_as_future=not blocking,  # type: ignore[call-overload]  # its overloads take Literal[True/False] only
         )
     except Exception as error:
         raise RuntimeError(

@@ -22,7 +22,8 @@ def load_eval_split(name: str, size: int | None = None) -> tuple[datasets.Datase
     metadata = {"source": PREFIX, "version": VERSION, "split": name, "group": spec.group}
     if spec.classes is None:  # an image-caption split (retrieval)
         return dataset, SourceInfo(PREFIX, image_column="image", caption_column="caption", metadata=metadata)
-    templates = list(EVAL_TEMPLATES["shape" if spec.label == "shape" else spec.label])
+    assert spec.label is not None  # set with spec.classes (a labelled split)
+    templates = list(EVAL_TEMPLATES[spec.label])
     return dataset, SourceInfo(PREFIX, class_names(name), templates, "image", "label", metadata=metadata)
 
 

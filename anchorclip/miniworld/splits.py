@@ -73,7 +73,7 @@ def cache_root() -> str:
 def split_features(spec: SplitSpec) -> datasets.Features:
     features = {"image": datasets.Image(), "caption": datasets.Value("string")}
     features.update({name: datasets.ClassLabel(names=list(values)) for name, values in ATTRIBUTES.items()})
-    if spec.label is not None:
+    if spec.label is not None and spec.classes is not None:  # set together (a labelled split)
         features["label"] = datasets.ClassLabel(names=list(spec.classes))
     features["index"] = datasets.Value("int32")
     return datasets.Features(features)
@@ -91,7 +91,7 @@ def _generate(spec: SplitSpec, seed: int, ranges: list[tuple[int, int]]):
         for index in range(start, stop):
             example = make_example(seed, index, spec.shapes, spec.styles)
             example["image"] = {"bytes": _png_bytes(example["image"]), "path": None}
-            if spec.label is not None:
+            if spec.label is not None and spec.classes is not None:  # set together (a labelled split)
                 example["label"] = spec.classes.index(example[spec.label])
             example["index"] = index
             yield example
@@ -169,11 +169,13 @@ def miniworld_eval_sets(size_per_set: int | None = None, seed: int | None = None
                 metadata={"source": "miniworld", "version": VERSION, "split": name},
             )
             continue
+        label, classes, group = spec.label, spec.classes, spec.group
+        assert label is not None and classes is not None and group is not None  # a labelled test split (_test)
         eval_sets[name] = EvalSet(
             dataset,
-            group=spec.group,
-            class_names=list(spec.classes),
-            templates=list(EVAL_TEMPLATES["shape" if spec.label == "shape" else spec.label]),
+            group=group,
+            class_names=list(classes),
+            templates=list(EVAL_TEMPLATES[label]),
             image_column="image",
             label_column="label",
             metadata={

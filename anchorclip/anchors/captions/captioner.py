@@ -50,6 +50,8 @@ class CaptionPreprocessor:
             return self.prompt
         # Chat VLMs (Qwen2-VL, SmolVLM, LLaVA, ...) need the image placeholder and the role markup of their template.
         template_owner = self.processor if self.processor is not None else self.tokenizer
+        if template_owner is None:
+            raise ValueError("chat_template=True needs the captioner's processor or tokenizer (it has neither).")
         content: list[dict[str, str]] = [{"type": "image"}]
         content.append({"type": "text", "text": self.prompt or "Describe this image in one sentence."})
         messages = [{"role": "user", "content": content}]
@@ -186,7 +188,12 @@ class Captioner:
         for key in ("decoder_input_ids", "input_ids"):
             prefix = inputs.get(key)
             length = prefix.shape[1] if prefix is not None else 0
-            if length and outputs.shape[1] >= length and torch.equal(outputs[:, :length].to(prefix.device), prefix):
+            if (
+                prefix is not None
+                and length
+                and outputs.shape[1] >= length
+                and torch.equal(outputs[:, :length].to(prefix.device), prefix)
+            ):
                 outputs = outputs[:, length:]
                 break
         decoder = self.preprocessor.tokenizer or self.preprocessor.processor

@@ -36,7 +36,9 @@ class CaptionBatches(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         rows = self.batches[index]
         cells = self.dataset[rows][self.image_column]
-        images, good, bad = [], [], []
+        images = []
+        good: list[int] = []  # rows with a decodable image
+        bad: list[int] = []  # rows without
         for row, cell in zip(rows, cells, strict=True):
             image = decode_image(cell)
             (bad if image is None else good).append(row)
@@ -111,12 +113,12 @@ def caption_chunks(
         generated += len(batch["good"])
         bar.update(len(batch["rows"]))
         if batch["rows"][-1] == chunk.stop - 1:  # the chunk's last batch: persist it
-            texts = [captions.pop(row) for row in chunk]
+            chunk_captions = [captions.pop(row) for row in chunk]
             record = {
                 "start": chunk.start,
                 "stop": chunk.stop,
-                "captions": texts,
-                "skipped": [row for row, text in zip(chunk, texts, strict=True) if text is None],
+                "captions": chunk_captions,
+                "skipped": [row for row, text in zip(chunk, chunk_captions, strict=True) if text is None],
             }
             write_json_atomic(chunk_path(shards_dir, chunk), record)
     bar.close()

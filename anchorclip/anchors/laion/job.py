@@ -43,6 +43,8 @@ def retrieve_from_precomputed(
 
     if args.pool is not None:
         raise ValueError("Pass either a pool or pool_embeddings, not both.")
+    if args.pool_embeddings is None:
+        raise ValueError("No pool_embeddings: give the folder of the precomputed pool.")
     pool = PrecomputedPool.open(args.pool_embeddings)
     source = {
         "pool": pool.path,
@@ -61,6 +63,7 @@ def retrieve_from_precomputed(
     image_store = pool.store("image") if steps.needs_image_embeddings(args, leakage) else None
     caption_store = pool.store("text") if args.rule == "text2text" else None
     search_store = caption_store if args.rule == "text2text" else image_store
+    assert search_store is not None  # every rule but text2text reads the images' (needs_image_embeddings)
     counts = {"pool_rows": search_store.num_rows, "pool_unembeddable": int((~search_store.valid).sum())}
     if image_store is not None:
         counts["pool_undecodable_images"] = int((~image_store.valid).sum())
@@ -72,7 +75,7 @@ def retrieve_from_precomputed(
         counts["queries"] = len(queries)
         cache_dir = args.cache_dir or default_cache_dir()
         index = pool_index(pool, kind, cache_dir, args.index_factory, args.index_params, args.seed)
-        found = steps.search_pool(args, index, search_store, queries, index.factory, approximate=True)
+        found = steps.search_pool(args, index, search_store, queries, str(index.factory), approximate=True)
         selected, per_class = steps.select(
             args, found, query_class, search_store, image_store, evaluation, downstream.class_names, counts
         )

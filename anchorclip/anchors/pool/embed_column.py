@@ -101,7 +101,7 @@ def embed_column(
             raise ValueError("The pool is empty: there is nothing to embed or retrieve from.")
 
     complete = meta is not None and all(os.path.exists(os.path.join(path, name)) for name in cache_files(meta))
-    if complete:
+    if meta is not None and complete:
         logger.info("%s: all %d rows are cached in %s.", description, meta["num_rows"], path)
     else:
         if isinstance(dataset, datasets.Dataset):
@@ -144,7 +144,8 @@ def _progress(encoder, accelerator, description: str, total: int | None = None):
 def _embed_chunks(batches: Iterator[tuple[int, list | None]], encoder, file_of, progress) -> int:
     """Embed `(chunk, cells or None)` batches, saving each chunk to `file_of(chunk)`; None marks a batch read but
     not embedded (a chunk done earlier or another process's). Returns the number of rows embedded."""
-    computed, buffer, current = 0, [], None
+    computed, current = 0, None
+    buffer: list[np.ndarray] = []  # the current chunk's embeddings
     for chunk, cells in batches:
         if chunk != current:
             if buffer:
@@ -310,14 +311,15 @@ def _embed_stream(
             f"Stream files {missing} of {num_sources} have no complete embeddings in {path} (did a "
             "process fail?); run again to embed them."
         )
-    if sum(lengths) == 0:
+    source_rows = [rows or 0 for rows in lengths]  # none is None past the check above
+    if sum(source_rows) == 0:
         raise ValueError("The pool is empty: there is nothing to embed or retrieve from.")
     files = [
         chunk_name(source, num_sources, chunk)
-        for source, rows in enumerate(lengths)
+        for source, rows in enumerate(source_rows)
         for chunk in range(num_chunks(rows, shard_size))
     ]
-    return files, sum(lengths)
+    return files, sum(source_rows)
 
 
 def _embed_source(

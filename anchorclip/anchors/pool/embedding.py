@@ -78,6 +78,7 @@ def embed_pool(
     column = find_column(dataset, column, candidates, "image" if kind == "image" else "caption")
     pool_id = pool_id or dataset_fingerprint(dataset, spec, split if spec else None)
     model = model.to(accelerator.device).eval()
+    encoder: ImageEncoder | TextEncoder
     if kind == "image":
         encoder = ImageEncoder(
             model,

@@ -85,6 +85,7 @@ def retrieve_from_pool(
     if args.rule == "text2text":
         caption_store = embed_pool(pool_data, model, processor, kind="text", column=caption_column, **embed)
     search_store = caption_store if args.rule == "text2text" else image_store
+    assert search_store is not None  # every rule but text2text embeds the images (needs_image_embeddings)
     counts = {"pool_rows": search_store.num_rows, "pool_unembeddable": int((~search_store.valid).sum())}
     if image_store is not None:
         counts["pool_undecodable_images"] = int((~image_store.valid).sum())
