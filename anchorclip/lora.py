@@ -36,7 +36,7 @@ EXTRAS_FILE = "anchorclip_lora.json"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 
 
-def lora_config(
+def _lora_config(
     r: int,
     alpha: float | None = None,
     dropout: float = 0.0,
@@ -70,7 +70,7 @@ def apply_lora(
         raise ValueError("The model already has LoRA adapters.")
     if isinstance(model, LinearHeadCLIP):
         raise ValueError("LoRA is for the contrastive methods (arf, flyp); this model has an FT linear head.")
-    peft_model = get_peft_model(model, lora_config(r, alpha, dropout, target_modules))
+    peft_model = get_peft_model(model, _lora_config(r, alpha, dropout, target_modules))
     peft_model.base_model.model.logit_scale.requires_grad_(False)
     return peft_model
 
@@ -127,7 +127,7 @@ def save_lora(model, output_dir: str | os.PathLike, processor=None) -> None:
         processor.save_pretrained(output_dir)
 
 
-def is_adapter_folder(path) -> bool:
+def _is_adapter_folder(path) -> bool:
     return isinstance(path, (str, os.PathLike)) and os.path.isfile(os.path.join(path, ADAPTER_CONFIG_FILE))
 
 
@@ -159,7 +159,7 @@ def merge_lora(model_or_path, base_model: str | AnchorCLIPModel | None = None) -
     without adapters (returned as is).
     """
     if isinstance(model_or_path, (str, os.PathLike)):
-        if not is_adapter_folder(model_or_path):
+        if not _is_adapter_folder(model_or_path):
             return AnchorCLIPModel.from_pretrained(str(model_or_path))
         model = load_lora(model_or_path, base_model)
     elif is_lora_model(model_or_path):

@@ -53,7 +53,7 @@ def _world() -> tuple[int, int]:
     return 1, 0
 
 
-def gather_features(features: torch.Tensor) -> torch.Tensor:
+def _gather_features(features: torch.Tensor) -> torch.Tensor:
     """Concatenate `features` from all processes in rank order; gradients flow back to their owners."""
     world_size, _ = _world()
     if world_size == 1:
@@ -112,8 +112,8 @@ class ContrastiveLoss(nn.Module):
             raise ValueError(f"Paired features differ in shape: {image_features.shape} vs {text_features.shape}.")
         image_features, text_features = image_features.float(), text_features.float()
         scale = logit_scale.float().clamp(max=self.logit_scale_max).exp()
-        all_images = gather_features(image_features)
-        all_texts = gather_features(text_features)
+        all_images = _gather_features(image_features)
+        all_texts = _gather_features(text_features)
         logits_per_image = scale * image_features @ all_texts.t()
         logits_per_text = scale * text_features @ all_images.t()
 

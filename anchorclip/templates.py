@@ -6,6 +6,7 @@ open_clip; `SIMPLE_TEMPLATES` is the short set open_clip ships for quick evaluat
 
 from collections.abc import Sequence
 
+#: The 80 prompt templates of Radford et al. (2021), each with one `{}` for the class name.
 OPENAI_IMAGENET_TEMPLATES: tuple[str, ...] = (
     "a bad photo of a {}.",
     "a photo of many {}.",
@@ -89,6 +90,7 @@ OPENAI_IMAGENET_TEMPLATES: tuple[str, ...] = (
     "a tattoo of the {}.",
 )
 
+#: open_clip's short template set for quick evaluation, each with one `{}` for the class name.
 SIMPLE_TEMPLATES: tuple[str, ...] = (
     "a photo of a {}.",
     "a bad photo of a {}.",

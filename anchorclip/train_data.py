@@ -105,7 +105,7 @@ def build_train_data(
     )
     if args.uses_distillation and not args.augment_pairs:
         assert pair_image_column is not None  # distillation implies uses_pairs: found above
-        dataset.pair_targets = pretrained_pair_features(dataset.pairs, pair_image_column, model, processing_class)
+        dataset.pair_targets = _pretrained_pair_features(dataset.pairs, pair_image_column, model, processing_class)
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     collator = AnchorCollator(
         prompt_ids=tokenize_prompts(tokenizer, class_names, templates, max_length),
@@ -118,7 +118,7 @@ def build_train_data(
     return dataset, collator, class_names
 
 
-def pretrained_pair_features(
+def _pretrained_pair_features(
     pairs: datasets.Dataset, image_column: str, model: AnchorCLIPModel, processing_class: CLIPProcessor
 ) -> EmbeddingStore:
     """Anchor distillation's targets for un-augmented pair images: f₀ of every pair image's evaluation view.

@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
-from typing import cast
+from collections.abc import Iterator, Mapping, Sized
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from .batching import AnchoredDataset
 from .callbacks import ClampLogitScale, SetEpoch
 from .evaluation import GROUPS, EvalSet
 from .evaluation.zero_shot import ZeroShotScorer
-from .heads import FINETUNE_HEAD_FILE, LinearHeadCLIP, load_linear_head, with_saved_head
+from .heads import LinearHeadCheckpoints, LinearHeadCLIP, with_saved_head
 from .hub.trainer_hooks import HubTrainerMixin
 from .lora import apply_lora_from_args, is_lora_model, save_lora_extras
 from .loss import ARFFeatures, ARFLoss, FrozenImageTower
@@ -39,6 +40,15 @@ from .modeling_anchorclip import AnchorCLIPModel
 from .train_data import build_train_data, check_steps_will_train
 from .training_args import AnchorTrainingArguments
 from .transforms import ImageTransform
+
+if TYPE_CHECKING:
+    import datasets
+    from torch.utils.data import Dataset
+    from transformers.trainer_utils import TrainOutput
+
+    # What evaluate() scores: a set, or sets by name (Trainer's own type included, for the override).
+    EvalDataset: TypeAlias = datasets.Dataset | Dataset | EvalSet
+    EvalDatasets: TypeAlias = EvalDataset | Mapping[str, EvalDataset]
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +59,7 @@ class NonFiniteLossError(RuntimeError):
     """Training stopped because the loss became NaN or infinite."""
 
 
-class AnchorCLIPTrainer(HubTrainerMixin):
+class AnchorCLIPTrainer(HubTrainerMixin, LinearHeadCheckpoints):
     """Finetune a CLIP model with ARF or a baseline (see `AnchorTrainingArguments.method`).
 
     Args:
@@ -80,15 +90,15 @@ class AnchorCLIPTrainer(HubTrainerMixin):
         self,
         model: AnchorCLIPModel | LinearHeadCLIP,
         args: AnchorTrainingArguments,
-        train_dataset=None,
-        eval_dataset=None,
-        processing_class=None,
+        train_dataset: datasets.Dataset | None = None,
+        eval_dataset: EvalDatasets | None = None,
+        processing_class: CLIPProcessor | None = None,
         class_names: list[str] | None = None,
-        pair_anchors=None,
+        pair_anchors: datasets.Dataset | None = None,
         callbacks: list[TrainerCallback] | None = None,
-        caption_anchors=None,
-        **kwargs,
-    ):
+        caption_anchors: datasets.Dataset | None = None,
+        **kwargs: Any,
+    ) -> None:
         if not isinstance(args, AnchorTrainingArguments):
             raise TypeError("AnchorCLIPTrainer needs AnchorTrainingArguments.")
         if processing_class is None:
@@ -164,22 +174,30 @@ class AnchorCLIPTrainer(HubTrainerMixin):
 
     # ------------------------------------------------------------------ loss
 
-    def get_batch_samples(self, epoch_iterator, num_batches, device):
+    def get_batch_samples(
+        self, epoch_iterator: Iterator, num_batches: int, device: torch.device
+    ) -> tuple[list, torch.Tensor | int | None]:
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         self._window, self._window_cache, self._micro = batch_samples, None, 0
         return batch_samples, num_items_in_batch
 
-    def train(self, *args, **kwargs):
+    def train(self, *args: Any, **kwargs: Any) -> TrainOutput:
         if self.args.method == "zeroshot":
             raise ValueError("method='zeroshot' trains nothing: call evaluate() on the pretrained model instead.")
         # Refuse settings that give zero optimizer steps (Trainer would warn, save and exit 0).
-        check_steps_will_train(self.args, len(self.train_dataset) if self.train_dataset is not None else None)
+        check_steps_will_train(self.args, len(self.train_dataset) if isinstance(self.train_dataset, Sized) else None)
         output = super().train(*args, **kwargs)
         if self.state.global_step == 0:  # whatever the cause: never report an untouched model as finetuned
             raise RuntimeError("Training ended without a single optimizer step; the model was not finetuned.")
         return output
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         """The training loss of one micro-batch: ARF/FLYP contrastive terms, or cross-entropy for FT / LP-FT.
 
         Each term is accumulated for logging (`loss_cls`, `loss_caption`, `loss_pairs`, `loss_ce`); a
@@ -282,7 +300,7 @@ class AnchorCLIPTrainer(HubTrainerMixin):
             "inputs."
         )
 
-    def get_decay_parameter_names(self, model) -> list[str]:
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         """Parameters under weight decay, as open_clip chooses them: weight matrices only.
 
         Exempt: `logit_scale`, biases, norm gains and ViT's class embedding (every parameter with fewer than
@@ -297,29 +315,14 @@ class AnchorCLIPTrainer(HubTrainerMixin):
         self._check_finite()  # never write a checkpoint of weights a non-finite loss may have updated
         return super()._save_checkpoint(model, trial)
 
-    # An FT / LP-FT checkpoint is a CLIP checkpoint plus its head file: Trainer's own loaders would resume with the
-    # zero-shot head under the trained head's optimizer state.
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        model = model if model is not None else self.model
-        if not isinstance(model, LinearHeadCLIP):
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        super()._load_from_checkpoint(resume_from_checkpoint, model.clip)
-        head = load_linear_head(resume_from_checkpoint)
-        if head is None:
-            raise FileNotFoundError(f"{resume_from_checkpoint} has no {FINETUNE_HEAD_FILE}: not an FT / LP-FT run.")
-        with torch.no_grad():  # in place: the optimizer holds this very parameter
-            model.head.copy_(head)
-
-    def _load_best_model(self) -> None:
-        checkpoint = self.state.best_model_checkpoint  # Trainer calls this only once it has one
-        if isinstance(self.model, LinearHeadCLIP) and checkpoint is not None:
-            return self._load_from_checkpoint(checkpoint)
-        return super()._load_best_model()
-
     # ------------------------------------------------------------ evaluation
 
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+    def evaluate(
+        self,
+        eval_dataset: EvalDatasets | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> dict[str, float]:
         """Zero-shot metrics of each named set, plus the mean score of each group (`GROUPS`).
 
         Classification sets give `top1`, `top5` (more than 5 classes) and `mean_per_class_recall`; retrieval

@@ -21,30 +21,27 @@ stays light.
 
 from __future__ import annotations
 
-import importlib
+from typing import Any
 
+from anchorclip._lazy import load_public, public_dir
+
+from . import captions, laion, pool  # light: each loads its names on first use
+
+# The pipelines' own public names (each subpackage declares its), plus the one entry to both retrieval jobs.
 _PUBLIC = {
-    "CaptionArguments": "anchorclip.anchors.captions.args",
-    "Captioner": "anchorclip.anchors.captions.captioner",
-    "caption_dataset": "anchorclip.anchors.captions.job",
-    "run_captioning": "anchorclip.anchors.captions.job",
-    "RetrievalArguments": "anchorclip.anchors.pool.args",
+    **captions._PUBLIC,
+    **pool._PUBLIC,
+    **laion._PUBLIC,
     "retrieve_anchors": "anchorclip.anchors.pairs",
-    "retrieve_from_pool": "anchorclip.anchors.pool.job",
-    "retrieve_from_precomputed": "anchorclip.anchors.laion.job",
-    "embed_pool": "anchorclip.anchors.pool.embedding",
-    "EmbeddingStore": "anchorclip.anchors.pool.store",
-    "PrecomputedPool": "anchorclip.anchors.laion.precomputed",
+    "check_cached_anchors": "anchorclip.anchors.pairs",
 }
 
 __all__ = sorted(_PUBLIC)
 
 
-def __getattr__(name: str):
-    if name not in _PUBLIC:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_PUBLIC[name]), name)
+def __getattr__(name: str) -> Any:
+    return load_public(__name__, _PUBLIC, name)
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+    return public_dir(__name__, _PUBLIC)

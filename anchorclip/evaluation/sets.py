@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import datasets
 
+#: The groups an `EvalSet` belongs to; the results table averages each group's sets.
 GROUPS = ("id", "domain_shift", "zero_shot", "retrieval")
+#: The groups of classification sets (all but `retrieval`).
 CLASSIFICATION_GROUPS = GROUPS[:3]
 
 

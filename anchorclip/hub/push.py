@@ -21,6 +21,7 @@ from .runs import CARD_KWARGS, trainer_model_card, trainer_results
 
 logger = logging.getLogger(__package__)  # "anchorclip.hub", as before the split
 
+#: The folder under `output_dir` where `push_to_hub` writes what it uploads.
 UPLOAD_DIR = "hub_upload"
 
 

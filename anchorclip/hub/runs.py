@@ -83,7 +83,7 @@ def trainer_model_card(
     return build_model_card(
         results,
         {k: v for k, v in trainer.args.to_dict().items() if "token" not in k},
-        repo_id=repo_id or trainer.hub_model_id or trainer.args.hub_model_id or default_repo(trainer),
+        repo_id=repo_id or trainer.hub_model_id or trainer.args.hub_model_id or _default_repo(trainer),
         base_model=base_model,
         finetune_dataset=dataset,
         class_names=getattr(base.config, "class_names", None),
@@ -94,7 +94,7 @@ def trainer_model_card(
     )
 
 
-def default_repo(trainer) -> str:
+def _default_repo(trainer) -> str:
     """The repository name when none is given: the output folder's name."""
     return os.path.basename(os.path.abspath(trainer.args.output_dir))
 

@@ -22,7 +22,7 @@ from .attributes import ATTRIBUTES, BACKGROUNDS, COLOUR_NAMES, SEEN_SHAPES, SHAP
 from .prompts import EVAL_TEMPLATES
 from .world import make_example
 
-# Bump when rendering, captions or split definitions change: old caches are then simply not found.
+#: Bumped when rendering, captions or split definitions change: old caches are then simply not found.
 VERSION = "v1"
 
 
@@ -42,6 +42,7 @@ def _test(name, seed, group, label, classes, shapes=SEEN_SHAPES, styles=("photo"
     return SplitSpec(f"test_{name}", seed, 1000, shapes, styles, label, classes, group)
 
 
+#: Every split of the world by name, with its seed, size, shapes, styles and label.
 SPLITS = {
     spec.name: spec
     for spec in (
@@ -61,6 +62,7 @@ SPLITS = {
         SplitSpec("test_retrieval", 2008, 1000, group="retrieval"),
     )
 }
+#: The test splits (those with an evaluation group), in table order.
 EVAL_SPLITS = tuple(name for name, spec in SPLITS.items() if spec.group is not None)
 
 
@@ -70,7 +72,7 @@ def cache_root() -> str:
     return os.path.join(base, "miniworld", VERSION)
 
 
-def split_features(spec: SplitSpec) -> datasets.Features:
+def _split_features(spec: SplitSpec) -> datasets.Features:
     features = {"image": datasets.Image(), "caption": datasets.Value("string")}
     features.update({name: datasets.ClassLabel(names=list(values)) for name, values in ATTRIBUTES.items()})
     if spec.label is not None and spec.classes is not None:  # set together (a labelled split)
@@ -97,7 +99,7 @@ def _generate(spec: SplitSpec, seed: int, ranges: list[tuple[int, int]]):
             yield example
 
 
-def generate_split(spec: SplitSpec, size: int, seed: int, num_proc: int | None = None, cache_dir=None):
+def _generate_split(spec: SplitSpec, size: int, seed: int, num_proc: int | None = None, cache_dir=None):
     """Render `size` examples of `spec` with `seed` into a `datasets.Dataset` (rows in index order)."""
     chunk = 1000
     ranges = [(start, min(start + chunk, size)) for start in range(0, size, chunk)]
@@ -105,7 +107,7 @@ def generate_split(spec: SplitSpec, size: int, seed: int, num_proc: int | None =
     return datasets.Dataset.from_generator(
         _generate,
         gen_kwargs={"spec": spec, "seed": seed, "ranges": ranges},
-        features=split_features(spec),
+        features=_split_features(spec),
         num_proc=num_proc if num_proc > 1 else None,
         cache_dir=cache_dir,
     )
@@ -127,7 +129,7 @@ def load_miniworld_split(
     if not os.path.isdir(path):
         os.makedirs(cache_root(), exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache_root(), prefix=".tmp-") as scratch:
-            dataset = generate_split(spec, size, seed, num_proc, cache_dir=os.path.join(scratch, "arrow"))
+            dataset = _generate_split(spec, size, seed, num_proc, cache_dir=os.path.join(scratch, "arrow"))
             staging = os.path.join(scratch, "saved")
             dataset.save_to_disk(staging)
             del dataset

@@ -30,7 +30,7 @@ class Scene:
     angle: float
 
 
-def sample_scene(rng: np.random.Generator, shapes=SHAPES, styles=STYLES) -> Scene:
+def _sample_scene(rng: np.random.Generator, shapes=SHAPES, styles=STYLES) -> Scene:
     """Attributes uniformly at random (shape among `shapes`, style among `styles`), plus jitter."""
 
     def pick(options):
@@ -49,7 +49,7 @@ def sample_scene(rng: np.random.Generator, shapes=SHAPES, styles=STYLES) -> Scen
 def make_example(seed: int, index: int, shapes=SHAPES, styles=STYLES) -> dict:
     """One example: a 32x32 PIL image, its caption, and its attribute names."""
     rng = np.random.default_rng([seed, index])
-    scene = sample_scene(rng, shapes, styles)
+    scene = _sample_scene(rng, shapes, styles)
     image = render(scene, rng)
     caption = make_caption(scene, rng)
     return {

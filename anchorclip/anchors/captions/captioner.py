@@ -129,9 +129,9 @@ class Captioner:
         trust_remote_code: bool = False,
     ) -> Captioner:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model = load_captioning_model(model_name_or_path, resolve_dtype(dtype, device), trust_remote_code)
+        model = _load_captioning_model(model_name_or_path, _resolve_dtype(dtype, device), trust_remote_code)
         model.to(device)
-        preprocessor = load_preprocessor(model, model_name_or_path, prompt, chat_template, trust_remote_code)
+        preprocessor = _load_preprocessor(model, model_name_or_path, prompt, chat_template, trust_remote_code)
         return cls(
             model,
             preprocessor,
@@ -212,7 +212,7 @@ class Captioner:
         return self.generate(self.preprocessor(images))
 
 
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+def _resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     """`"auto"` is bf16 on GPUs that support it, else fp16 on GPU, and fp32 on CPU (CPU half precision is slow)."""
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -225,7 +225,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return DTYPES[dtype]
 
 
-def load_captioning_model(model_name_or_path: str, dtype: torch.dtype, trust_remote_code: bool = False):
+def _load_captioning_model(model_name_or_path: str, dtype: torch.dtype, trust_remote_code: bool = False):
     """Load any HF captioner: `AutoModelForImageTextToText` first (it covers what the old "image-to-text" task
     and `AutoModelForVision2Seq` covered, including `VisionEncoderDecoderModel`), then remote-code causal LMs."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
@@ -241,7 +241,7 @@ def load_captioning_model(model_name_or_path: str, dtype: torch.dtype, trust_rem
     )
 
 
-def load_preprocessor(
+def _load_preprocessor(
     model, model_name_or_path: str, prompt: str | None, chat_template: bool, trust_remote_code: bool = False
 ) -> CaptionPreprocessor:
     """`AutoProcessor` when the checkpoint has a multimodal processor, else image processor + tokenizer.

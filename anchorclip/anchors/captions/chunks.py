@@ -1,4 +1,4 @@
-"""The generation loop over a process's chunks: `CaptionBatches` decodes and preprocesses a dataset's images batch
+"""The generation loop over a process's chunks: `_CaptionBatches` decodes and preprocesses a dataset's images batch
 by batch (in DataLoader workers), counting undecodable images instead of failing; `caption_chunks` captions each
 chunk with a `Captioner` and writes it as one chunk file (`anchorclip.anchors.shards`).
 """
@@ -21,7 +21,7 @@ from anchorclip.data import decode_image
 logger = logging.getLogger(__name__)
 
 
-class CaptionBatches(torch.utils.data.Dataset):
+class _CaptionBatches(torch.utils.data.Dataset):
     """Item `i` is batch `i` of the plan: decoded and preprocessed (in DataLoader workers when `num_workers > 0`)."""
 
     def __init__(self, dataset: datasets.Dataset, image_column: str, batches: list[list[int]], preprocessor):
@@ -67,7 +67,7 @@ class CaptionBatches(torch.utils.data.Dataset):
         return {"rows": rows, "good": kept_rows, "bad": sorted(bad), "inputs": inputs}
 
 
-def keep_batch(batch):  # DataLoader(batch_size=None) collate: items are already batches
+def _keep_batch(batch):  # DataLoader(batch_size=None) collate: items are already batches
     return batch
 
 
@@ -91,10 +91,10 @@ def caption_chunks(
         for start in range(chunk.start, chunk.stop, batch_size)
     ]
     loader = torch.utils.data.DataLoader(
-        CaptionBatches(raw, image_column, [rows for _, rows in plan], captioner.preprocessor),
+        _CaptionBatches(raw, image_column, [rows for _, rows in plan], captioner.preprocessor),
         batch_size=None,
         num_workers=num_workers,
-        collate_fn=keep_batch,
+        collate_fn=_keep_batch,
         prefetch_factor=4 if num_workers > 0 else None,
     )
     bar = tqdm(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import datasets
 
@@ -19,6 +20,10 @@ from anchorclip.anchors.pool.args import RetrievalArguments
 from anchorclip.anchors.pool.store import default_cache_dir
 from anchorclip.distributed import launch_processes
 
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from transformers import CLIPModel, CLIPProcessor
+
 __all__ = ["retrieve_from_precomputed"]
 
 
@@ -26,11 +31,11 @@ def retrieve_from_precomputed(
     args: RetrievalArguments,
     class_names: Sequence[str] | None = None,
     *,
-    finetune=None,
+    finetune: str | datasets.Dataset | None = None,
     leakage_sets: Sequence | None = None,
-    model=None,
-    processor=None,
-    accelerator=None,
+    model: CLIPModel | None = None,
+    processor: CLIPProcessor | None = None,
+    accelerator: Accelerator | None = None,
 ) -> datasets.Dataset:
     """Retrieve anchors from the precomputed pool at `args.pool_embeddings`; see `retrieve_anchors` for the
     arguments. The model must be the one the pool was embedded with (`check_model`)."""
@@ -55,7 +60,10 @@ def retrieve_from_precomputed(
     }
     model, processor, text_encoder = steps.load_model(args, model, processor, accelerator)
     check_model(
-        pool, str(model.config._name_or_path or "<in-memory model>"), model.config.projection_dim, text_encoder.encode
+        pool,
+        str(model.config._name_or_path or "<in-memory model>"),
+        model.visual_projection.out_features,  # the embedding dimension (config.projection_dim)
+        text_encoder.encode,
     )
 
     # 1. Embeddings: the pool's own; image embeddings are also what de-duplication and the leakage guard compare.

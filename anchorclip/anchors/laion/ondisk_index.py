@@ -59,7 +59,7 @@ def _nlist(factory: str) -> int:
     return int(match.group(1))
 
 
-def pool_search_params(factory: str, index_params: str | None) -> dict[str, str]:
+def _pool_search_params(factory: str, index_params: str | None) -> dict[str, str]:
     """Defaults (nprobe = 16, k_factor_rf = 10: recall@10 0.95 on the 1M benchmark pool), `index_params` replacing
     them key by key."""
     _nlist(factory)
@@ -244,7 +244,7 @@ def open_pool_index(directory: str, store: EmbeddingStore, index_params: str | N
         raise ValueError(f"{directory}: the index holds {index.ntotal} rows, the pool {store.num_rows}.")
     with open(os.path.join(directory, CONFIG)) as file:
         factory = json.load(file)["config"]["factory"]
-    return PoolIndex(index, store, pool_search_params(factory, index_params), directory, factory)
+    return PoolIndex(index, store, _pool_search_params(factory, index_params), directory, factory)
 
 
 def pool_index(

@@ -214,7 +214,7 @@ _ORDERED_ITERABLES = {
 }
 
 
-def stream_sources(dataset: datasets.IterableDataset, num_processes: int = 1) -> list[datasets.IterableDataset]:
+def _stream_sources(dataset: datasets.IterableDataset, num_processes: int = 1) -> list[datasets.IterableDataset]:
     """The stream cut into its files (`dataset.shard(num_shards, f)`), whose concatenation is the stream, or
     `[dataset]` when it cannot be cut so; raises where no process count-independent row numbering exists."""
     if getattr(dataset, "_distributed", None) is not None:
@@ -265,7 +265,7 @@ def _embed_stream(
     one chunk in `num_processes` (the stream is read N times but embedded once).
     """
     rank, world = accelerator.process_index, accelerator.num_processes
-    sources = stream_sources(with_raw_images(dataset.select_columns([column]), column), world)
+    sources = _stream_sources(with_raw_images(dataset.select_columns([column]), column), world)
     num_sources = len(sources)
     by_file = num_sources >= world
     if not by_file and accelerator.is_main_process:

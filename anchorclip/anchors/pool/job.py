@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import datasets
 
@@ -38,6 +39,10 @@ from anchorclip.anchors.pool.store import dataset_fingerprint
 from anchorclip.data import CAPTION_COLUMNS, IMAGE_COLUMNS, find_column
 from anchorclip.distributed import launch_processes
 
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from transformers import CLIPModel, CLIPProcessor
+
 __all__ = ["retrieve_from_pool"]
 
 logger = logging.getLogger(__name__)
@@ -45,14 +50,14 @@ logger = logging.getLogger(__name__)
 
 def retrieve_from_pool(
     args: RetrievalArguments,
-    pool=None,
+    pool: datasets.Dataset | datasets.IterableDataset | None = None,
     class_names: Sequence[str] | None = None,
     *,
-    finetune=None,
+    finetune: str | datasets.Dataset | None = None,
     leakage_sets: Sequence | None = None,
-    model=None,
-    processor=None,
-    accelerator=None,
+    model: CLIPModel | None = None,
+    processor: CLIPProcessor | None = None,
+    accelerator: Accelerator | None = None,
 ) -> datasets.Dataset:
     """Retrieve anchors from a pool of image-caption pairs that this job embeds; see `retrieve_anchors` for the
     arguments. `pool` is the pool already loaded, else `args.pool` (a spec) is loaded."""
