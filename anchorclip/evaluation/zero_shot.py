@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,13 @@ from ..data import (
 from .metrics import classification_metrics, retrieval_metrics
 from .sets import EvalSet
 
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from transformers import PreTrainedTokenizerBase
+
+    from ..modeling_anchorclip import AnchorCLIPModel
+    from ..transforms import ImageTransform
+
 logger = logging.getLogger(__name__)
 
 RETRIEVAL_KS = (1, 5, 10)
@@ -44,10 +51,10 @@ class ZeroShotScorer:
 
     def __init__(
         self,
-        model,
-        tokenizer,
-        transform,
-        accelerator,
+        model: AnchorCLIPModel,
+        tokenizer: PreTrainedTokenizerBase,
+        transform: ImageTransform,
+        accelerator: Accelerator,
         *,
         batch_size: int,
         num_workers: int = 0,
@@ -77,6 +84,7 @@ class ZeroShotScorer:
         class_names = eval_set.class_names or class_names_from_features(dataset, label_column)
         if not class_names:
             raise ValueError("An evaluation set needs class names: a ClassLabel column or EvalSet(class_names=...).")
+        scale: torch.Tensor | float  # the logits' temperature: the model's, or 1 for the trained head
         if self.finetune_head is not None and list(class_names) == list(self.finetune_head[0]):
             head, scale = self.finetune_head[1].float(), 1.0
         else:

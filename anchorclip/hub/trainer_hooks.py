@@ -6,14 +6,21 @@ Offline (`hub_offline()`), a push writes `<output_dir>/hub_upload/` and logs whe
 from __future__ import annotations
 
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import CommitInfo
 from transformers import Trainer
 
+if TYPE_CHECKING:
+    from ..training_args import AnchorTrainingArguments
+
 
 class HubTrainerMixin(Trainer):
     """Model card and push of a `Trainer` through `anchorclip.hub` (one clean upload folder, pushed at the end)."""
+
+    args: AnchorTrainingArguments
+    hub_model_id: str | None  # type: ignore[assignment]  # Trainer declares it `= None`, then assigns a str
+    _hub_offline: str | None  # why nothing is uploaded (set by init_hf_repo), or None
 
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
         """Create the Hub repository when the trainer is built, or raise at once (see `push.init_hf_repo`)."""

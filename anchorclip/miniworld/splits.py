@@ -15,12 +15,16 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import datasets
 
 from .attributes import ATTRIBUTES, BACKGROUNDS, COLOUR_NAMES, SEEN_SHAPES, SHAPES, STYLES, UNSEEN_SHAPES
 from .prompts import EVAL_TEMPLATES
 from .world import make_example
+
+if TYPE_CHECKING:
+    from anchorclip.evaluation import EvalSet
 
 #: Bumped when rendering, captions or split definitions change: old caches are then simply not found.
 VERSION = "v1"
@@ -148,7 +152,9 @@ def class_names(name: str) -> list[str]:
     return list(spec.classes)
 
 
-def miniworld_eval_sets(size_per_set: int | None = None, seed: int | None = None, num_proc: int | None = None):
+def miniworld_eval_sets(
+    size_per_set: int | None = None, seed: int | None = None, num_proc: int | None = None
+) -> dict[str, EvalSet]:
     """The evaluation sets as `anchorclip.evaluation.EvalSet`s, keyed by split name (`test_photo`, ...).
 
     Groups: `test_photo` is `id`; `test_sketch`, `test_painting`, `test_pixel_art` are `domain_shift`;

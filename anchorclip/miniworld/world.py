@@ -6,7 +6,9 @@ slice of any split can be regenerated anywhere, in any order, by any number of w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +48,9 @@ def _sample_scene(rng: np.random.Generator, shapes=SHAPES, styles=STYLES) -> Sce
     return Scene(shape, colour, size, position, background, style, rgb, center, radius, angle)
 
 
-def make_example(seed: int, index: int, shapes=SHAPES, styles=STYLES) -> dict:
+def make_example(
+    seed: int, index: int, shapes: Sequence[str] = SHAPES, styles: Sequence[str] = STYLES
+) -> dict[str, Any]:
     """One example: a 32x32 PIL image, its caption, and its attribute names."""
     rng = np.random.default_rng([seed, index])
     scene = _sample_scene(rng, shapes, styles)

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import inspect
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +97,7 @@ class Captioner:
 
     def __init__(
         self,
-        model,
+        model: PreTrainedModel,
         preprocessor: CaptionPreprocessor,
         *,
         max_new_tokens: int = 30,
