@@ -6,8 +6,8 @@
 * `pool/` (`anchorclip retrieve --pool`, ARF's image-text-pair anchors from a pool we embed): `args`
   (`RetrievalArguments`), `job` (the job), `embedding` (the model and the pool's embeddings), `store`, `encoders`,
   `embed_column` (the resumable, sharded embedding cache), `faiss_index` (the in-memory faiss index over an
-  embedded pool), `selection` (queries, candidates, leakage guard, de-duplication, quotas), `report` (the anchors
-  dataset and report.html), `steps` (what the LAION-layout job shares).
+  embedded pool), `selection` (queries, candidates, leakage guard, de-duplication, quotas), `anchor_report` (the
+  anchors dataset and report.html), `steps` (what the LAION-layout job shares).
 * `laion/` (`anchorclip retrieve --pool_embeddings`, pools of precomputed CLIP embeddings in LAION's layout):
   `precomputed` (the pool folder), `ondisk_index` (the IVF-PQ index with on-disk inverted lists), `url_anchors`
   (URL + caption anchors and their report), `job` (the job).

@@ -11,7 +11,7 @@ import transformers
 from ..evaluation import GROUPS, EvalSet
 from ..evaluation.suites import SuiteEntry, build_eval_set, list_suites, load_suite_sets
 from ..modeling_anchorclip import AnchorCLIPModel
-from ..reporting import summarize
+from ..results import summarize
 from ..wise import wise_ft
 
 

@@ -23,7 +23,7 @@ from transformers import CLIPProcessor, HfArgumentParser
 from ..evaluation.formats import scaled_size
 from ..hub import public_name
 from ..modeling_anchorclip import AnchorCLIPModel
-from ..reporting import format_results_table, result_rows, summarize, write_results
+from ..results import format_results_table, result_rows, summarize, write_results
 from ..templates import resolve_templates
 from ..trainer import AnchorCLIPTrainer
 from ..training_args import AnchorTrainingArguments

@@ -35,7 +35,7 @@ from anchorclip.cli._steps import EvalSetArguments, eval_sets_from_args, hardwar
 from anchorclip.data import LABEL_COLUMNS, class_names_from_features, find_column, load_dataset_any
 from anchorclip.evaluation.formats import class_names_from_file
 from anchorclip.lora import save_merged
-from anchorclip.reporting import format_results_table, result_rows, summarize, write_results
+from anchorclip.results import format_results_table, result_rows, summarize, write_results
 from anchorclip.train_data import check_steps_will_train
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from huggingface_hub import ModelCard
 
-from ..reporting import summarize
+from ..results import summarize
 from .card import build_model_card
 
 if TYPE_CHECKING:

@@ -16,9 +16,9 @@ The pipeline, top to bottom:
 5. **Write** an HF dataset (`image`, `caption`, `class_name`, `class_index`, `score`, `pool_index`) with
    `save_to_disk`, `anchorclip_provenance.json`, and `report.html` with thumbnails for a person to check.
 
-The steps live in `embedding` (1), `selection` (2, 4), `faiss_index` (3) and `report` (5), the steps the LAION-layout
-job shares in `steps`, the job's settings in `args` (`RetrievalArguments`); this module runs the job on a pool that
-we embed: `retrieve_from_pool`. `anchorclip.anchors.retrieve_anchors` picks it or the LAION-layout job.
+The steps live in `embedding` (1), `selection` (2, 4), `faiss_index` (3) and `anchor_report` (5), the steps the
+LAION-layout job shares in `steps`, the job's settings in `args` (`RetrievalArguments`); this module runs the job on
+a pool that we embed: `retrieve_from_pool`. `anchorclip.anchors.retrieve_anchors` picks it or the LAION-layout job.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING
 import datasets
 
 from anchorclip.anchors.pool import steps
+from anchorclip.anchors.pool.anchor_report import write_anchors, write_report
 from anchorclip.anchors.pool.args import RetrievalArguments
 from anchorclip.anchors.pool.embedding import embed_pool, resolve_dataset
 from anchorclip.anchors.pool.faiss_index import build_index, default_index_factory, is_exact, search_params
-from anchorclip.anchors.pool.report import write_anchors, write_report
 from anchorclip.anchors.pool.store import dataset_fingerprint
 from anchorclip.data import CAPTION_COLUMNS, IMAGE_COLUMNS, find_column
 from anchorclip.distributed import launch_processes
