@@ -49,7 +49,8 @@ def _lora_config(
         raise ValueError(f"LoRA rank must be > 0, got {r}.")
     return LoraConfig(
         r=r,
-        lora_alpha=alpha if alpha is not None else 2 * r,  # type: ignore[arg-type]  # peft types it int; a float scales
+        # peft types lora_alpha as int; a float scales the update just as well (scaling = alpha / r)
+        lora_alpha=alpha if alpha is not None else 2 * r,  # type: ignore[arg-type]
         lora_dropout=dropout,
         target_modules=list(target_modules or DEFAULT_TARGET_MODULES),
         bias="none",

@@ -145,7 +145,8 @@ def train(store: EmbeddingStore, factory: str, train_size: int, seed: int = 0, n
     ivf.cp.niter = niter  # type: ignore[attr-defined]  # faiss's stubs type downcast_index as a plain Index
     if isinstance(ivf, faiss.IndexIVFPQ):
         ivf.pq.cp.niter = niter
-        ivf.do_polysemous_training = False  # type: ignore[attr-defined]  # (missing from faiss's stubs) its annealing would take longer than the codebooks themselves
+        # Its annealing would take longer than the codebooks themselves. (The attribute is missing from faiss's stubs.)
+        ivf.do_polysemous_training = False  # type: ignore[attr-defined]
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(store.num_rows, size=min(train_size, store.num_rows), replace=False))
     index.train(store.gather(sample))
