@@ -26,17 +26,20 @@ import hashlib
 import logging
 import multiprocessing
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Required, TypedDict
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
+from typing_extensions import Required, TypedDict  # typing has Required from Python 3.11 only
 
 from .data import decode_image
 from .transforms import ImageTransform
 
 if TYPE_CHECKING:
     import datasets
+
+    from .anchors.pool.store import EmbeddingStore
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +168,7 @@ class AnchoredDataset(Dataset):
         self.pair_transform = pair_transform or transform
         # Anchor distillation's targets when the pair images are not augmented: row i = f₀ of pair image i as
         # the model sees it (an `EmbeddingStore`, memory-mapped; set by `build_train_data`).
-        self.pair_targets = None
+        self.pair_targets: EmbeddingStore | None = None
         self.image_column, self.label_column, self.pair_image_column = image_column, label_column, pair_image_column
         self.caption_ids, self.pair_caption_ids = caption_ids, pair_caption_ids  # tokenized columns, row-aligned
         pairs_per_item = pairs_per_item if pairs is not None else 0
@@ -253,7 +256,7 @@ class AnchoredDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         generator = _generator(self.seed, self.epoch, index)
         row, pixels = self._load(self.finetune, index, self.image_column, generator, self.transform)
-        item = {
+        item: dict[str, Any] = {
             "pixel_values": pixels,
             "label": int(self.finetune[row][self.label_column]) if self.label_column else -1,
             "template": int(torch.randint(self.num_templates, (1,), generator=generator)),
@@ -265,6 +268,7 @@ class AnchoredDataset(Dataset):
             item["pair_pixel_values"], item["pair_caption_ids"] = [], []
             if self.pair_targets is not None:
                 item["pair_targets"] = []
+            assert self.pair_image_column is not None  # set whenever there are pairs
             for pair_index in self._pair_indices(index):
                 pair_row, pair_pixels = self._load(
                     self.pairs, pair_index, self.pair_image_column, generator, self.pair_transform

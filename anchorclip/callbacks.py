@@ -28,5 +28,5 @@ class SetEpoch(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, train_dataloader=None, **kwargs
     ) -> None:
         dataset = getattr(train_dataloader, "dataset", None)
-        if hasattr(dataset, "set_epoch"):
+        if dataset is not None and hasattr(dataset, "set_epoch"):
             dataset.set_epoch(math.floor((state.epoch or 0.0) + 1e-6))

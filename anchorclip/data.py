@@ -62,8 +62,15 @@ def load_dataset_any(
             loaded = loaded[split]
         return loaded.to_iterable_dataset() if streaming else loaded
     if os.path.exists(spec) or looks_local(spec):
-        columns = {"image_column": image_column, "label_column": label_column, "class_names": class_names}
-        return load_local(spec, split, streaming, **columns, **kwargs)
+        return load_local(
+            spec,
+            split,
+            streaming,
+            image_column=image_column,
+            label_column=label_column,
+            class_names=class_names,
+            **kwargs,
+        )
     return datasets.load_dataset(spec, split=split, streaming=streaming, **kwargs)
 
 

@@ -67,7 +67,7 @@ def load_local(
         raise FileNotFoundError(f"{path} does not exist (a local path: it is not looked up on the Hub).")
     files, split = data_files(path, split)
     class_names = class_names or _names_beside(path)
-    builder = file_format(files)
+    builder = _file_format(files)
     if builder == "imagefolder":
         # With a metadata.jsonl, `datasets` takes labels from its `label` field, not from the folder names.
         dataset = datasets.load_dataset("imagefolder", data_dir=path, split=split, streaming=streaming, **kwargs)
@@ -76,10 +76,10 @@ def load_local(
     files = [f for f in files if f.lower().endswith(BUILDER_EXTENSIONS[builder])]
     if builder == "webdataset":
         for shard in files:  # a stream reads the headers as it goes: only each shard's end is checked up front
-            check_tar_end(shard) if streaming else check_tar(shard)
+            _check_tar_end(shard) if streaming else _check_tar(shard)
     if builder == "parquet":
         for file in files:
-            check_parquet(file)
+            _check_parquet(file)
     if builder in ("csv", "json"):  # tables of paths: small, read whole to check every row, then streamed if asked
         dataset = datasets.concatenate_datasets(
             [_tabular(file, builder, image_column, label_column, **kwargs) for file in files]
@@ -137,7 +137,7 @@ def data_files(path: str, split: str | None) -> tuple[list[str], str]:
     return files, wanted
 
 
-def file_format(files: list[str]) -> str:
+def _file_format(files: list[str]) -> str:
     """The `datasets` builder for a split's files: webdataset, parquet, imagefolder, json or csv."""
     extensions = {os.path.splitext(f)[1].lower() for f in files}
     if ".tar" in extensions:
@@ -175,7 +175,7 @@ def has_metadata(path: str) -> bool:
     return any(os.path.isfile(os.path.join(folder, name)) for folder in folders for name in names)
 
 
-def check_tar(shard: str) -> None:
+def _check_tar(shard: str) -> None:
     """Read a tar shard's headers through; a truncated or corrupt shard is an error naming it."""
     try:
         size = os.path.getsize(shard)
@@ -187,7 +187,7 @@ def check_tar(shard: str) -> None:
         raise ValueError(f"{shard} is an unreadable or truncated tar shard: {error}") from error
 
 
-def check_tar_end(shard: str) -> None:
+def _check_tar_end(shard: str) -> None:
     """A tar shard ends in tar's end-of-archive marker (zero blocks): a cheap test for a truncated download or copy,
     one read per shard, for streamed pools of thousands of shards where reading every header would take hours."""
     try:
@@ -201,7 +201,7 @@ def check_tar_end(shard: str) -> None:
         raise ValueError(f"{shard} is truncated: it does not end in tar's end-of-archive blocks.")
 
 
-def check_parquet(file: str) -> None:
+def _check_parquet(file: str) -> None:
     """A parquet file's footer reads (one small read): a truncated or foreign file is an error naming it."""
     try:
         pq.read_metadata(file)

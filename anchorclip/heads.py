@@ -13,15 +13,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import Trainer
 from transformers.models.clip.modeling_clip import CLIPOutput
 
 from .configuration_anchorclip import AnchorCLIPConfig
 from .modeling_anchorclip import AnchorCLIPModel
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+    from transformers.image_utils import ImageInput
 
 FINETUNE_HEAD_FILE = "finetune_head.safetensors"
 
@@ -42,7 +48,7 @@ class LinearHeadCLIP(nn.Module):
 
     @torch.no_grad()
     def init_from_zero_shot(
-        self, class_names: Sequence[str], templates: str | Sequence[str] | None, tokenizer
+        self, class_names: Sequence[str], templates: str | Sequence[str] | None, tokenizer: PreTrainedTokenizerBase
     ) -> None:
         """Set the head to where the baselines start: the prompt-ensembled zero-shot head times the temperature,
         so the untrained head scores exactly as zero-shot CLIP does (WiSE-FT's initialisation)."""
@@ -78,7 +84,7 @@ class LinearHeadCLIP(nn.Module):
         return self.clip.dtype
 
     @property
-    def name_or_path(self) -> str:
+    def name_or_path(self) -> str | None:
         return self.clip.name_or_path
 
     def forward(self, pixel_values: torch.Tensor, train_image_tower: bool = True) -> CLIPOutput:
@@ -93,7 +99,7 @@ class LinearHeadCLIP(nn.Module):
         return CLIPOutput(logits_per_image=logits, image_embeds=image_embeds)
 
     @torch.no_grad()
-    def classify(self, images=None, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+    def classify(self, images: ImageInput | None = None, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
         """The head's logits `(batch, num_classes)` for PIL `images` (or ready `pixel_values`)."""
         if pixel_values is None:
             if images is None:
@@ -114,7 +120,7 @@ class LinearHeadCLIP(nn.Module):
             state_dict = {key.removeprefix("clip."): value for key, value in state_dict.items() if key != "head"}
         self.clip.save_pretrained(save_directory, state_dict=state_dict, is_main_process=is_main_process, **kwargs)
         if is_main_process:
-            save_linear_head(head, save_directory)
+            _save_linear_head(head, save_directory)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> LinearHeadCLIP:
@@ -135,7 +141,7 @@ def with_saved_head(model: AnchorCLIPModel) -> AnchorCLIPModel | LinearHeadCLIP:
     return LinearHeadCLIP(model, head) if head is not None else model
 
 
-def save_linear_head(head: torch.Tensor, save_directory: str | os.PathLike) -> None:
+def _save_linear_head(head: torch.Tensor, save_directory: str | os.PathLike) -> None:
     """Write `finetune_head.safetensors` (key `weight`, fp32) into `save_directory`."""
     save_file({"weight": head.detach().cpu().float().contiguous()}, os.path.join(save_directory, FINETUNE_HEAD_FILE))
 
@@ -150,7 +156,7 @@ def load_linear_head(name_or_path: str | os.PathLike, **kwargs) -> torch.Tensor 
         return load_file(path)["weight"] if os.path.isfile(path) else None
     from transformers.utils import cached_file
 
-    path = cached_file(
+    cached = cached_file(
         str(name_or_path),
         FINETUNE_HEAD_FILE,
         revision=kwargs.get("revision"),
@@ -159,4 +165,28 @@ def load_linear_head(name_or_path: str | os.PathLike, **kwargs) -> torch.Tensor 
         _raise_exceptions_for_missing_entries=False,
         _raise_exceptions_for_connection_errors=False,
     )
-    return load_file(path)["weight"] if path is not None else None
+    return load_file(cached)["weight"] if cached is not None else None
+
+
+class LinearHeadCheckpoints(Trainer):
+    """Resuming a `Trainer` of a `LinearHeadCLIP` from its checkpoints (CLIP weights plus the head file).
+
+    Trainer's own loaders would resume with the zero-shot head under the trained head's optimizer state.
+    """
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        model = model if model is not None else self.model
+        if not isinstance(model, LinearHeadCLIP):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        super()._load_from_checkpoint(resume_from_checkpoint, model.clip)
+        head = load_linear_head(resume_from_checkpoint)
+        if head is None:
+            raise FileNotFoundError(f"{resume_from_checkpoint} has no {FINETUNE_HEAD_FILE}: not an FT / LP-FT run.")
+        with torch.no_grad():  # in place: the optimizer holds this very parameter
+            model.head.copy_(head)
+
+    def _load_best_model(self) -> None:
+        checkpoint = self.state.best_model_checkpoint  # Trainer calls this only once it has one
+        if isinstance(self.model, LinearHeadCLIP) and checkpoint is not None:
+            return self._load_from_checkpoint(checkpoint)
+        return super()._load_best_model()

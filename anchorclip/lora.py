@@ -23,6 +23,7 @@ import copy
 import json
 import os
 from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -35,7 +36,7 @@ EXTRAS_FILE = "anchorclip_lora.json"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 
 
-def lora_config(
+def _lora_config(
     r: int,
     alpha: float | None = None,
     dropout: float = 0.0,
@@ -48,7 +49,8 @@ def lora_config(
         raise ValueError(f"LoRA rank must be > 0, got {r}.")
     return LoraConfig(
         r=r,
-        lora_alpha=alpha if alpha is not None else 2 * r,
+        # peft types lora_alpha as int; a float scales the update just as well (scaling = alpha / r)
+        lora_alpha=alpha if alpha is not None else 2 * r,  # type: ignore[arg-type]
         lora_dropout=dropout,
         target_modules=list(target_modules or DEFAULT_TARGET_MODULES),
         bias="none",
@@ -69,7 +71,7 @@ def apply_lora(
         raise ValueError("The model already has LoRA adapters.")
     if isinstance(model, LinearHeadCLIP):
         raise ValueError("LoRA is for the contrastive methods (arf, flyp); this model has an FT linear head.")
-    peft_model = get_peft_model(model, lora_config(r, alpha, dropout, target_modules))
+    peft_model = get_peft_model(model, _lora_config(r, alpha, dropout, target_modules))
     peft_model.base_model.model.logit_scale.requires_grad_(False)
     return peft_model
 
@@ -126,7 +128,7 @@ def save_lora(model, output_dir: str | os.PathLike, processor=None) -> None:
         processor.save_pretrained(output_dir)
 
 
-def is_adapter_folder(path) -> bool:
+def _is_adapter_folder(path) -> bool:
     return isinstance(path, (str, os.PathLike)) and os.path.isfile(os.path.join(path, ADAPTER_CONFIG_FILE))
 
 
@@ -158,7 +160,7 @@ def merge_lora(model_or_path, base_model: str | AnchorCLIPModel | None = None) -
     without adapters (returned as is).
     """
     if isinstance(model_or_path, (str, os.PathLike)):
-        if not is_adapter_folder(model_or_path):
+        if not _is_adapter_folder(model_or_path):
             return AnchorCLIPModel.from_pretrained(str(model_or_path))
         model = load_lora(model_or_path, base_model)
     elif is_lora_model(model_or_path):
@@ -200,6 +202,7 @@ def lora_delta_norm(model) -> float:
     total = 0.0
     for module in unwrap_base_model(model).modules():
         if hasattr(module, "lora_A") and hasattr(module, "get_delta_weight"):
-            for name in module.lora_A:
-                total += float(module.get_delta_weight(name).norm())
+            layer = cast(Any, module)  # a peft LoRA layer, found by what it has
+            for name in layer.lora_A:
+                total += float(layer.get_delta_weight(name).norm())
     return total

@@ -31,7 +31,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -53,7 +53,7 @@ def _world() -> tuple[int, int]:
     return 1, 0
 
 
-def gather_features(features: torch.Tensor) -> torch.Tensor:
+def _gather_features(features: torch.Tensor) -> torch.Tensor:
     """Concatenate `features` from all processes in rank order; gradients flow back to their owners."""
     world_size, _ = _world()
     if world_size == 1:
@@ -63,7 +63,9 @@ def gather_features(features: torch.Tensor) -> torch.Tensor:
     except ImportError:  # torch < 2.13 names the same autograd-aware gather differently
         from torch.distributed._functional_collectives import all_gather_tensor_autograd as all_gather_single
 
-    return all_gather_single(features.contiguous(), 0, dist.group.WORLD)
+    group = dist.group.WORLD
+    assert group is not None  # the default group exists once world_size > 1
+    return all_gather_single(features.contiguous(), 0, group)
 
 
 def _gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
@@ -110,8 +112,8 @@ class ContrastiveLoss(nn.Module):
             raise ValueError(f"Paired features differ in shape: {image_features.shape} vs {text_features.shape}.")
         image_features, text_features = image_features.float(), text_features.float()
         scale = logit_scale.float().clamp(max=self.logit_scale_max).exp()
-        all_images = gather_features(image_features)
-        all_texts = gather_features(text_features)
+        all_images = _gather_features(image_features)
+        all_texts = _gather_features(text_features)
         logits_per_image = scale * image_features @ all_texts.t()
         logits_per_text = scale * text_features @ all_images.t()
 
@@ -172,7 +174,7 @@ class ARFFeatures:
         """Rows of several micro-batches as one batch (a field missing from any part is left out)."""
         if len(parts) == 1:
             return parts[0]
-        joined = {}
+        joined: dict[str, Any] = {}
         for field in fields(cls):
             values = [getattr(part, field.name) for part in parts]
             joined[field.name] = None if any(value is None for value in values) else torch.cat(values)
@@ -247,6 +249,8 @@ class ARFLoss(nn.Module):
         if self.lambda_distill > 0:
             if local.distill_targets is None:
                 raise KeyError("Anchor distillation: the batch has no `pair_targets` (AnchorCollator adds them).")
+            if local.pair_images is None:
+                raise KeyError("Anchor distillation: the batch has no pair images (retrieved pairs, λ2 > 0).")
             distances = (local.pair_images.float() - local.distill_targets.float()).pow(2).sum(dim=-1)
             terms["loss_distill"] = distances.mean()
             local_loss = self.lambda_distill * terms["loss_distill"]

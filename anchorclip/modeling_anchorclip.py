@@ -16,6 +16,7 @@ The FT / LP-FT baselines' linear head is not part of this model: see `heads.Line
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,10 @@ from transformers.models.clip.modeling_clip import CLIPOutput
 
 from .configuration_anchorclip import AnchorCLIPConfig
 from .templates import resolve_templates
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+    from transformers.image_utils import ImageInput
 
 
 class AnchorCLIPModel(CLIPModel):
@@ -35,6 +40,7 @@ class AnchorCLIPModel(CLIPModel):
     """
 
     config_class = AnchorCLIPConfig
+    config: AnchorCLIPConfig
 
     def __init__(self, config: AnchorCLIPConfig):
         super().__init__(config)
@@ -115,7 +121,7 @@ class AnchorCLIPModel(CLIPModel):
         self,
         class_names: Sequence[str],
         templates: str | Sequence[str] | None = None,
-        tokenizer=None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
         batch_size: int = 256,
     ) -> torch.Tensor:
         """Return a `(num_classes, projection_dim)` matrix of L2-normalised prompt-ensemble embeddings.
@@ -143,7 +149,7 @@ class AnchorCLIPModel(CLIPModel):
     @torch.no_grad()
     def classify(
         self,
-        images=None,
+        images: ImageInput | None = None,
         pixel_values: torch.Tensor | None = None,
         class_names: Sequence[str] | None = None,
         templates: str | Sequence[str] | None = None,

@@ -4,6 +4,9 @@
 open_clip; `SIMPLE_TEMPLATES` is the short set open_clip ships for quick evaluation.
 """
 
+from collections.abc import Sequence
+
+#: The 80 prompt templates of Radford et al. (2021), each with one `{}` for the class name.
 OPENAI_IMAGENET_TEMPLATES: tuple[str, ...] = (
     "a bad photo of a {}.",
     "a photo of many {}.",
@@ -87,6 +90,7 @@ OPENAI_IMAGENET_TEMPLATES: tuple[str, ...] = (
     "a tattoo of the {}.",
 )
 
+#: open_clip's short template set for quick evaluation, each with one `{}` for the class name.
 SIMPLE_TEMPLATES: tuple[str, ...] = (
     "a photo of a {}.",
     "a bad photo of a {}.",
@@ -100,7 +104,7 @@ SIMPLE_TEMPLATES: tuple[str, ...] = (
 _NAMED = {"openai_imagenet": OPENAI_IMAGENET_TEMPLATES, "simple": SIMPLE_TEMPLATES, "photo": ("a photo of a {}.",)}
 
 
-def resolve_templates(templates: str | list[str] | tuple[str, ...] | None) -> list[str]:
+def resolve_templates(templates: str | Sequence[str] | None) -> list[str]:
     """Turn a template-set name (`openai_imagenet`, `simple`, `photo`) or a list of templates into a list.
 
     Every template must contain exactly one `{}` placeholder for the class name.

@@ -4,7 +4,7 @@ wrapped as `AnchoredDataset` + `AnchorCollator` (see batching.py); the step-coun
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from .transforms import ImageTransform
 
 if TYPE_CHECKING:
     import datasets
-    from transformers import CLIPProcessor
+    from transformers import CLIPProcessor, CLIPTextConfig
 
     from .anchors.pool.store import EmbeddingStore
     from .modeling_anchorclip import AnchorCLIPModel
@@ -64,7 +64,8 @@ def build_train_data(
             f"{len(class_names)} class names (valid ids: 0..{len(class_names) - 1})."
         )
     tokenizer = processing_class.tokenizer
-    max_length = min(args.max_text_length, model.config.text_config.max_position_embeddings)
+    text_config = cast("CLIPTextConfig", model.config.text_config)  # CLIPConfig.__init__ builds it from a dict
+    max_length = min(args.max_text_length, text_config.max_position_embeddings)
     caption_ids = pair_caption_ids = None
     if args.uses_captions:
         caption_column = find_column(captions, args.caption_column, CAPTION_COLUMNS, "caption")
@@ -103,7 +104,8 @@ def build_train_data(
         pair_transform=None if args.augment_pairs else ImageTransform.from_image_processor(image_processor),
     )
     if args.uses_distillation and not args.augment_pairs:
-        dataset.pair_targets = pretrained_pair_features(dataset.pairs, pair_image_column, model, processing_class)
+        assert pair_image_column is not None  # distillation implies uses_pairs: found above
+        dataset.pair_targets = _pretrained_pair_features(dataset.pairs, pair_image_column, model, processing_class)
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     collator = AnchorCollator(
         prompt_ids=tokenize_prompts(tokenizer, class_names, templates, max_length),
@@ -116,7 +118,7 @@ def build_train_data(
     return dataset, collator, class_names
 
 
-def pretrained_pair_features(
+def _pretrained_pair_features(
     pairs: datasets.Dataset, image_column: str, model: AnchorCLIPModel, processing_class: CLIPProcessor
 ) -> EmbeddingStore:
     """Anchor distillation's targets for un-augmented pair images: f₀ of every pair image's evaluation view.

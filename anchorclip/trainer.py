@@ -17,25 +17,38 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sized
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import Trainer, TrainerCallback
+from transformers import CLIPProcessor, TrainerCallback
+from transformers.data.data_collator import DataCollator
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from .batching import AnchoredDataset
 from .callbacks import ClampLogitScale, SetEpoch
 from .evaluation import GROUPS, EvalSet
 from .evaluation.zero_shot import ZeroShotScorer
-from .heads import FINETUNE_HEAD_FILE, LinearHeadCLIP, load_linear_head, with_saved_head
+from .heads import LinearHeadCheckpoints, LinearHeadCLIP, with_saved_head
+from .hub.trainer_hooks import HubTrainerMixin
 from .lora import apply_lora_from_args, is_lora_model, save_lora_extras
 from .loss import ARFFeatures, ARFLoss, FrozenImageTower
 from .modeling_anchorclip import AnchorCLIPModel
 from .train_data import build_train_data, check_steps_will_train
 from .training_args import AnchorTrainingArguments
 from .transforms import ImageTransform
+
+if TYPE_CHECKING:
+    import datasets
+    from torch.utils.data import Dataset
+    from transformers.trainer_utils import TrainOutput
+
+    # What evaluate() scores: a set, or sets by name (Trainer's own type included, for the override).
+    EvalDataset: TypeAlias = datasets.Dataset | Dataset | EvalSet
+    EvalDatasets: TypeAlias = EvalDataset | Mapping[str, EvalDataset]
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +59,7 @@ class NonFiniteLossError(RuntimeError):
     """Training stopped because the loss became NaN or infinite."""
 
 
-class AnchorCLIPTrainer(Trainer):
+class AnchorCLIPTrainer(HubTrainerMixin, LinearHeadCheckpoints):
     """Finetune a CLIP model with ARF or a baseline (see `AnchorTrainingArguments.method`).
 
     Args:
@@ -69,20 +82,23 @@ class AnchorCLIPTrainer(Trainer):
     # When to look for a NaN/inf loss: True every micro-step; False at each log and before each checkpoint
     # (no per-step host sync); None (default) every step on CPU, at logs/checkpoints on accelerators.
     check_finite_each_step: bool | None = None
+    # Narrower than Trainer's own annotations: the constructor accepts nothing else.
+    args: AnchorTrainingArguments
+    processing_class: CLIPProcessor
 
     def __init__(
         self,
         model: AnchorCLIPModel | LinearHeadCLIP,
         args: AnchorTrainingArguments,
-        train_dataset=None,
-        eval_dataset=None,
-        processing_class=None,
+        train_dataset: datasets.Dataset | None = None,
+        eval_dataset: EvalDatasets | None = None,
+        processing_class: CLIPProcessor | None = None,
         class_names: list[str] | None = None,
-        pair_anchors=None,
+        pair_anchors: datasets.Dataset | None = None,
         callbacks: list[TrainerCallback] | None = None,
-        caption_anchors=None,
-        **kwargs,
-    ):
+        caption_anchors: datasets.Dataset | None = None,
+        **kwargs: Any,
+    ) -> None:
         if not isinstance(args, AnchorTrainingArguments):
             raise TypeError("AnchorCLIPTrainer needs AnchorTrainingArguments.")
         if processing_class is None:
@@ -117,28 +133,30 @@ class AnchorCLIPTrainer(Trainer):
         if args.uses_distillation and is_lora_model(model):
             raise ValueError("lambda_distill > 0: pass the plain AnchorCLIPModel (LoRA is applied from args).")
         if args.uses_distillation and args.augment_pairs:
-            self.distill_tower = FrozenImageTower(model)
+            self.distill_tower = FrozenImageTower(model.clip if isinstance(model, LinearHeadCLIP) else model)
         # LoRA (anchorclip/lora.py): wrap in a PeftModel before Trainer builds the optimizer.
         if args.lora_r > 0 and not is_lora_model(model):
             model = apply_lora_from_args(model, args)
         if isinstance(model, AnchorCLIPModel) and (args.method in ("ft", "lp_ft") or train_dataset is None):
             model = with_saved_head(model)  # a checkpoint of an FT / LP-FT run brings its head
-        new_head = args.method in ("ft", "lp_ft") and not isinstance(model, LinearHeadCLIP)
-        if new_head:  # FT / LP-FT start from the zero-shot head (init_from_zero_shot, below)
-            model = LinearHeadCLIP(model, torch.zeros(len(self.class_names or ()), model.config.projection_dim))
+        new_head: LinearHeadCLIP | None = None
+        if args.method in ("ft", "lp_ft") and not isinstance(model, LinearHeadCLIP):
+            # FT / LP-FT start from the zero-shot head (init_from_zero_shot, below)
+            projection_dim = model.visual_projection.out_features
+            model = new_head = LinearHeadCLIP(model, torch.zeros(len(self.class_names or ()), projection_dim))
         super().__init__(
             model=model,
             args=args,
             train_dataset=train_data,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
-            data_collator=collator,
+            data_collator=cast("DataCollator", collator),  # ARFBatch is a TypedDict: a dict at runtime
             callbacks=callbacks,
             **kwargs,
         )
-        if new_head:  # computed where Trainer placed the model
-            model.init_from_zero_shot(self.class_names, args.eval_templates, processing_class.tokenizer)
-        if args.method in ("ft", "lp_ft"):
+        if new_head is not None:  # computed where Trainer placed the model
+            new_head.init_from_zero_shot(self.class_names or [], args.eval_templates, processing_class.tokenizer)
+        if args.method in ("ft", "lp_ft") and isinstance(model, LinearHeadCLIP):  # it is: a head was added above
             model.freeze_text_tower()
 
     def _get_train_sampler(self, train_dataset=None):
@@ -156,22 +174,30 @@ class AnchorCLIPTrainer(Trainer):
 
     # ------------------------------------------------------------------ loss
 
-    def get_batch_samples(self, epoch_iterator, num_batches, device):
+    def get_batch_samples(
+        self, epoch_iterator: Iterator, num_batches: int, device: torch.device
+    ) -> tuple[list, torch.Tensor | int | None]:
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         self._window, self._window_cache, self._micro = batch_samples, None, 0
         return batch_samples, num_items_in_batch
 
-    def train(self, *args, **kwargs):
+    def train(self, *args: Any, **kwargs: Any) -> TrainOutput:
         if self.args.method == "zeroshot":
             raise ValueError("method='zeroshot' trains nothing: call evaluate() on the pretrained model instead.")
         # Refuse settings that give zero optimizer steps (Trainer would warn, save and exit 0).
-        check_steps_will_train(self.args, len(self.train_dataset) if self.train_dataset is not None else None)
+        check_steps_will_train(self.args, len(self.train_dataset) if isinstance(self.train_dataset, Sized) else None)
         output = super().train(*args, **kwargs)
         if self.state.global_step == 0:  # whatever the cause: never report an untouched model as finetuned
             raise RuntimeError("Training ended without a single optimizer step; the model was not finetuned.")
         return output
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         """The training loss of one micro-batch: ARF/FLYP contrastive terms, or cross-entropy for FT / LP-FT.
 
         Each term is accumulated for logging (`loss_cls`, `loss_caption`, `loss_pairs`, `loss_ce`); a
@@ -224,7 +250,8 @@ class AnchorCLIPTrainer(Trainer):
             self.distill_tower.to(local.images.device)
             local.distill_targets = self.distill_tower(inputs["pixel_values"][inputs["labels"].shape[0] :])
         # The whole window's features: this micro-batch's with gradients, the others' cached.
-        features = ARFFeatures.cat([self._window_cache[j] if j != micro else local for j in range(window)])
+        cache = self._window_cache if self._window_cache is not None else []  # empty when window == 1
+        features = ARFFeatures.cat([cache[j] if j != micro else local for j in range(window)])
         logit_scale = self.accelerator.unwrap_model(model).logit_scale
         if micro != window - 1:
             # The loss is evaluated `window` times; let the temperature collect its gradient only once.
@@ -273,7 +300,7 @@ class AnchorCLIPTrainer(Trainer):
             "inputs."
         )
 
-    def get_decay_parameter_names(self, model) -> list[str]:
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         """Parameters under weight decay, as open_clip chooses them: weight matrices only.
 
         Exempt: `logit_scale`, biases, norm gains and ViT's class embedding (every parameter with fewer than
@@ -288,28 +315,14 @@ class AnchorCLIPTrainer(Trainer):
         self._check_finite()  # never write a checkpoint of weights a non-finite loss may have updated
         return super()._save_checkpoint(model, trial)
 
-    # An FT / LP-FT checkpoint is a CLIP checkpoint plus its head file: Trainer's own loaders would resume with the
-    # zero-shot head under the trained head's optimizer state.
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        model = model if model is not None else self.model
-        if not isinstance(model, LinearHeadCLIP):
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        super()._load_from_checkpoint(resume_from_checkpoint, model.clip)
-        head = load_linear_head(resume_from_checkpoint)
-        if head is None:
-            raise FileNotFoundError(f"{resume_from_checkpoint} has no {FINETUNE_HEAD_FILE}: not an FT / LP-FT run.")
-        with torch.no_grad():  # in place: the optimizer holds this very parameter
-            model.head.copy_(head)
-
-    def _load_best_model(self) -> None:
-        if isinstance(self.model, LinearHeadCLIP):
-            return self._load_from_checkpoint(self.state.best_model_checkpoint)
-        return super()._load_best_model()
-
     # ------------------------------------------------------------ evaluation
 
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+    def evaluate(
+        self,
+        eval_dataset: EvalDatasets | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> dict[str, float]:
         """Zero-shot metrics of each named set, plus the mean score of each group (`GROUPS`).
 
         Classification sets give `top1`, `top5` (more than 5 classes) and `mean_per_class_recall`; retrieval
@@ -355,35 +368,12 @@ class AnchorCLIPTrainer(Trainer):
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
-    # ------------------------------------------------------------------- hub
-    # Push / model card delegate to anchorclip/hub.py (offline: writes <output_dir>/hub_upload/ and logs it).
-
-    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
-        from .hub import init_hf_repo
-
-        init_hf_repo(self, token=token, private=private)
-
-    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        """No mid-training pushes: output_dir also holds anchor caches; push_to_hub() uploads a clean folder."""
-
-    def create_model_card(self, **kwargs) -> None:
-        from .hub import write_model_card
-
-        if self.is_world_process_zero():
-            write_model_card(self, **kwargs)
-
-    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, **kwargs):
-        """Upload a plain CLIP checkpoint + model card (see anchorclip/hub.py); pass `results=` for the card's
-        evaluation table (default: `<output_dir>/results.json`). Offline, returns the folder it wrote."""
-        from .hub import push_to_hub
-
-        return push_to_hub(self, commit_message=commit_message, blocking=blocking, **kwargs)
-
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         model = self.accelerator.unwrap_model(self.model)
         if isinstance(model, LinearHeadCLIP):  # not a PreTrainedModel: Trainer would write one flat state dict
             if self.args.should_save:
                 output_dir = output_dir if output_dir is not None else self.args.output_dir
+                assert output_dir is not None  # TrainingArguments fills in a default
                 os.makedirs(output_dir, exist_ok=True)
                 model.save_pretrained(output_dir, state_dict=state_dict)  # CLIP checkpoint + head file
                 self.processing_class.save_pretrained(output_dir)
@@ -394,6 +384,7 @@ class AnchorCLIPTrainer(Trainer):
             from .hub import logged_results, write_model_card
 
             output_dir = output_dir if output_dir is not None else self.args.output_dir
+            assert output_dir is not None  # TrainingArguments fills in a default
             save_lora_extras(self.model, output_dir)  # class names/templates beside the adapters
             # peft just wrote its empty template card as README.md (base model by local path): ours replaces it,
             # from the logs only (a results.json in output_dir may be an earlier run's).

@@ -80,8 +80,8 @@ class AnchorTrainingArguments(TrainingArguments):
     lora_r: int = field(default=0, metadata={"help": "LoRA rank; > 0 trains LoRA adapters instead of all weights."})
     lora_alpha: float | None = field(default=None, metadata={"help": "LoRA scaling alpha (default: 2 * lora_r)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
-    lora_target_modules: list[str] = field(  # a tuple default (not default_factory): shows in the API docs
-        default=DEFAULT_LORA_TARGETS,
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: list(DEFAULT_LORA_TARGETS),
         metadata={"help": "Module names given LoRA adapters (default: attention projections of both towers)."},
     )
     # Contrastive batches must be full on every process for the gathered loss; images columns are not

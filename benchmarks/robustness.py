@@ -65,7 +65,7 @@ from anchorclip.evaluation import GROUPS
 from anchorclip.evaluation.corruption_sets import corruption_report, miniworld_corruption_sets
 from anchorclip.miniworld import MINICAPTIONER_PATH, MINICLIP_PATH, load_miniworld_split, miniworld_eval_sets
 from anchorclip.miniworld.prompts import SHAPE_TEMPLATES
-from anchorclip.reporting import summarize
+from anchorclip.results import summarize
 
 # name: (family whose learning rate it uses, trainer arguments, caption source, pair source)
 METHODS = {

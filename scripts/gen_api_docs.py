@@ -1,38 +1,45 @@
-"""Write docs/api.md from the docstrings of anchorclip's public API (the docstrings are the source).
+"""Write docs/api.md from anchorclip's declared public API: every package's `__all__`, documented from its docstrings.
 
 python scripts/gen_api_docs.py          # rewrite docs/api.md
 python scripts/gen_api_docs.py --check  # exit 1 if docs/api.md is stale (run by the tests)
+
+A package is public when its `__init__` declares `__all__`; each name there is documented once, under the first
+package (in import-path order) that declares it. Classes and functions are documented from their own docstrings,
+constants from the `#:` comment above their assignment. A public name without one is an error.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import inspect
+import os
+import pkgutil
+import re
 import sys
 from pathlib import Path
 
 import anchorclip
 
 PATH = Path(__file__).resolve().parent.parent / "docs" / "api.md"
-EXTRA = {  # public modules beyond the package namespace: (module, names)
-    "anchorclip.anchors.captions.job": ("caption_dataset", "run_captioning"),
-    "anchorclip.anchors.captions.args": ("CaptionArguments",),
-    "anchorclip.anchors.captions.captioner": ("Captioner",),
-    "anchorclip.anchors.pairs": ("retrieve_anchors",),
-    "anchorclip.anchors.pool.args": ("RetrievalArguments",),
-    "anchorclip.anchors.pool.embedding": ("embed_pool",),
-    "anchorclip.anchors.pool.faiss_index": ("build_index",),
-    "anchorclip.miniworld": ("load_miniworld_split", "miniworld_eval_sets"),
-    "anchorclip.evaluation.suites": ("list_suites", "load_suite", "load_suite_sets"),
-    "anchorclip.evaluation.formats": ("load_eval_dataset",),
-    "anchorclip.evaluation.zero_shot": ("ZeroShotScorer",),
-}
-METHODS = {
+PACKAGE_DIR = Path(anchorclip.__file__).resolve().parent
+METHODS = {  # the methods documented beside their class (the rest are Trainer's / PreTrainedModel's own API)
     "AnchorCLIPModel": ("build_zero_shot_head", "classify"),
     "LinearHeadCLIP": ("init_from_zero_shot", "classify", "save_pretrained", "from_pretrained"),
     "AnchorCLIPTrainer": ("evaluate", "compute_loss"),
 }
+
+
+def public_packages() -> list:
+    """anchorclip and each of its packages that declares `__all__`, in import-path order."""
+    packages = [anchorclip]
+    for info in pkgutil.walk_packages(anchorclip.__path__, "anchorclip."):
+        if info.ispkg:
+            package = importlib.import_module(info.name)
+            if hasattr(package, "__all__"):
+                packages.append(package)
+    return sorted(packages, key=lambda package: package.__name__)
 
 
 def _signature(obj) -> str:
@@ -50,15 +57,34 @@ def _default(field: dataclasses.Field):
     return "required"
 
 
+def _own_doc(obj) -> str | None:
+    # The object's own docstring only: `inspect.getdoc` would fall back to an inherited one (transformers'
+    # `from_pretrained` text, which then changes whenever transformers edits it).
+    return inspect.cleandoc(obj.__doc__) if obj.__doc__ else None
+
+
+def _constant_doc(package, name: str) -> str | None:
+    """The `#:` comment lines right above `name`'s top-level assignment in one of `package`'s modules."""
+    assignment = re.compile(rf"^{re.escape(name)}\s*(:[^=]*)?=")
+    for path in sorted(Path(package.__file__).parent.rglob("*.py")):
+        lines = path.read_text().splitlines()
+        for number, line in enumerate(lines):
+            if assignment.match(line):
+                comment = []
+                while number > 0 and lines[number - 1].startswith("#:"):
+                    number -= 1
+                    comment.insert(0, lines[number][2:].strip())
+                return " ".join(comment) or None
+    return None
+
+
 def _section(qualname: str, obj, level: str = "##") -> list[str]:
     kind = "class" if inspect.isclass(obj) else "def"
     signature = _signature(obj)
     if len(signature) > 400:  # configs and TrainingArguments: the fields are listed below instead
         signature = "(...)"
     lines = [f"{level} `{qualname}`", "", "```python", f"{kind} {qualname.split('.')[-1]}{signature}", "```", ""]
-    # The object's own docstring only: `inspect.getdoc` would fall back to an inherited one (transformers'
-    # `from_pretrained` text, which then changes whenever transformers edits it).
-    doc = inspect.cleandoc(obj.__doc__) if obj.__doc__ else None
+    doc = _own_doc(obj)
     lines += [doc, ""] if doc else []
     if inspect.isclass(obj) and dataclasses.is_dataclass(obj) and obj.__mro__[1] is not object:
         parent_fields = {f.name for f in dataclasses.fields(obj.__mro__[1])}
@@ -69,29 +95,54 @@ def _section(qualname: str, obj, level: str = "##") -> list[str]:
     return lines
 
 
-def render() -> str:
-    import importlib
+def _constant_section(qualname: str, obj, doc: str) -> list[str]:
+    value = repr(obj)
+    if isinstance(obj, str) and os.path.isabs(obj):  # a shipped file: named inside the package, not this machine
+        value = repr("<anchorclip>/" + Path(obj).relative_to(PACKAGE_DIR).as_posix())
+    if len(value) > 100:
+        value = f"{type(obj).__name__} of {len(obj)} items" if hasattr(obj, "__len__") else type(obj).__name__
+    return [f"## `{qualname}`", "", f"`{value}`" if "`" not in value else value, "", doc, ""]
 
+
+def render() -> tuple[str, list[str]]:
+    """The reference's text, and the public names that have no docstring (or `#:` comment)."""
     lines = ["# API reference", "", "Generated by `python scripts/gen_api_docs.py` from the docstrings.", ""]
-    for name in sorted(anchorclip.__all__):
-        obj = getattr(anchorclip, name)
-        if isinstance(obj, tuple):
-            lines += [f"## `anchorclip.{name}`", "", f"A tuple of {len(obj)} prompt templates.", ""]
-            continue
-        lines += _section(f"anchorclip.{name}", obj)
-        for method in METHODS.get(name, ()):
-            lines += _section(f"anchorclip.{name}.{method}", getattr(obj, method), "###")
-    for module_name, names in EXTRA.items():
-        module = importlib.import_module(module_name)
-        for name in names:
-            lines += _section(f"{module_name}.{name}", getattr(module, name))
-    return "\n".join(lines).rstrip() + "\n"
+    undocumented: list[str] = []
+    documented: dict[int, str] = {}  # id of a class or function -> where it is documented
+    for package in public_packages():
+        lines += [f"# `{package.__name__}`", ""]
+        again = [f"`{name}`" for name in package.__all__ if id(getattr(package, name)) in documented]
+        if again:
+            lines += [f"Also public here, documented above: {', '.join(again)}.", ""]
+        for name in package.__all__:
+            obj = getattr(package, name)
+            qualname = f"{package.__name__}.{name}"
+            if inspect.isclass(obj) or callable(obj):
+                if id(obj) in documented:
+                    continue
+                documented[id(obj)] = qualname
+                if _own_doc(obj) is None:
+                    undocumented.append(qualname)
+                lines += _section(qualname, obj)
+                for method in METHODS.get(name, ()):
+                    if _own_doc(getattr(obj, method)) is None:
+                        undocumented.append(f"{qualname}.{method}")
+                    lines += _section(f"{qualname}.{method}", getattr(obj, method), "###")
+            else:
+                doc = _constant_doc(package, name)
+                if doc is None:
+                    undocumented.append(qualname)
+                lines += _constant_section(qualname, obj, doc or "")
+    return "\n".join(lines).rstrip() + "\n", undocumented
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--check", action="store_true")
-    text = render()
+    text, undocumented = render()
+    if undocumented:
+        print("Public names without a docstring (or a `#:` comment above a constant):", *undocumented, sep="\n  ")
+        return 1
     if parser.parse_args().check:
         if not PATH.exists() or PATH.read_text() != text:
             print(f"{PATH} is stale: run python scripts/gen_api_docs.py")

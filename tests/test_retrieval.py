@@ -132,7 +132,7 @@ def test_mmr_keeps_classes_apart_and_quotas():
 
 
 def test_written_anchors_are_by_class_best_first_whatever_the_pool_order(pool, tmp_path):
-    from anchorclip.anchors.pool.report import write_anchors
+    from anchorclip.anchors.pool.anchor_report import write_anchors
 
     # Selected items whose pool order (rows 1, 3, 5, 7) is neither their class order nor their score order.
     selected = Candidates(

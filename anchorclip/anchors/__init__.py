@@ -6,8 +6,8 @@
 * `pool/` (`anchorclip retrieve --pool`, ARF's image-text-pair anchors from a pool we embed): `args`
   (`RetrievalArguments`), `job` (the job), `embedding` (the model and the pool's embeddings), `store`, `encoders`,
   `embed_column` (the resumable, sharded embedding cache), `faiss_index` (the in-memory faiss index over an
-  embedded pool), `selection` (queries, candidates, leakage guard, de-duplication, quotas), `report` (the anchors
-  dataset and report.html), `steps` (what the LAION-layout job shares).
+  embedded pool), `selection` (queries, candidates, leakage guard, de-duplication, quotas), `anchor_report` (the
+  anchors dataset and report.html), `steps` (what the LAION-layout job shares).
 * `laion/` (`anchorclip retrieve --pool_embeddings`, pools of precomputed CLIP embeddings in LAION's layout):
   `precomputed` (the pool folder), `ondisk_index` (the IVF-PQ index with on-disk inverted lists), `url_anchors`
   (URL + caption anchors and their report), `job` (the job).
@@ -21,30 +21,27 @@ stays light.
 
 from __future__ import annotations
 
-import importlib
+from typing import Any
 
+from anchorclip._lazy import load_public, public_dir
+
+from . import captions, laion, pool  # light: each loads its names on first use
+
+# The pipelines' own public names (each subpackage declares its), plus the one entry to both retrieval jobs.
 _PUBLIC = {
-    "CaptionArguments": "anchorclip.anchors.captions.args",
-    "Captioner": "anchorclip.anchors.captions.captioner",
-    "caption_dataset": "anchorclip.anchors.captions.job",
-    "run_captioning": "anchorclip.anchors.captions.job",
-    "RetrievalArguments": "anchorclip.anchors.pool.args",
+    **captions._PUBLIC,
+    **pool._PUBLIC,
+    **laion._PUBLIC,
     "retrieve_anchors": "anchorclip.anchors.pairs",
-    "retrieve_from_pool": "anchorclip.anchors.pool.job",
-    "retrieve_from_precomputed": "anchorclip.anchors.laion.job",
-    "embed_pool": "anchorclip.anchors.pool.embedding",
-    "EmbeddingStore": "anchorclip.anchors.pool.store",
-    "PrecomputedPool": "anchorclip.anchors.laion.precomputed",
+    "check_cached_anchors": "anchorclip.anchors.pairs",
 }
 
 __all__ = sorted(_PUBLIC)
 
 
-def __getattr__(name: str):
-    if name not in _PUBLIC:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_PUBLIC[name]), name)
+def __getattr__(name: str) -> Any:
+    return load_public(__name__, _PUBLIC, name)
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+    return public_dir(__name__, _PUBLIC)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import datasets
 
@@ -21,19 +22,23 @@ from anchorclip.anchors.pool.steps import PROVENANCE_FILE
 from anchorclip.anchors.pool.store import dataset_fingerprint, model_fingerprint
 from anchorclip.distributed import launch_processes
 
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from transformers import CLIPModel, CLIPProcessor
+
 __all__ = ["check_cached_anchors", "retrieve_anchors"]
 
 
 def retrieve_anchors(
     args: RetrievalArguments,
-    pool=None,
+    pool: datasets.Dataset | datasets.IterableDataset | None = None,
     class_names: Sequence[str] | None = None,
     *,
-    finetune=None,
+    finetune: str | datasets.Dataset | None = None,
     leakage_sets: Sequence | None = None,
-    model=None,
-    processor=None,
-    accelerator=None,
+    model: CLIPModel | None = None,
+    processor: CLIPProcessor | None = None,
+    accelerator: Accelerator | None = None,
     reuse: bool = False,
 ) -> datasets.Dataset:
     """Run the retrieval job `args` describes: anchors for the classes, saved as a dataset at `args.output_dir`.
@@ -67,12 +72,28 @@ def retrieve_anchors(
         if cached:
             check_cached_anchors(args)
             return datasets.load_from_disk(args.output_dir)  # built by an earlier (or interrupted) run
-    loaded = {"finetune": finetune, "leakage_sets": leakage_sets, "model": model, "processor": processor}
     if args.pool_embeddings is not None:
         if pool is not None:
             raise ValueError("Pass either a pool or pool_embeddings, not both.")
-        return retrieve_from_precomputed(args, class_names, accelerator=accelerator, **loaded)
-    return retrieve_from_pool(args, pool, class_names, accelerator=accelerator, **loaded)
+        return retrieve_from_precomputed(
+            args,
+            class_names,
+            finetune=finetune,
+            leakage_sets=leakage_sets,
+            model=model,
+            processor=processor,
+            accelerator=accelerator,
+        )
+    return retrieve_from_pool(
+        args,
+        pool,
+        class_names,
+        finetune=finetune,
+        leakage_sets=leakage_sets,
+        model=model,
+        processor=processor,
+        accelerator=accelerator,
+    )
 
 
 def check_cached_anchors(args: RetrievalArguments) -> None:

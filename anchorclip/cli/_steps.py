@@ -12,7 +12,7 @@ from ..evaluation import GROUPS, EvalSet
 from ..evaluation.corruption_sets import CorruptionArguments, corruption_sets_from_args
 from ..evaluation.suites import SuiteEntry, build_eval_set, list_suites, load_suite_sets
 from ..modeling_anchorclip import AnchorCLIPModel
-from ..reporting import summarize
+from ..results import summarize
 from ..wise import wise_ft
 
 

@@ -26,7 +26,8 @@ DESCRIPTION = "Caption an image dataset with any HF captioning model (text-compe
 
 def parse_args(argv: Sequence[str] | None = None) -> CaptionArguments:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(CaptionArguments, prog="anchorclip caption", description=DESCRIPTION)
+    # transformers types dataclass_types as NewType(Any), which no class matches
+    parser = HfArgumentParser(CaptionArguments, prog="anchorclip caption", description=DESCRIPTION)  # type: ignore[arg-type]
     (args,) = parser.parse_args_into_dataclasses(args=argv)
     return args
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from accelerate import PartialState
 from transformers import CLIPProcessor, HfArgumentParser
@@ -23,7 +24,7 @@ from ..evaluation.corruption_sets import add_corruption_reports
 from ..evaluation.formats import scaled_size
 from ..hub import public_name
 from ..modeling_anchorclip import AnchorCLIPModel
-from ..reporting import format_results_table, result_rows, summarize, write_results
+from ..results import format_results_table, result_rows, summarize, write_results
 from ..templates import resolve_templates
 from ..trainer import AnchorCLIPTrainer
 from ..training_args import AnchorTrainingArguments
@@ -66,12 +67,13 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("anchorclip eval: --wise_between takes two checkpoints, ZERO_SHOT FINETUNED.")
     if args.wise_alphas and not args.wise_between:
         raise SystemExit("anchorclip eval: --wise_alphas needs --wise_between ZERO_SHOT FINETUNED.")
+    resolve_templates(args.eval_templates)  # an unknown template set fails here, before any model loads
     training_args = AnchorTrainingArguments(
         output_dir=args.output_dir,
         method="zeroshot",
         per_device_eval_batch_size=args.per_device_eval_batch_size,
         dataloader_num_workers=args.dataloader_num_workers,
-        eval_templates=resolve_templates(args.eval_templates),
+        eval_templates=args.eval_templates,
         bf16=args.bf16,
         use_cpu=args.use_cpu,
         report_to=[],
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not eval_sets:
         raise SystemExit("anchorclip eval: no evaluation set; give --eval_suite and/or --eval_datasets.")
 
-    results = {"method": "eval"}
+    results: dict[str, Any] = {"method": "eval"}
     if args.wise_between:
         zero_shot, finetuned = args.wise_between
         results["method"] = public_name(finetuned)  # the table's label of the finetuned row and its blends
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
 def parse_args(argv: list[str] | None = None) -> EvalArguments:
     """Both spellings of each flag (`--output_dir`, `--output-dir`); `anchorclip eval CONFIG.yaml` expands a
     config file into flags first (see `anchorclip.cli`)."""
-    parser = HfArgumentParser(EvalArguments)
+    parser = HfArgumentParser(EvalArguments)  # type: ignore[arg-type]  # transformers: NewType(Any), matching no class
     return parser.parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else list(argv))[0]
 
 

@@ -36,7 +36,7 @@ from anchorclip.data import LABEL_COLUMNS, class_names_from_features, find_colum
 from anchorclip.evaluation.corruption_sets import add_corruption_reports
 from anchorclip.evaluation.formats import class_names_from_file
 from anchorclip.lora import save_merged
-from anchorclip.reporting import format_results_table, result_rows, summarize, write_results
+from anchorclip.results import format_results_table, result_rows, summarize, write_results
 from anchorclip.train_data import check_steps_will_train
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ RetrievalFlags = prefixed_arguments(RETRIEVAL_PREFIX)
 
 
 @dataclass
-class DataArguments(EvalSetArguments, RetrievalFlags):
+class DataArguments(EvalSetArguments, RetrievalFlags):  # type: ignore[misc,valid-type]  # a class built at run time
     dataset_name: str | None = field(
         default=None, metadata={"help": "Finetune set: Hub id, image folder or save_to_disk folder ('spec:split')."}
     )
@@ -205,7 +205,8 @@ def _setup_logging(training_args) -> None:
 def parse_args(argv: list[str] | None = None):
     """`(model_args, data_args, training_args)`. Defaults live in the parser (`set_defaults`), so every spelling
     of a flag (`--output_dir`, `--output-dir`, `--output_dir=...`) overrides them alike."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, AnchorTrainingArguments))
+    # transformers types dataclass_types as NewType(Any), which no class matches
+    parser = HfArgumentParser((ModelArguments, DataArguments, AnchorTrainingArguments))  # type: ignore[arg-type]
     parser.set_defaults(output_dir=DEFAULT_OUTPUT_DIR)
     argv = sys.argv[1:] if argv is None else list(argv)
     # A first parse only decides whether this is the default world; its preset then becomes the parser's defaults.

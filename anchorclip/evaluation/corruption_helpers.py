@@ -42,10 +42,8 @@ def _cv2_gaussian_kernel(size: int, sigma: float) -> np.ndarray:
 
 def disk(radius: float, alias_blur: float = 0.1, dtype=np.float32) -> np.ndarray:
     """The reference's defocus kernel: a disk, normalised, antialiased by `cv2.GaussianBlur`."""
-    if radius <= 8:
-        grid, size = np.arange(-8, 8 + 1), 3
-    else:
-        grid, size = np.arange(-radius, radius + 1), 5
+    grid: np.ndarray = np.arange(-8, 8 + 1) if radius <= 8 else np.arange(-radius, radius + 1)
+    size = 3 if radius <= 8 else 5
     xs, ys = np.meshgrid(grid, grid)
     aliased = np.array((xs**2 + ys**2) <= radius**2, dtype=dtype)
     aliased /= np.sum(aliased)

@@ -64,7 +64,7 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
         return image
     ratio = size / min(width, height)
     resized = (max(size, round(width * ratio)), max(size, round(height * ratio)))
-    image = image.resize(resized, Image.BICUBIC)
+    image = image.resize(resized, Image.Resampling.BICUBIC)
     left, top = (resized[0] - size) // 2, (resized[1] - size) // 2
     return image.crop((left, top, left + size, top + size))
 

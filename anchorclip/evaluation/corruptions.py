@@ -176,8 +176,8 @@ def _frost_texture(index: int) -> Image.Image:
 
 @functools.lru_cache(maxsize=32)
 def _frost_resized(index: int, width: int, height: int) -> np.ndarray:
-    texture = _frost_texture(index).resize((width, height), Image.BICUBIC)  # cv2.INTER_CUBIC in the reference
-    texture = np.asarray(texture, dtype=np.float64)
+    resized = _frost_texture(index).resize((width, height), Image.Resampling.BICUBIC)  # cv2.INTER_CUBIC there
+    texture = np.asarray(resized, dtype=np.float64)
     texture.flags.writeable = False
     return texture
 

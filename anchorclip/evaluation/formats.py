@@ -89,10 +89,10 @@ def scaled_size(spec: str, fraction: float) -> int | None:
     found = registered_format(spec)
     if fraction == 1.0:
         return None
-    if found is None or found[0].num_rows is None:
+    num_rows = found[0].num_rows if found is not None else None
+    if found is None or num_rows is None:
         raise ValueError(f"{spec!r} is not a registered format's set with a known size: it cannot be scaled.")
-    eval_format, name = found
-    return max(8, round(eval_format.num_rows(name) * fraction))
+    return max(8, round(num_rows(found[1]) * fraction))
 
 
 def split_spec(spec: str, split: str | None = None) -> tuple[str, str | None]:
@@ -139,16 +139,16 @@ def load_eval_dataset(
     if os.path.isdir(path):
         data_format = local_format(path)  # CSV / JSON / parquet, metadata.jsonl: read by load_dataset_any below
         if is_wds_folder(path) and data_format in ("webdataset", None):
-            return load_wds_folder(path, split or "test", cache_dir=cache_dir)
+            return _load_wds_folder(path, split or "test", cache_dir=cache_dir)
         if not _is_saved_dataset(path) and data_format in ("imagefolder", None) and not has_metadata(path):
-            return load_imagefolder(path, split, class_names_file)
+            return _load_imagefolder(path, split, class_names_file)
     elif os.path.basename(path.rstrip("/")).startswith("wds_"):
-        return load_wds_hub(path, split or "test", cache_dir=cache_dir)
+        return _load_wds_hub(path, split or "test", cache_dir=cache_dir)
     dataset = load_dataset_any(path, split=split or "test")
     return dataset, SourceInfo(kind="dataset", metadata={"spec": spec, "split": split or "test"})
 
 
-def load_wds_hub(
+def _load_wds_hub(
     repo_id: str, split: str = "test", cache_dir: str | None = None
 ) -> tuple[datasets.Dataset, SourceInfo]:
     """Download one split of a CLIP_benchmark Hub webdataset (e.g. `clip-benchmark/wds_imagenet-a`) and load it.
@@ -159,12 +159,12 @@ def load_wds_hub(
     from huggingface_hub import snapshot_download
 
     root = snapshot_download(repo_id, repo_type="dataset", allow_patterns=[f"{split}/*", *WDS_META_FILES])
-    dataset, info = load_wds_folder(root, split, cache_dir=cache_dir)
+    dataset, info = _load_wds_folder(root, split, cache_dir=cache_dir)
     info.metadata["spec"] = repo_id
     return dataset, info
 
 
-def load_wds_folder(
+def _load_wds_folder(
     root: str, split: str = "test", cache_dir: str | None = None
 ) -> tuple[datasets.Dataset, SourceInfo]:
     """Read a CLIP_benchmark webdataset folder's split into a Dataset (`image` bytes undecoded, `label` int).
@@ -242,7 +242,9 @@ def _members(shard: str, read_images: bool = True):
                         raise tarfile.ReadError(f"{member.name} ends past the end of the file")
                     yield os.path.join(directory, stem), extension, None
                     continue
-                yield os.path.join(directory, stem), extension, tar.extractfile(member).read()
+                file = tar.extractfile(member)
+                assert file is not None  # a regular file (member.isfile() above)
+                yield os.path.join(directory, stem), extension, file.read()
     except (tarfile.TarError, OSError, EOFError) as error:
         raise ValueError(f"{shard} is unreadable or truncated: {error}") from error
 
@@ -281,7 +283,7 @@ def _wds_examples(stamps):
             yield {"image": {"bytes": image, "path": None}, "label": int(text), "key": key}
 
 
-def load_imagefolder(
+def _load_imagefolder(
     path: str, split: str | None = None, names_file: str | None = None
 ) -> tuple[datasets.Dataset, SourceInfo]:
     """An ImageFolder as an evaluation set: its only split when `split` is absent, names from `names_file`.
@@ -317,7 +319,7 @@ def class_names_from_file(path: str, label_names: list[str] | None = None) -> li
             raise ValueError(f"{path} has no name for {len(missing)} labels, e.g. {missing[:3]}.")
         return [mapping[label] for label in label_names]
     if names is None:
-        raise ValueError(f"{path} is a mapping ({len(mapping)} entries) but there are no folder names to map.")
+        raise ValueError(f"{path} is a mapping ({len(mapping or {})} entries) but there are no folder names to map.")
     if label_names is not None and len(names) != len(label_names):
         raise ValueError(f"{path} lists {len(names)} names; the dataset has {len(label_names)} labels.")
     return names

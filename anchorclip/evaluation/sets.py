@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-# corruption / corruption_val: ImageNet-C style corrupted copies (anchorclip.evaluation.corruption_sets)
+if TYPE_CHECKING:
+    import datasets
+
+#: The groups an `EvalSet` belongs to; the results table averages each group's sets. `corruption` /
+#: `corruption_val`: ImageNet-C style corrupted copies (`anchorclip.evaluation.corruption_sets`).
 GROUPS = ("id", "domain_shift", "zero_shot", "retrieval", "corruption", "corruption_val")
+#: The groups of classification sets (all but `retrieval`).
 CLASSIFICATION_GROUPS = ("id", "domain_shift", "zero_shot", "corruption", "corruption_val")
 
 
@@ -23,7 +29,7 @@ class EvalSet:
     (`caption_column`); image->text and text->image recall@{1,5,10} are measured over the whole set.
     """
 
-    dataset: object
+    dataset: datasets.Dataset
     group: str = "id"
     class_names: list[str] | None = None
     templates: list[str] | None = None

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from typing import Any, TypeGuard
 
 import yaml
 
@@ -195,7 +196,8 @@ def load_suite_sets(
     return {e.name: build_eval_set(e, data_root, cache_dir, miniworld_size) for e in entries}
 
 
-def _is_key(spec, key: str) -> bool:
+def _is_key(spec: object, key: str) -> TypeGuard[dict[str, Any]]:
+    """Whether `spec` is a mapping with the one key `key` (e.g. `{"file": ...}`)."""
     return isinstance(spec, dict) and set(spec) == {key}
 
 

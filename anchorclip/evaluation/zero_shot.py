@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,13 @@ from ..data import (
 from .metrics import classification_metrics, retrieval_metrics
 from .sets import EvalSet
 
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from transformers import PreTrainedTokenizerBase
+
+    from ..modeling_anchorclip import AnchorCLIPModel
+    from ..transforms import ImageTransform
+
 logger = logging.getLogger(__name__)
 
 RETRIEVAL_KS = (1, 5, 10)
@@ -43,10 +51,10 @@ class ZeroShotScorer:
 
     def __init__(
         self,
-        model,
-        tokenizer,
-        transform,
-        accelerator,
+        model: AnchorCLIPModel,
+        tokenizer: PreTrainedTokenizerBase,
+        transform: ImageTransform,
+        accelerator: Accelerator,
         *,
         batch_size: int,
         num_workers: int = 0,
@@ -76,6 +84,7 @@ class ZeroShotScorer:
         class_names = eval_set.class_names or class_names_from_features(dataset, label_column)
         if not class_names:
             raise ValueError("An evaluation set needs class names: a ClassLabel column or EvalSet(class_names=...).")
+        scale: torch.Tensor | float  # the logits' temperature: the model's, or 1 for the trained head
         if self.finetune_head is not None and list(class_names) == list(self.finetune_head[0]):
             head, scale = self.finetune_head[1].float(), 1.0
         else:
@@ -87,8 +96,9 @@ class ZeroShotScorer:
                 )
             head = self._zero_shot_head(class_names, eval_set.templates or self.templates)
             scale = self.model.logit_scale.exp().float()
-        subset = _subset_index(eval_set.class_subset, head.device) if eval_set.class_subset else None
-        num_classes = len(eval_set.class_subset) if subset is not None else len(class_names)
+        class_subset = cast("list[list[int]] | None", eval_set.class_subset)  # lists, after EvalSet.__post_init__
+        subset = _subset_index(class_subset, head.device) if class_subset else None
+        num_classes = len(class_subset) if class_subset else len(class_names)
         metrics = classification_metrics(num_classes)
         k = min(5, num_classes)
         images = self._images(dataset, image_column, label_column, "zero-shot eval", eval_set.image_transform)
@@ -115,29 +125,31 @@ class ZeroShotScorer:
         image_column = find_column(dataset, eval_set.image_column, IMAGE_COLUMNS, "image")
         caption_column = find_column(dataset, eval_set.caption_column, CAPTION_COLUMNS, "caption")
         captions = dataset.select_columns([caption_column])[caption_column]
-        texts, text_image = [], []  # every caption, and the image row it belongs to
+        texts: list[str] = []  # every caption
+        text_rows: list[int] = []  # the image row each caption belongs to
         for row, value in enumerate(captions):
             for caption in [value] if isinstance(value, str) else list(value or []):
                 texts.append(caption)
-                text_image.append(row)
+                text_rows.append(row)
         if not texts:
             raise ValueError(f"The retrieval set has no captions in its {caption_column!r} column.")
-        image_embeds, valid = [], []
+        image_embeds: list[torch.Tensor] = []
+        decoded: list[torch.Tensor] = []
         for pixel_values, labels in self._images(dataset, image_column, None, "zero-shot retrieval"):
             embeds = self._embed_images(pixel_values)
             embeds, labels = self.accelerator.gather_for_metrics((embeds, labels.to(embeds.device)))
             image_embeds.append(embeds.cpu())
-            valid.append(labels.cpu() >= 0)
-        images, valid = torch.cat(image_embeds), torch.cat(valid)
+            decoded.append(labels.cpu() >= 0)
+        images, valid = torch.cat(image_embeds), torch.cat(decoded)
         text_embeds = self._embed_texts(texts).cpu()
-        text_image = torch.tensor(text_image)
+        text_image = torch.tensor(text_rows)
         similarity = images @ text_embeds.t()
         similarity[~valid] = -torch.inf  # undecodable images are never retrieved and retrieve nothing
         kmax = max(RETRIEVAL_KS)
         image2text = retrieval_metrics("image2text", RETRIEVAL_KS)
         ranked = similarity.topk(min(kmax, len(texts)), dim=1).indices
         ranked[~valid] = -1
-        positives = [[] for _ in range(len(images))]
+        positives: list[list[int]] = [[] for _ in range(len(images))]
         for text, row in enumerate(text_image.tolist()):
             positives[row].append(text)
         image2text.add_batch(predictions=ranked.tolist(), references=positives)

@@ -18,8 +18,11 @@ from . import sections
 from .names import is_hub_id, public_name, public_values
 from .sections import GROUP_TITLES, METHOD_TITLES, has_adapters
 
+#: The model card's `pipeline_tag`: the Hub task a finetuned checkpoint serves.
 TASK = "zero-shot-image-classification"
+#: The model card template (`huggingface_hub.ModelCard.from_template`) shipped with anchorclip.
 TEMPLATE_PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "model_card_template.md")
+#: The BibTeX entry of the ARF paper, cited by every model card.
 ARF_CITATION = """@inproceedings{arf2024,
   title     = {Anchor-based Robust Finetuning of Vision-Language Models},
   author    = {Han and Lin and Sun and Gao and Yan and Ding and Gao and Xia},
@@ -164,7 +167,7 @@ def validate_card_locally(card: ModelCard | str) -> tuple[ModelCardData, list[Ev
             raise ValueError(f"The model card has no {key!r}.")
     if metadata["pipeline_tag"] != TASK:
         raise ValueError(f"pipeline_tag is {metadata['pipeline_tag']!r}, expected {TASK!r}.")
-    eval_list = []
+    eval_list: list[EvalResult] = []
     if "model-index" in metadata:
         _, eval_list = model_index_to_eval_results(metadata["model-index"])
         for result in eval_list:

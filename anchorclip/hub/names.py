@@ -9,16 +9,17 @@ from __future__ import annotations
 import json
 import os
 import re
+from typing import Any, TypeGuard
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def is_hub_id(name) -> bool:
+def is_hub_id(name: object) -> TypeGuard[str]:
     """A `namespace/name` string that is not a local path (only such ids belong in `base_model`/`datasets`)."""
     return isinstance(name, str) and bool(_REPO_ID.match(name)) and not os.path.exists(name)
 
 
-def public_name(name):
+def public_name(name: Any) -> Any:
     """How a card names a model or dataset: a Hub id as is; a local folder by the Hub id that its config.json
     records (`_name_or_path`) or that its Hub-cache path holds (`models--org--name/snapshots/<rev>`), else by
     the folder's base name -- never by the training machine's path."""
@@ -43,7 +44,7 @@ def public_name(name):
     return recorded if is_hub_id(recorded) else os.path.basename(path)
 
 
-def public_values(value):
+def public_values(value: Any) -> Any:
     """`value` (results, arguments) with every absolute path, alone or after "=" (`NAME@GROUP=PATH`), replaced
     by its `public_name`."""
     if isinstance(value, dict):

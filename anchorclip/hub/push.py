@@ -12,15 +12,21 @@ import json
 import logging
 import os
 import shutil
+from concurrent.futures import Future
+from typing import TYPE_CHECKING
 
-from huggingface_hub import HfApi
+from huggingface_hub import CommitInfo, HfApi
 from transformers.trainer_utils import HubStrategy
 
 from .names import public_values
-from .runs import CARD_KWARGS, trainer_model_card, trainer_results
+from .runs import CARD_KWARGS, run_output_dir, trainer_model_card, trainer_results
+
+if TYPE_CHECKING:
+    from .trainer_hooks import HubTrainerMixin
 
 logger = logging.getLogger(__package__)  # "anchorclip.hub", as before the split
 
+#: The folder under `output_dir` where `push_to_hub` writes what it uploads.
 UPLOAD_DIR = "hub_upload"
 
 
@@ -32,7 +38,7 @@ def hub_offline() -> bool:
     return constants.HF_HUB_OFFLINE or any(str(v).upper() in ("1", "ON", "YES", "TRUE") for v in flags if v)
 
 
-def init_hf_repo(trainer, token: str | None = None, private: bool | None = None) -> None:
+def init_hf_repo(trainer: HubTrainerMixin, token: str | None = None, private: bool | None = None) -> None:
     """`Trainer.init_hf_repo` (called when the trainer is built): create the repository, or raise at once.
 
     Only a declared offline mode (`hub_offline()`) skips it; any other failure raises here, before training,
@@ -47,7 +53,7 @@ def init_hf_repo(trainer, token: str | None = None, private: bool | None = None)
             "with --hub_strategy end), as one clean folder; checkpoints stay local.",
             args.hub_strategy.value if isinstance(args.hub_strategy, HubStrategy) else args.hub_strategy,
         )
-    repo_name = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
+    repo_name = args.hub_model_id or os.path.basename(os.path.abspath(run_output_dir(trainer)))
     trainer.hub_model_id, trainer.push_in_progress = repo_name, None
     if hub_offline():
         trainer._hub_offline = "HF_HUB_OFFLINE is set"
@@ -69,14 +75,16 @@ def init_hf_repo(trainer, token: str | None = None, private: bool | None = None)
     trainer._hub_offline = None
 
 
-def prepare_upload_folder(trainer, folder: str | None = None, results: dict | None = None, **card_kwargs) -> str:
+def prepare_upload_folder(
+    trainer: HubTrainerMixin, folder: str | None = None, results: dict | None = None, **card_kwargs
+) -> str:
     """Write the folder `push_to_hub` uploads: plain CLIP checkpoint, processor, results.json, README.md card.
 
     Call on every process (saving may be collective); only the main process writes.
     """
     from ..lora import is_lora_model, merge_lora
 
-    folder = folder or os.path.join(trainer.args.output_dir, UPLOAD_DIR)
+    folder = folder or os.path.join(run_output_dir(trainer), UPLOAD_DIR)
     model = trainer.accelerator.unwrap_model(trainer.model)
     main = trainer.is_world_process_zero()
     if main and os.path.isdir(folder):
@@ -104,7 +112,7 @@ def prepare_upload_folder(trainer, folder: str | None = None, results: dict | No
 
 
 def push_to_hub(
-    trainer,
+    trainer: HubTrainerMixin,
     commit_message: str | None = "End of training",
     blocking: bool = True,
     token: str | None = None,
@@ -113,7 +121,7 @@ def push_to_hub(
     results: dict | None = None,
     folder: str | None = None,
     **card_kwargs,
-):
+) -> CommitInfo | Future[CommitInfo] | str | None:
     """`AnchorCLIPTrainer.push_to_hub`: write the upload folder, then upload it (see `anchorclip.hub`).
 
     Returns the `CommitInfo` (or a future with `blocking=False`) or, when offline, the folder path.
@@ -145,7 +153,7 @@ def push_to_hub(
             commit_message=commit_message,
             token=token,
             revision=revision if revision is not None else trainer.args.hub_revision,
-            run_as_future=not blocking,
+            run_as_future=not blocking,  # type: ignore[call-overload]  # its overloads take Literal[True/False] only
         )
     except Exception as error:
         raise RuntimeError(

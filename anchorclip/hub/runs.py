@@ -6,30 +6,40 @@ from __future__ import annotations
 
 import json
 import os
+from typing import TYPE_CHECKING, Any
 
 import torch
 from huggingface_hub import ModelCard
 
-from ..reporting import summarize
+from ..results import summarize
 from .card import build_model_card
+
+if TYPE_CHECKING:
+    from .trainer_hooks import HubTrainerMixin
 
 CARD_KWARGS = ("license", "tags", "finetune_dataset")  # what callers may pass on to `build_model_card`
 
 
-def trainer_results(trainer, results: dict | None) -> dict:
+def run_output_dir(trainer: HubTrainerMixin) -> str:
+    """The run's `output_dir` (TrainingArguments fills in a default where none is given)."""
+    assert trainer.args.output_dir is not None
+    return trainer.args.output_dir
+
+
+def trainer_results(trainer: HubTrainerMixin, results: dict | None) -> dict:
     """The run's results: given, else `<output_dir>/results.json`, else the last `evaluate()` in the logs."""
     if results is not None:
         return results
-    path = os.path.join(trainer.args.output_dir, "results.json")
+    path = os.path.join(run_output_dir(trainer), "results.json")
     if os.path.isfile(path):
         with open(path) as handle:
             return json.load(handle)
     return logged_results(trainer)
 
 
-def logged_results(trainer) -> dict:
+def logged_results(trainer: HubTrainerMixin) -> dict:
     """What the trainer's logs hold of the run's results: the last `evaluate()`, training time, hardware."""
-    found = {"method": trainer.args.method}
+    found: dict[str, Any] = {"method": trainer.args.method}
     for entry in reversed(trainer.state.log_history):
         if any(key.startswith("eval_") and key.endswith(("_top1", "_mean_recall")) for key in entry):
             found["finetuned"] = summarize(entry, "eval")
@@ -65,7 +75,11 @@ def _lora_description(model, adapters: bool) -> dict | None:
 
 
 def trainer_model_card(
-    trainer, results: dict | None = None, repo_id: str | None = None, adapters: bool = False, **kwargs
+    trainer: HubTrainerMixin,
+    results: dict | None = None,
+    repo_id: str | None = None,
+    adapters: bool = False,
+    **kwargs,
 ) -> ModelCard:
     """`build_model_card` from a trainer's model, arguments and results; `adapters`: the card of a folder that
     holds a LoRA model's adapters (not the merged checkpoint)."""
@@ -83,7 +97,7 @@ def trainer_model_card(
     return build_model_card(
         results,
         {k: v for k, v in trainer.args.to_dict().items() if "token" not in k},
-        repo_id=repo_id or trainer.hub_model_id or trainer.args.hub_model_id or default_repo(trainer),
+        repo_id=repo_id or trainer.hub_model_id or trainer.args.hub_model_id or _default_repo(trainer),
         base_model=base_model,
         finetune_dataset=dataset,
         class_names=getattr(base.config, "class_names", None),
@@ -94,12 +108,14 @@ def trainer_model_card(
     )
 
 
-def default_repo(trainer) -> str:
+def _default_repo(trainer) -> str:
     """The repository name when none is given: the output folder's name."""
     return os.path.basename(os.path.abspath(trainer.args.output_dir))
 
 
-def write_model_card(trainer, output_dir: str | None = None, results: dict | None = None, **kwargs) -> str:
+def write_model_card(
+    trainer: HubTrainerMixin, output_dir: str | None = None, results: dict | None = None, **kwargs
+) -> str:
     """`Trainer.create_model_card` for anchorclip: write `README.md` to `output_dir` (default the trainer's),
     where the trainer saved the model (for a LoRA model: its adapters, so the card describes those)."""
     from ..lora import is_lora_model
@@ -109,6 +125,6 @@ def write_model_card(trainer, output_dir: str | None = None, results: dict | Non
         kwargs["tags"] = [kwargs["tags"]]
     adapters = is_lora_model(trainer.accelerator.unwrap_model(trainer.model))
     card = trainer_model_card(trainer, results, adapters=adapters, **kwargs)
-    path = os.path.join(output_dir or trainer.args.output_dir, "README.md")
+    path = os.path.join(output_dir or run_output_dir(trainer), "README.md")
     card.save(path)
     return path

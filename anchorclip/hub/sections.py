@@ -11,6 +11,7 @@ from typing import Any
 from ..evaluation import GROUPS
 from .names import is_hub_id
 
+#: The model card's title of each evaluation group.
 GROUP_TITLES = {
     "id": "ID",
     "domain_shift": "domain shift",
@@ -20,6 +21,7 @@ GROUP_TITLES = {
     "corruption_val": "validation corruptions",
 }
 _MEAN_TITLES = {"retrieval": "retrieval"}  # group-mean rows: the metric is in the sets' group column
+#: The model card's title of each training method.
 METHOD_TITLES = {
     "arf": "ARF (Anchor-based Robust Finetuning)",
     "flyp": "FLYP (contrastive finetuning with class prompts)",

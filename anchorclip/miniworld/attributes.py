@@ -4,12 +4,14 @@ Class names are the words the captions use, so a zero-shot head built from them 
 Order matters: a `ClassLabel` index is a position in one of these tuples, in every split.
 """
 
+#: Every shape of the world, seen and unseen.
 SHAPES = (
     "circle", "square", "triangle", "star", "heart", "cross",
     "diamond", "hexagon", "pentagon", "ring", "crescent", "arrow",
 )  # fmt: skip
-# The finetune task sees 8 shapes; the other 4 are held out for the zero-shot (unseen classes) evaluation.
+#: The finetune task sees 8 shapes; these 4 are held out for the zero-shot (unseen classes) evaluation.
 UNSEEN_SHAPES = ("pentagon", "ring", "crescent", "arrow")
+#: The shapes of the finetune task.
 SEEN_SHAPES = tuple(shape for shape in SHAPES if shape not in UNSEEN_SHAPES)
 
 # Saturated colours that stand out on the light, neutral backgrounds.
@@ -23,6 +25,7 @@ COLOURS = {
     "pink": (240, 110, 180),
     "brown": (120, 70, 30),
 }
+#: The colour names a shape is drawn in.
 COLOUR_NAMES = tuple(COLOURS)
 
 SIZES = ("small", "large")
@@ -38,11 +41,13 @@ POSITION_XY = {
     "bottom right": (46, 46),
 }
 
+#: The background patterns.
 BACKGROUNDS = ("plain", "striped", "dotted", "checkered")
 
-# Rendering style is the domain: the finetune task is photo-only, the other styles are the domain shift.
+#: Rendering styles, the domains: the finetune task is photo-only, the other styles are the domain shift.
 STYLES = ("photo", "sketch", "painting", "pixel art")
 
+#: Each attribute of a scene and its values (the dataset's ClassLabel columns).
 ATTRIBUTES = {
     "shape": SHAPES,
     "colour": COLOUR_NAMES,

@@ -15,18 +15,19 @@ from .splits import SPLITS, VERSION, class_names, load_miniworld_split
 PREFIX = "miniworld"
 
 
-def load_eval_split(name: str, size: int | None = None) -> tuple[datasets.Dataset, SourceInfo]:
+def _load_eval_split(name: str, size: int | None = None) -> tuple[datasets.Dataset, SourceInfo]:
     """A miniworld split (generated on first use, `size` rows if given) with its class names and templates."""
     dataset = load_miniworld_split(name, size=size)
     spec = SPLITS[name]
     metadata = {"source": PREFIX, "version": VERSION, "split": name, "group": spec.group}
     if spec.classes is None:  # an image-caption split (retrieval)
         return dataset, SourceInfo(PREFIX, image_column="image", caption_column="caption", metadata=metadata)
-    templates = list(EVAL_TEMPLATES["shape" if spec.label == "shape" else spec.label])
+    assert spec.label is not None  # set with spec.classes (a labelled split)
+    templates = list(EVAL_TEMPLATES[spec.label])
     return dataset, SourceInfo(PREFIX, class_names(name), templates, "image", "label", metadata=metadata)
 
 
-EVAL_FORMAT = EvalFormat(load=load_eval_split, num_rows=lambda name: SPLITS[name].size)
+EVAL_FORMAT = EvalFormat(load=_load_eval_split, num_rows=lambda name: SPLITS[name].size)
 # What a command registers without importing the world (it is imported on the first `miniworld:` spec).
 EVAL_FORMAT_NAME = f"{__name__}:EVAL_FORMAT"
 

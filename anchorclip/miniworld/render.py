@@ -31,7 +31,7 @@ def _flat_scene(mask: np.ndarray, colour: np.ndarray, ink: np.ndarray, rng: np.r
     return background * (1 - mask[..., None]) + colour * mask[..., None]
 
 
-def render_photo(mask, colour, ink, center, radius, rng) -> Image.Image:
+def _render_photo(mask, colour, ink, center, radius, rng) -> Image.Image:
     base = neutral_base(rng)
     background = np.where(ink[..., None], base * rng.uniform(0.72, 0.85), base)
     # Drop shadow: the mask shifted down-right and blurred darkens the background.
@@ -48,7 +48,7 @@ def render_photo(mask, colour, ink, center, radius, rng) -> Image.Image:
     return _to_image(scene)
 
 
-def render_sketch(mask, colour, ink, center, radius, rng) -> Image.Image:
+def _render_sketch(mask, colour, ink, center, radius, rng) -> Image.Image:
     paper = np.array([245.0, 240.0, 225.0]) + rng.uniform(-8, 8, size=3)
     # Pencil marks for the pattern are faint; only their outlines are drawn, like hatching.
     ink_edges = ink & ~np.asarray(Image.fromarray(ink.astype(np.uint8) * 255).filter(ImageFilter.MinFilter(3)), bool)
@@ -62,7 +62,7 @@ def render_sketch(mask, colour, ink, center, radius, rng) -> Image.Image:
     return _to_image(scene)
 
 
-def render_painting(mask, colour, ink, center, radius, rng) -> Image.Image:
+def _render_painting(mask, colour, ink, center, radius, rng) -> Image.Image:
     scene = _flat_scene(mask, colour, ink, rng)
     # Low-frequency colour noise: a 4x4 random field blown up smoothly, like uneven brush strokes.
     field = rng.normal(0, 14, size=(4, 4, 3)) + 128
@@ -71,7 +71,7 @@ def render_painting(mask, colour, ink, center, radius, rng) -> Image.Image:
     return _to_image(_downsample(np.asarray(blurred, dtype=np.float64)))
 
 
-def render_pixel_art(mask, colour, ink, center, radius, rng) -> Image.Image:
+def _render_pixel_art(mask, colour, ink, center, radius, rng) -> Image.Image:
     scene = _flat_scene(mask, colour, ink, rng)
     small = np.asarray(_to_image(scene).resize((16, 16), Image.Resampling.BOX), dtype=np.float64)
     small = np.round(small / 51) * 51  # posterise to 6 levels per channel
@@ -83,10 +83,10 @@ def render_pixel_art(mask, colour, ink, center, radius, rng) -> Image.Image:
 
 
 RENDERERS = {
-    "photo": render_photo,
-    "sketch": render_sketch,
-    "painting": render_painting,
-    "pixel art": render_pixel_art,
+    "photo": _render_photo,
+    "sketch": _render_sketch,
+    "painting": _render_painting,
+    "pixel art": _render_pixel_art,
 }
 
 

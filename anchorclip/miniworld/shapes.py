@@ -39,7 +39,7 @@ def _heart(steps: int = 40) -> list[tuple[float, float]]:
 _CIRCLE = _regular(40)
 _CROSS_ARM = 0.33
 # Each shape: list of (polygon, fill) drawn in order; fill 0 cuts a hole into what came before.
-POLYGONS = {
+POLYGONS: dict[str, list[tuple[list[tuple[float, float]], int]]] = {
     "circle": [(_CIRCLE, 255)],
     "square": [(_regular(4, 1.0, 45.0), 255)],
     "triangle": [(_regular(3, 1.05), 255)],

@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import datasets
 
@@ -22,7 +23,10 @@ from .attributes import ATTRIBUTES, BACKGROUNDS, COLOUR_NAMES, SEEN_SHAPES, SHAP
 from .prompts import EVAL_TEMPLATES
 from .world import make_example
 
-# Bump when rendering, captions or split definitions change: old caches are then simply not found.
+if TYPE_CHECKING:
+    from anchorclip.evaluation import EvalSet
+
+#: Bumped when rendering, captions or split definitions change: old caches are then simply not found.
 VERSION = "v1"
 
 
@@ -42,6 +46,7 @@ def _test(name, seed, group, label, classes, shapes=SEEN_SHAPES, styles=("photo"
     return SplitSpec(f"test_{name}", seed, 1000, shapes, styles, label, classes, group)
 
 
+#: Every split of the world by name, with its seed, size, shapes, styles and label.
 SPLITS = {
     spec.name: spec
     for spec in (
@@ -61,6 +66,7 @@ SPLITS = {
         SplitSpec("test_retrieval", 2008, 1000, group="retrieval"),
     )
 }
+#: The test splits (those with an evaluation group), in table order.
 EVAL_SPLITS = tuple(name for name, spec in SPLITS.items() if spec.group is not None)
 
 
@@ -70,10 +76,10 @@ def cache_root() -> str:
     return os.path.join(base, "miniworld", VERSION)
 
 
-def split_features(spec: SplitSpec) -> datasets.Features:
+def _split_features(spec: SplitSpec) -> datasets.Features:
     features = {"image": datasets.Image(), "caption": datasets.Value("string")}
     features.update({name: datasets.ClassLabel(names=list(values)) for name, values in ATTRIBUTES.items()})
-    if spec.label is not None:
+    if spec.label is not None and spec.classes is not None:  # set together (a labelled split)
         features["label"] = datasets.ClassLabel(names=list(spec.classes))
     features["index"] = datasets.Value("int32")
     return datasets.Features(features)
@@ -91,13 +97,13 @@ def _generate(spec: SplitSpec, seed: int, ranges: list[tuple[int, int]]):
         for index in range(start, stop):
             example = make_example(seed, index, spec.shapes, spec.styles)
             example["image"] = {"bytes": _png_bytes(example["image"]), "path": None}
-            if spec.label is not None:
+            if spec.label is not None and spec.classes is not None:  # set together (a labelled split)
                 example["label"] = spec.classes.index(example[spec.label])
             example["index"] = index
             yield example
 
 
-def generate_split(spec: SplitSpec, size: int, seed: int, num_proc: int | None = None, cache_dir=None):
+def _generate_split(spec: SplitSpec, size: int, seed: int, num_proc: int | None = None, cache_dir=None):
     """Render `size` examples of `spec` with `seed` into a `datasets.Dataset` (rows in index order)."""
     chunk = 1000
     ranges = [(start, min(start + chunk, size)) for start in range(0, size, chunk)]
@@ -105,7 +111,7 @@ def generate_split(spec: SplitSpec, size: int, seed: int, num_proc: int | None =
     return datasets.Dataset.from_generator(
         _generate,
         gen_kwargs={"spec": spec, "seed": seed, "ranges": ranges},
-        features=split_features(spec),
+        features=_split_features(spec),
         num_proc=num_proc if num_proc > 1 else None,
         cache_dir=cache_dir,
     )
@@ -127,7 +133,7 @@ def load_miniworld_split(
     if not os.path.isdir(path):
         os.makedirs(cache_root(), exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache_root(), prefix=".tmp-") as scratch:
-            dataset = generate_split(spec, size, seed, num_proc, cache_dir=os.path.join(scratch, "arrow"))
+            dataset = _generate_split(spec, size, seed, num_proc, cache_dir=os.path.join(scratch, "arrow"))
             staging = os.path.join(scratch, "saved")
             dataset.save_to_disk(staging)
             del dataset
@@ -146,7 +152,9 @@ def class_names(name: str) -> list[str]:
     return list(spec.classes)
 
 
-def miniworld_eval_sets(size_per_set: int | None = None, seed: int | None = None, num_proc: int | None = None):
+def miniworld_eval_sets(
+    size_per_set: int | None = None, seed: int | None = None, num_proc: int | None = None
+) -> dict[str, EvalSet]:
     """The evaluation sets as `anchorclip.evaluation.EvalSet`s, keyed by split name (`test_photo`, ...).
 
     Groups: `test_photo` is `id`; `test_sketch`, `test_painting`, `test_pixel_art` are `domain_shift`;
@@ -169,11 +177,13 @@ def miniworld_eval_sets(size_per_set: int | None = None, seed: int | None = None
                 metadata={"source": "miniworld", "version": VERSION, "split": name},
             )
             continue
+        label, classes, group = spec.label, spec.classes, spec.group
+        assert label is not None and classes is not None and group is not None  # a labelled test split (_test)
         eval_sets[name] = EvalSet(
             dataset,
-            group=spec.group,
-            class_names=list(spec.classes),
-            templates=list(EVAL_TEMPLATES["shape" if spec.label == "shape" else spec.label]),
+            group=group,
+            class_names=list(classes),
+            templates=list(EVAL_TEMPLATES[label]),
             image_column="image",
             label_column="label",
             metadata={

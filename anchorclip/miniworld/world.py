@@ -6,7 +6,9 @@ slice of any split can be regenerated anywhere, in any order, by any number of w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +32,7 @@ class Scene:
     angle: float
 
 
-def sample_scene(rng: np.random.Generator, shapes=SHAPES, styles=STYLES) -> Scene:
+def _sample_scene(rng: np.random.Generator, shapes=SHAPES, styles=STYLES) -> Scene:
     """Attributes uniformly at random (shape among `shapes`, style among `styles`), plus jitter."""
 
     def pick(options):
@@ -46,10 +48,12 @@ def sample_scene(rng: np.random.Generator, shapes=SHAPES, styles=STYLES) -> Scen
     return Scene(shape, colour, size, position, background, style, rgb, center, radius, angle)
 
 
-def make_example(seed: int, index: int, shapes=SHAPES, styles=STYLES) -> dict:
+def make_example(
+    seed: int, index: int, shapes: Sequence[str] = SHAPES, styles: Sequence[str] = STYLES
+) -> dict[str, Any]:
     """One example: a 32x32 PIL image, its caption, and its attribute names."""
     rng = np.random.default_rng([seed, index])
-    scene = sample_scene(rng, shapes, styles)
+    scene = _sample_scene(rng, shapes, styles)
     image = render(scene, rng)
     caption = make_caption(scene, rng)
     return {

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import inspect
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +53,8 @@ class CaptionPreprocessor:
             return self.prompt
         # Chat VLMs (Qwen2-VL, SmolVLM, LLaVA, ...) need the image placeholder and the role markup of their template.
         template_owner = self.processor if self.processor is not None else self.tokenizer
+        if template_owner is None:
+            raise ValueError("chat_template=True needs the captioner's processor or tokenizer (it has neither).")
         content: list[dict[str, str]] = [{"type": "image"}]
         content.append({"type": "text", "text": self.prompt or "Describe this image in one sentence."})
         messages = [{"role": "user", "content": content}]
@@ -92,7 +97,7 @@ class Captioner:
 
     def __init__(
         self,
-        model,
+        model: PreTrainedModel,
         preprocessor: CaptionPreprocessor,
         *,
         max_new_tokens: int = 30,
@@ -127,9 +132,9 @@ class Captioner:
         trust_remote_code: bool = False,
     ) -> Captioner:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model = load_captioning_model(model_name_or_path, resolve_dtype(dtype, device), trust_remote_code)
+        model = _load_captioning_model(model_name_or_path, _resolve_dtype(dtype, device), trust_remote_code)
         model.to(device)
-        preprocessor = load_preprocessor(model, model_name_or_path, prompt, chat_template, trust_remote_code)
+        preprocessor = _load_preprocessor(model, model_name_or_path, prompt, chat_template, trust_remote_code)
         return cls(
             model,
             preprocessor,
@@ -186,7 +191,12 @@ class Captioner:
         for key in ("decoder_input_ids", "input_ids"):
             prefix = inputs.get(key)
             length = prefix.shape[1] if prefix is not None else 0
-            if length and outputs.shape[1] >= length and torch.equal(outputs[:, :length].to(prefix.device), prefix):
+            if (
+                prefix is not None
+                and length
+                and outputs.shape[1] >= length
+                and torch.equal(outputs[:, :length].to(prefix.device), prefix)
+            ):
                 outputs = outputs[:, length:]
                 break
         decoder = self.preprocessor.tokenizer or self.preprocessor.processor
@@ -205,7 +215,7 @@ class Captioner:
         return self.generate(self.preprocessor(images))
 
 
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+def _resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     """`"auto"` is bf16 on GPUs that support it, else fp16 on GPU, and fp32 on CPU (CPU half precision is slow)."""
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -218,7 +228,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return DTYPES[dtype]
 
 
-def load_captioning_model(model_name_or_path: str, dtype: torch.dtype, trust_remote_code: bool = False):
+def _load_captioning_model(model_name_or_path: str, dtype: torch.dtype, trust_remote_code: bool = False):
     """Load any HF captioner: `AutoModelForImageTextToText` first (it covers what the old "image-to-text" task
     and `AutoModelForVision2Seq` covered, including `VisionEncoderDecoderModel`), then remote-code causal LMs."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
@@ -234,7 +244,7 @@ def load_captioning_model(model_name_or_path: str, dtype: torch.dtype, trust_rem
     )
 
 
-def load_preprocessor(
+def _load_preprocessor(
     model, model_name_or_path: str, prompt: str | None, chat_template: bool, trust_remote_code: bool = False
 ) -> CaptionPreprocessor:
     """`AutoProcessor` when the checkpoint has a multimodal processor, else image processor + tokenizer.

@@ -1,4 +1,4 @@
-"""The generation loop over a process's chunks: `CaptionBatches` decodes and preprocesses a dataset's images batch
+"""The generation loop over a process's chunks: `_CaptionBatches` decodes and preprocesses a dataset's images batch
 by batch (in DataLoader workers), counting undecodable images instead of failing; `caption_chunks` captions each
 chunk with a `Captioner` and writes it as one chunk file (`anchorclip.anchors.shards`).
 """
@@ -21,7 +21,7 @@ from anchorclip.data import decode_image
 logger = logging.getLogger(__name__)
 
 
-class CaptionBatches(torch.utils.data.Dataset):
+class _CaptionBatches(torch.utils.data.Dataset):
     """Item `i` is batch `i` of the plan: decoded and preprocessed (in DataLoader workers when `num_workers > 0`)."""
 
     def __init__(self, dataset: datasets.Dataset, image_column: str, batches: list[list[int]], preprocessor):
@@ -36,7 +36,9 @@ class CaptionBatches(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         rows = self.batches[index]
         cells = self.dataset[rows][self.image_column]
-        images, good, bad = [], [], []
+        images = []
+        good: list[int] = []  # rows with a decodable image
+        bad: list[int] = []  # rows without
         for row, cell in zip(rows, cells, strict=True):
             image = decode_image(cell)
             (bad if image is None else good).append(row)
@@ -65,7 +67,7 @@ class CaptionBatches(torch.utils.data.Dataset):
         return {"rows": rows, "good": kept_rows, "bad": sorted(bad), "inputs": inputs}
 
 
-def keep_batch(batch):  # DataLoader(batch_size=None) collate: items are already batches
+def _keep_batch(batch):  # DataLoader(batch_size=None) collate: items are already batches
     return batch
 
 
@@ -89,10 +91,10 @@ def caption_chunks(
         for start in range(chunk.start, chunk.stop, batch_size)
     ]
     loader = torch.utils.data.DataLoader(
-        CaptionBatches(raw, image_column, [rows for _, rows in plan], captioner.preprocessor),
+        _CaptionBatches(raw, image_column, [rows for _, rows in plan], captioner.preprocessor),
         batch_size=None,
         num_workers=num_workers,
-        collate_fn=keep_batch,
+        collate_fn=_keep_batch,
         prefetch_factor=4 if num_workers > 0 else None,
     )
     bar = tqdm(
@@ -111,12 +113,12 @@ def caption_chunks(
         generated += len(batch["good"])
         bar.update(len(batch["rows"]))
         if batch["rows"][-1] == chunk.stop - 1:  # the chunk's last batch: persist it
-            texts = [captions.pop(row) for row in chunk]
+            chunk_captions = [captions.pop(row) for row in chunk]
             record = {
                 "start": chunk.start,
                 "stop": chunk.stop,
-                "captions": texts,
-                "skipped": [row for row, text in zip(chunk, texts, strict=True) if text is None],
+                "captions": chunk_captions,
+                "skipped": [row for row, text in zip(chunk, chunk_captions, strict=True) if text is None],
             }
             write_json_atomic(chunk_path(shards_dir, chunk), record)
     bar.close()

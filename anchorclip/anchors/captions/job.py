@@ -87,7 +87,7 @@ def caption_dataset(
         options["dataset_split"] = options.pop("split")
     captioner = model_name_or_path if isinstance(model_name_or_path, Captioner) else None
     args = CaptionArguments(
-        captioner=captioner.name_or_path if captioner else model_name_or_path,
+        captioner=model_name_or_path.name_or_path if isinstance(model_name_or_path, Captioner) else model_name_or_path,
         output_dir=os.fspath(output_dir),
         dataset_name=dataset if isinstance(dataset, str) else None,
         **options,
@@ -147,7 +147,8 @@ def run_captioning(
             chat_template=args.chat_template,
             max_new_tokens=args.max_new_tokens,
             num_beams=args.num_beams,
-            generation_kwargs=args.generation_kwargs,
+            # a dict or None once CaptionArguments.__post_init__ has parsed a JSON string
+            generation_kwargs=args.generation_kwargs if isinstance(args.generation_kwargs, dict) else None,
             trust_remote_code=args.trust_remote_code,
         )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import datasets
 
@@ -19,6 +20,10 @@ from anchorclip.anchors.pool.args import RetrievalArguments
 from anchorclip.anchors.pool.store import default_cache_dir
 from anchorclip.distributed import launch_processes
 
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from transformers import CLIPModel, CLIPProcessor
+
 __all__ = ["retrieve_from_precomputed"]
 
 
@@ -26,11 +31,11 @@ def retrieve_from_precomputed(
     args: RetrievalArguments,
     class_names: Sequence[str] | None = None,
     *,
-    finetune=None,
+    finetune: str | datasets.Dataset | None = None,
     leakage_sets: Sequence | None = None,
-    model=None,
-    processor=None,
-    accelerator=None,
+    model: CLIPModel | None = None,
+    processor: CLIPProcessor | None = None,
+    accelerator: Accelerator | None = None,
 ) -> datasets.Dataset:
     """Retrieve anchors from the precomputed pool at `args.pool_embeddings`; see `retrieve_anchors` for the
     arguments. The model must be the one the pool was embedded with (`check_model`)."""
@@ -43,6 +48,8 @@ def retrieve_from_precomputed(
 
     if args.pool is not None:
         raise ValueError("Pass either a pool or pool_embeddings, not both.")
+    if args.pool_embeddings is None:
+        raise ValueError("No pool_embeddings: give the folder of the precomputed pool.")
     pool = PrecomputedPool.open(args.pool_embeddings)
     source = {
         "pool": pool.path,
@@ -53,7 +60,10 @@ def retrieve_from_precomputed(
     }
     model, processor, text_encoder = steps.load_model(args, model, processor, accelerator)
     check_model(
-        pool, str(model.config._name_or_path or "<in-memory model>"), model.config.projection_dim, text_encoder.encode
+        pool,
+        str(model.config._name_or_path or "<in-memory model>"),
+        model.visual_projection.out_features,  # the embedding dimension (config.projection_dim)
+        text_encoder.encode,
     )
 
     # 1. Embeddings: the pool's own; image embeddings are also what de-duplication and the leakage guard compare.
@@ -61,6 +71,7 @@ def retrieve_from_precomputed(
     image_store = pool.store("image") if steps.needs_image_embeddings(args, leakage) else None
     caption_store = pool.store("text") if args.rule == "text2text" else None
     search_store = caption_store if args.rule == "text2text" else image_store
+    assert search_store is not None  # every rule but text2text reads the images' (needs_image_embeddings)
     counts = {"pool_rows": search_store.num_rows, "pool_unembeddable": int((~search_store.valid).sum())}
     if image_store is not None:
         counts["pool_undecodable_images"] = int((~image_store.valid).sum())
@@ -72,7 +83,7 @@ def retrieve_from_precomputed(
         counts["queries"] = len(queries)
         cache_dir = args.cache_dir or default_cache_dir()
         index = pool_index(pool, kind, cache_dir, args.index_factory, args.index_params, args.seed)
-        found = steps.search_pool(args, index, search_store, queries, index.factory, approximate=True)
+        found = steps.search_pool(args, index, search_store, queries, str(index.factory), approximate=True)
         selected, per_class = steps.select(
             args, found, query_class, search_store, image_store, evaluation, downstream.class_names, counts
         )

@@ -59,7 +59,7 @@ def _nlist(factory: str) -> int:
     return int(match.group(1))
 
 
-def pool_search_params(factory: str, index_params: str | None) -> dict[str, str]:
+def _pool_search_params(factory: str, index_params: str | None) -> dict[str, str]:
     """Defaults (nprobe = 16, k_factor_rf = 10: recall@10 0.95 on the 1M benchmark pool), `index_params` replacing
     them key by key."""
     _nlist(factory)
@@ -83,7 +83,8 @@ class PoolIndex:
         self.k_factor = int(float(self.params.get("k_factor_rf", 1)))
         faiss_params = ",".join(f"{k}={v}" for k, v in self.params.items() if k != "k_factor_rf")
         if faiss_params:
-            faiss.ParameterSpace().set_index_parameters(index, faiss_params)
+            # faiss's stubs list only the (name, value) overload; the "k=v,k=v" string form is documented faiss API
+            faiss.ParameterSpace().set_index_parameters(index, faiss_params)  # type: ignore[arg-type]
 
     @property
     def ntotal(self) -> int:
@@ -141,10 +142,11 @@ def train(store: EmbeddingStore, factory: str, train_size: int, seed: int = 0, n
 
     index = faiss.index_factory(store.dim, factory, faiss.METRIC_INNER_PRODUCT)
     ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
-    ivf.cp.niter = niter
+    ivf.cp.niter = niter  # type: ignore[attr-defined]  # faiss's stubs type downcast_index as a plain Index
     if isinstance(ivf, faiss.IndexIVFPQ):
         ivf.pq.cp.niter = niter
-        ivf.do_polysemous_training = False  # its annealing would take longer than the codebooks themselves
+        # Its annealing would take longer than the codebooks themselves. (The attribute is missing from faiss's stubs.)
+        ivf.do_polysemous_training = False  # type: ignore[attr-defined]
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(store.num_rows, size=min(train_size, store.num_rows), replace=False))
     index.train(store.gather(sample))
@@ -243,7 +245,7 @@ def open_pool_index(directory: str, store: EmbeddingStore, index_params: str | N
         raise ValueError(f"{directory}: the index holds {index.ntotal} rows, the pool {store.num_rows}.")
     with open(os.path.join(directory, CONFIG)) as file:
         factory = json.load(file)["config"]["factory"]
-    return PoolIndex(index, store, pool_search_params(factory, index_params), directory, factory)
+    return PoolIndex(index, store, _pool_search_params(factory, index_params), directory, factory)
 
 
 def pool_index(

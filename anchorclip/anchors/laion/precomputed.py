@@ -117,6 +117,8 @@ class PrecomputedPool:
                 if dim is not None and array.shape[1] != dim:
                     raise PoolError(f"{found[kind][number]}: dimension {array.shape[1]}, other shards have {dim}.")
                 dim = array.shape[1]
+        if dim is None:
+            raise PoolError(f"{path}: no embedding shards to read the dimension from.")
         info = {}
         if os.path.exists(os.path.join(path, POOL_FILE)):
             with open(os.path.join(path, POOL_FILE)) as file:

@@ -16,7 +16,7 @@ import datasets
 import numpy as np
 
 from anchorclip.anchors.laion.precomputed import CAPTION_COLUMNS, URL_COLUMNS, PrecomputedPool
-from anchorclip.anchors.pool.report import render_report
+from anchorclip.anchors.pool.anchor_report import render_report
 
 URLS_FILE = "urls.parquet"
 

@@ -13,7 +13,15 @@ from anchorclip.templates import resolve_templates
 RULES = ("text2image", "text2text", "image2image")
 QUERY_MODES = ("ensemble", "each")
 # The settings `anchorclip train` exposes as its own `--retrieval_*` flags (the others keep the command's defaults).
-TRAIN_FLAGS = ("rule", "k_per_class", "oversample", "query_mode", "templates", "dedup_threshold", "diversity")
+TRAIN_FLAGS: tuple[str, ...] = (
+    "rule",
+    "k_per_class",
+    "oversample",
+    "query_mode",
+    "templates",
+    "dedup_threshold",
+    "diversity",
+)
 TRAIN_FLAGS += ("leakage_sets",)
 
 

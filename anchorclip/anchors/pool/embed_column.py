@@ -101,7 +101,7 @@ def embed_column(
             raise ValueError("The pool is empty: there is nothing to embed or retrieve from.")
 
     complete = meta is not None and all(os.path.exists(os.path.join(path, name)) for name in cache_files(meta))
-    if complete:
+    if meta is not None and complete:
         logger.info("%s: all %d rows are cached in %s.", description, meta["num_rows"], path)
     else:
         if isinstance(dataset, datasets.Dataset):
@@ -144,7 +144,8 @@ def _progress(encoder, accelerator, description: str, total: int | None = None):
 def _embed_chunks(batches: Iterator[tuple[int, list | None]], encoder, file_of, progress) -> int:
     """Embed `(chunk, cells or None)` batches, saving each chunk to `file_of(chunk)`; None marks a batch read but
     not embedded (a chunk done earlier or another process's). Returns the number of rows embedded."""
-    computed, buffer, current = 0, [], None
+    computed, current = 0, None
+    buffer: list[np.ndarray] = []  # the current chunk's embeddings
     for chunk, cells in batches:
         if chunk != current:
             if buffer:
@@ -213,7 +214,7 @@ _ORDERED_ITERABLES = {
 }
 
 
-def stream_sources(dataset: datasets.IterableDataset, num_processes: int = 1) -> list[datasets.IterableDataset]:
+def _stream_sources(dataset: datasets.IterableDataset, num_processes: int = 1) -> list[datasets.IterableDataset]:
     """The stream cut into its files (`dataset.shard(num_shards, f)`), whose concatenation is the stream, or
     `[dataset]` when it cannot be cut so; raises where no process count-independent row numbering exists."""
     if getattr(dataset, "_distributed", None) is not None:
@@ -264,7 +265,7 @@ def _embed_stream(
     one chunk in `num_processes` (the stream is read N times but embedded once).
     """
     rank, world = accelerator.process_index, accelerator.num_processes
-    sources = stream_sources(with_raw_images(dataset.select_columns([column]), column), world)
+    sources = _stream_sources(with_raw_images(dataset.select_columns([column]), column), world)
     num_sources = len(sources)
     by_file = num_sources >= world
     if not by_file and accelerator.is_main_process:
@@ -310,14 +311,15 @@ def _embed_stream(
             f"Stream files {missing} of {num_sources} have no complete embeddings in {path} (did a "
             "process fail?); run again to embed them."
         )
-    if sum(lengths) == 0:
+    source_rows = [rows or 0 for rows in lengths]  # none is None past the check above
+    if sum(source_rows) == 0:
         raise ValueError("The pool is empty: there is nothing to embed or retrieve from.")
     files = [
         chunk_name(source, num_sources, chunk)
-        for source, rows in enumerate(lengths)
+        for source, rows in enumerate(source_rows)
         for chunk in range(num_chunks(rows, shard_size))
     ]
-    return files, sum(lengths)
+    return files, sum(source_rows)
 
 
 def _embed_source(

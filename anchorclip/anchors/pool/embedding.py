@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +20,11 @@ from anchorclip.anchors.pool.store import (
 )
 from anchorclip.data import CAPTION_COLUMNS, IMAGE_COLUMNS, find_column, load_dataset_any
 from anchorclip.distributed import launch_processes
+
+if TYPE_CHECKING:
+    import datasets
+    from accelerate import Accelerator
+    from transformers import CLIPModel, CLIPProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +51,9 @@ def resolve_dataset(data, split: str | None, streaming: bool) -> tuple[object, s
 
 
 def embed_pool(
-    pool,
-    model,
-    processor,
+    pool: str | datasets.Dataset | datasets.IterableDataset,
+    model: CLIPModel,
+    processor: CLIPProcessor,
     *,
     kind: str = "image",
     column: str | None = None,
@@ -58,7 +64,7 @@ def embed_pool(
     shard_size: int = 4096,
     batch_size: int = 256,
     num_workers: int = 0,
-    accelerator=None,
+    accelerator: Accelerator | None = None,
     description: str | None = None,
 ) -> EmbeddingStore:
     """Embed the images (`kind="image"`) or captions (`kind="text"`) of a pool into a shard cache.
@@ -78,6 +84,7 @@ def embed_pool(
     column = find_column(dataset, column, candidates, "image" if kind == "image" else "caption")
     pool_id = pool_id or dataset_fingerprint(dataset, spec, split if spec else None)
     model = model.to(accelerator.device).eval()
+    encoder: ImageEncoder | TextEncoder
     if kind == "image":
         encoder = ImageEncoder(
             model,

@@ -11,10 +11,14 @@ import logging
 import math
 import re
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from anchorclip.anchors.pool.store import EmbeddingStore
+
+if TYPE_CHECKING:
+    import faiss
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +67,7 @@ def build_index(
     index_params: str | None = None,
     train_size: int = 262_144,
     seed: int = 0,
-):
+) -> faiss.Index:
     """A FAISS inner-product index over L2-normalised embeddings (ids are row numbers).
 
     `index_factory` is any `faiss.index_factory` string ("Flat", "IVF4096,SQ8", "OPQ64,IVF4096,PQ64", ...;

@@ -16,9 +16,9 @@ The pipeline, top to bottom:
 5. **Write** an HF dataset (`image`, `caption`, `class_name`, `class_index`, `score`, `pool_index`) with
    `save_to_disk`, `anchorclip_provenance.json`, and `report.html` with thumbnails for a person to check.
 
-The steps live in `embedding` (1), `selection` (2, 4), `faiss_index` (3) and `report` (5), the steps the LAION-layout
-job shares in `steps`, the job's settings in `args` (`RetrievalArguments`); this module runs the job on a pool that
-we embed: `retrieve_from_pool`. `anchorclip.anchors.retrieve_anchors` picks it or the LAION-layout job.
+The steps live in `embedding` (1), `selection` (2, 4), `faiss_index` (3) and `anchor_report` (5), the steps the
+LAION-layout job shares in `steps`, the job's settings in `args` (`RetrievalArguments`); this module runs the job on
+a pool that we embed: `retrieve_from_pool`. `anchorclip.anchors.retrieve_anchors` picks it or the LAION-layout job.
 """
 
 from __future__ import annotations
@@ -26,17 +26,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import datasets
 
 from anchorclip.anchors.pool import steps
+from anchorclip.anchors.pool.anchor_report import write_anchors, write_report
 from anchorclip.anchors.pool.args import RetrievalArguments
 from anchorclip.anchors.pool.embedding import embed_pool, resolve_dataset
 from anchorclip.anchors.pool.faiss_index import build_index, default_index_factory, is_exact, search_params
-from anchorclip.anchors.pool.report import write_anchors, write_report
 from anchorclip.anchors.pool.store import dataset_fingerprint
 from anchorclip.data import CAPTION_COLUMNS, IMAGE_COLUMNS, find_column
 from anchorclip.distributed import launch_processes
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from transformers import CLIPModel, CLIPProcessor
 
 __all__ = ["retrieve_from_pool"]
 
@@ -45,14 +50,14 @@ logger = logging.getLogger(__name__)
 
 def retrieve_from_pool(
     args: RetrievalArguments,
-    pool=None,
+    pool: datasets.Dataset | datasets.IterableDataset | None = None,
     class_names: Sequence[str] | None = None,
     *,
-    finetune=None,
+    finetune: str | datasets.Dataset | None = None,
     leakage_sets: Sequence | None = None,
-    model=None,
-    processor=None,
-    accelerator=None,
+    model: CLIPModel | None = None,
+    processor: CLIPProcessor | None = None,
+    accelerator: Accelerator | None = None,
 ) -> datasets.Dataset:
     """Retrieve anchors from a pool of image-caption pairs that this job embeds; see `retrieve_anchors` for the
     arguments. `pool` is the pool already loaded, else `args.pool` (a spec) is loaded."""
@@ -85,6 +90,7 @@ def retrieve_from_pool(
     if args.rule == "text2text":
         caption_store = embed_pool(pool_data, model, processor, kind="text", column=caption_column, **embed)
     search_store = caption_store if args.rule == "text2text" else image_store
+    assert search_store is not None  # every rule but text2text embeds the images (needs_image_embeddings)
     counts = {"pool_rows": search_store.num_rows, "pool_unembeddable": int((~search_store.valid).sum())}
     if image_store is not None:
         counts["pool_undecodable_images"] = int((~image_store.valid).sum())

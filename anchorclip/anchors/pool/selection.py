@@ -94,7 +94,7 @@ def best_class_only(candidates: Candidates) -> Candidates:
     return ordered.take(first)
 
 
-def near_duplicate_groups(embeddings: np.ndarray, threshold: float, exact_max: int = 50_000):
+def _near_duplicate_groups(embeddings: np.ndarray, threshold: float, exact_max: int = 50_000):
     """FAISS range search: `(lims, ids)` such that `ids[lims[i]:lims[i+1]]` are the rows with cosine >= threshold
     to row i (itself included). Exact up to `exact_max` rows; an IVF-Flat range search beyond (approximate)."""
     faiss = faiss_module()
@@ -120,7 +120,7 @@ def deduplicate(candidates: Candidates, embeddings: np.ndarray, threshold: float
     """Greedy near-duplicate removal: in order of score, keep an item unless a kept one is a near-duplicate.
 
     `embeddings[i]` is the image embedding of `candidates.row[i]` (rows are unique here)."""
-    lims, ids = near_duplicate_groups(embeddings, threshold)
+    lims, ids = _near_duplicate_groups(embeddings, threshold)
     suppressed = np.zeros(len(candidates), dtype=bool)
     keep = np.zeros(len(candidates), dtype=bool)
     for i in np.argsort(-candidates.score, kind="stable"):
@@ -145,7 +145,7 @@ def select_anchors(
     if diversity > 0:
         if embeddings is None:
             raise ValueError("diversity > 0 needs the candidates' image embeddings.")
-        order = mmr_order(candidates, embeddings, order, k_per_class, diversity)
+        order = _mmr_order(candidates, embeddings, order, k_per_class, diversity)
     ordered = candidates.take(order)
     starts = np.searchsorted(ordered.label, np.arange(num_classes))
     rank = np.arange(len(ordered)) - starts[ordered.label]
@@ -156,7 +156,7 @@ def select_anchors(
     return ordered
 
 
-def mmr_order(
+def _mmr_order(
     candidates: Candidates, embeddings: np.ndarray, order: np.ndarray, k_per_class: int, diversity: float
 ) -> np.ndarray:
     """`order` (candidates grouped by class, best score first) with each class's first `k_per_class` re-picked

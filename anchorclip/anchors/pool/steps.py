@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import datasets
 import numpy as np
@@ -48,8 +49,8 @@ class Downstream:
     """The classes anchors are retrieved for, and the finetune set (as given, and loaded) they may come from."""
 
     class_names: list[str]
-    finetune: object = None
-    data: object = None
+    finetune: Any = None  # a spec or a Dataset, as given
+    data: Any = None  # the loaded finetune set
     label_column: str | None = None
 
 
@@ -58,28 +59,27 @@ def resolve_downstream(args: RetrievalArguments, class_names, finetune, accelera
 
     Called first, so that a typo fails in a second rather than after an hour of embedding."""
     finetune = args.finetune_dataset if finetune is None else finetune
-    downstream = Downstream(_given_class_names(args, class_names), finetune)
+    names = _given_class_names(args, class_names)
+    data, label_column = None, None
     if finetune is not None:
         with accelerator.main_process_first():  # one process builds the datasets cache; the others then read it
-            downstream.data, _ = resolve_dataset(finetune, args.finetune_split, False)
-        downstream.label_column = find_column(downstream.data, args.finetune_label_column, LABEL_COLUMNS, "label")
-        if downstream.class_names is None:
-            downstream.class_names = class_names_from_features(downstream.data, downstream.label_column)
-            if downstream.class_names is None:
+            data, _ = resolve_dataset(finetune, args.finetune_split, False)
+        label_column = find_column(data, args.finetune_label_column, LABEL_COLUMNS, "label")
+        if names is None:
+            names = class_names_from_features(data, label_column)
+            if names is None:
                 raise ValueError(
-                    f"The finetune label column {downstream.label_column!r} is not a ClassLabel; "
-                    "pass class_names explicitly."
+                    f"The finetune label column {label_column!r} is not a ClassLabel; pass class_names explicitly."
                 )
-    names = downstream.class_names
     if names is None or len(names) == 0:
         raise ValueError("No class names: pass class_names (or a finetune dataset with a ClassLabel column).")
-    downstream.class_names = names = [str(name) for name in names]
+    names = [str(name) for name in names]
     if len(set(names)) != len(names):
         duplicates = sorted({name for name in names if names.count(name) > 1})
         raise ValueError(f"Class names must be unique; repeated: {duplicates}.")
-    if args.rule == "image2image" and downstream.data is None:
+    if args.rule == "image2image" and data is None:
         raise ValueError("rule='image2image' needs the finetune dataset (finetune=...).")
-    return downstream
+    return Downstream(names, finetune, data, label_column)
 
 
 def _given_class_names(args: RetrievalArguments, class_names: Sequence[str] | None) -> list[str] | None:

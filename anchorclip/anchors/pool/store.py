@@ -13,11 +13,15 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from anchorclip.anchors.shards import num_chunks, write_json_atomic
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +43,7 @@ def default_cache_dir() -> str:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def model_fingerprint(model: torch.nn.Module) -> str:
+def model_fingerprint(model: PreTrainedModel) -> str:
     """A short digest of the config and weights, so two checkpoints with the same name (or none) never share a
     cache, and one checkpoint keeps its caches wherever it lies (a moved folder, a Hub id or its local download).
 
