@@ -5,23 +5,19 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import datasets
+import pytest
 import torch
 from conftest import make_classification_dataset, make_model, make_pair_dataset, make_processor
+from helpers import free_port, save_tiny_captioner
 from safetensors.torch import load_file
-from test_captioning import save_tiny_captioner
+
+pytestmark = pytest.mark.slow  # accelerate launch of the example
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "run_anchor_ft.py")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _launch(processes: int, args: list[str], cache: str) -> None:
@@ -29,7 +25,7 @@ def _launch(processes: int, args: list[str], cache: str) -> None:
     command = [
         sys.executable, "-m", "accelerate.commands.launch", *launch, "--num_processes", str(processes),
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()), EXAMPLE, *args,
+        "--main_process_port", str(free_port()), EXAMPLE, *args,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ANCHORCLIP_CACHE": cache}  # each run embeds its pool itself
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)

@@ -2,9 +2,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_api_reference_matches_docstrings():
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "gen_api_docs.py"), "--check"],

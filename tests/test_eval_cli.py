@@ -4,27 +4,19 @@ format an evaluation set comes in (stand-ins built here), class subsets scored o
 import io
 import json
 import os
-import tarfile
 
 import datasets
 import numpy as np
 import pytest
 import torch
 from conftest import CLASS_NAMES, make_model, make_processor
+from helpers import write_clip_benchmark
 from PIL import Image
 
 from anchorclip.cli import main as cli
 from anchorclip.evaluation import EvalSet
 from anchorclip.evaluation.zero_shot import ZeroShotScorer
 from anchorclip.transforms import ImageTransform
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ckpt") / "tiny-clip"
-    make_model().save_pretrained(folder)
-    make_processor().save_pretrained(folder)
-    return str(folder)
 
 
 def _png(seed: int) -> bytes:
@@ -35,19 +27,8 @@ def _png(seed: int) -> bytes:
 
 
 def clip_benchmark_folder(root, labels=(0, 1, 2, 3, 0, 1), shards=2):
-    """CLIP_benchmark's layout: <root>/test/N.tar of KEY.png + KEY.cls, classnames.txt and templates beside."""
-    os.makedirs(root / "test")
-    (root / "classnames.txt").write_text("\n".join(CLASS_NAMES) + "\n")
-    (root / "zeroshot_classification_templates.txt").write_text("a photo of a {c}.\na sketch of a {c}.\n")
-    per = -(-len(labels) // shards)
-    for shard in range(shards):
-        with tarfile.open(root / "test" / f"{shard}.tar", "w") as tar:
-            for i in range(shard * per, min((shard + 1) * per, len(labels))):
-                for name, data in ((f"s{i:04d}.png", _png(i)), (f"s{i:04d}.cls", str(labels[i]).encode())):
-                    info = tarfile.TarInfo(name)
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-    return root
+    """CLIP_benchmark's layout over the 4 class names: <root>/test/N.tar of KEY.png + KEY.cls."""
+    return write_clip_benchmark(root, CLASS_NAMES, [_png(i) for i in range(len(labels))], labels, shards=shards)
 
 
 def imagefolder(root, per_class=2):
@@ -68,7 +49,7 @@ def saved_dataset(root):
 
 
 @pytest.mark.parametrize("kind", ["clip_benchmark", "imagefolder", "save_to_disk"])
-def test_eval_writes_top1_without_finetune_set(kind, checkpoint, tmp_path):
+def test_eval_writes_top1_without_finetune_set(kind, model_dir, tmp_path):
     make = {"clip_benchmark": clip_benchmark_folder, "imagefolder": imagefolder, "save_to_disk": saved_dataset}
     folder = make[kind](tmp_path / f"wds_{kind}")
     spec = f"{folder}:test" if kind == "clip_benchmark" else str(folder)  # an ImageFolder: its only split
@@ -78,7 +59,7 @@ def test_eval_writes_top1_without_finetune_set(kind, checkpoint, tmp_path):
             [
                 "eval",
                 "--model_name_or_path",
-                checkpoint,
+                model_dir,
                 "--eval_datasets",
                 f"X@zero_shot={spec}",
                 "--output-dir",
@@ -99,7 +80,7 @@ def test_eval_writes_top1_without_finetune_set(kind, checkpoint, tmp_path):
     assert "| model | zero-shot avg | X |" in (out / "results.md").read_text()
 
 
-def test_eval_from_yaml_config_and_wise_between(checkpoint, tmp_path):
+def test_eval_from_yaml_config_and_wise_between(model_dir, tmp_path):
     folder = clip_benchmark_folder(tmp_path / "wds_cars")
     finetuned = tmp_path / "finetuned"
     model = make_model(seed=1)
@@ -107,7 +88,7 @@ def test_eval_from_yaml_config_and_wise_between(checkpoint, tmp_path):
     make_processor().save_pretrained(finetuned)
     config = tmp_path / "eval.yaml"
     config.write_text(
-        f"wise_between: [{checkpoint}, {finetuned}]\nwise_alphas: [0.0, 1.0]\n"
+        f"wise_between: [{model_dir}, {finetuned}]\nwise_alphas: [0.0, 1.0]\n"
         f"eval_datasets: ['cars@zero_shot={folder}:test']\noutput_dir: {tmp_path / 'out'}\ndataloader_num_workers: 0\n"
     )
     assert cli(["eval", str(config)]) == 0
@@ -118,7 +99,7 @@ def test_eval_from_yaml_config_and_wise_between(checkpoint, tmp_path):
     assert results["wise"]["1.0"]["metrics"] == results["finetuned"]["metrics"]
 
 
-def test_train_zeroshot_loads_no_finetune_set(checkpoint, tmp_path):
+def test_train_zeroshot_loads_no_finetune_set(model_dir, tmp_path):
     folder = clip_benchmark_folder(tmp_path / "wds_pets")
     out = tmp_path / "out"
     code = cli(
@@ -127,7 +108,7 @@ def test_train_zeroshot_loads_no_finetune_set(checkpoint, tmp_path):
             "--method",
             "zeroshot",
             "--model_name_or_path",
-            checkpoint,
+            model_dir,
             "--dataset_name",
             str(tmp_path / "does-not-exist"),  # never read: zero-shot trains nothing
             "--eval_datasets",

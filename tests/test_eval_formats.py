@@ -3,10 +3,10 @@
 import io
 import json
 import os
-import tarfile
 
 import datasets
 import pytest
+from helpers import write_clip_benchmark, write_tar
 from PIL import Image
 
 from anchorclip.evaluation.formats import SourceInfo, class_names_from_file, is_wds_folder, load_eval_dataset
@@ -20,28 +20,9 @@ def _png(colour) -> bytes:
     return buffer.getvalue()
 
 
-def _write_shard(path, examples):
-    """examples: (key, {extension: bytes}) in order, as webdataset.ShardWriter writes them."""
-    with tarfile.open(path, "w") as tar:
-        for key, files in examples:
-            for extension, data in files.items():
-                info = tarfile.TarInfo(f"{key}.{extension}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-
-
 def _wds(root, labels=(0, 1, 2, 0, 2), shards=2, split="test", extension="webp"):
-    os.makedirs(root / split)
-    (root / "classnames.txt").write_text("\n".join(CLASSES) + "\n")
-    (root / "zeroshot_classification_templates.txt").write_text("a photo of a {c}.\na sketch of a {c}.\n")
-    examples = [
-        (f"s{i:07d}", {extension: _png((i * 40, 0, 0)), "cls": str(label).encode()}) for i, label in enumerate(labels)
-    ]
-    per = -(-len(examples) // shards)
-    for shard in range(shards):
-        _write_shard(root / split / f"{shard}.tar", examples[shard * per : (shard + 1) * per])
-    (root / split / "nshards.txt").write_text(f"{shards}\n")
-    return root
+    images = [_png((i * 40, 0, 0)) for i in range(len(labels))]
+    return write_clip_benchmark(root, CLASSES, images, labels, shards=shards, split=split, extension=extension)
 
 
 def test_wds_folder_loads_labels_names_templates(tmp_path):
@@ -89,10 +70,10 @@ def test_wds_truncated_shard_names_the_shard(tmp_path, cut):
 
 def test_wds_unpaired_members_name_the_shard(tmp_path):
     root = _wds(tmp_path / "wds")
-    _write_shard(root / "test" / "1.tar", [("s0000009", {"webp": _png((0, 0, 0))})])
+    write_tar(root / "test" / "1.tar", [("s0000009", {"webp": _png((0, 0, 0))})])
     with pytest.raises(ValueError, match=r"1\.tar: example 's0000009' has an image but no \.cls"):
         load_eval_dataset(str(root), cache_dir=str(tmp_path / "cache"))
-    _write_shard(root / "test" / "1.tar", [("s0000009", {"cls": b"1"})])
+    write_tar(root / "test" / "1.tar", [("s0000009", {"cls": b"1"})])
     with pytest.raises(ValueError, match="a .cls label but no image"):
         load_eval_dataset(str(root), cache_dir=str(tmp_path / "cache"))
 
@@ -195,6 +176,7 @@ def test_a_registered_format_reads_its_specs():
         register_eval_format("a:b", EvalFormat(load=load))
 
 
+@pytest.mark.slow
 def test_the_library_does_not_import_the_miniature_world():
     """`miniworld:` specs are a registered format: nothing below the commands imports anchorclip.miniworld."""
     import subprocess

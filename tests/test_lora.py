@@ -8,8 +8,7 @@ import sys
 import pytest
 import torch
 from conftest import CLASS_NAMES, make_classification_dataset, make_images, make_model, make_processor
-from test_modeling import _PLAIN_TRANSFORMERS
-from test_trainer import make_args, make_trainer
+from helpers import PLAIN_TRANSFORMERS, make_args, make_trainer
 
 from anchorclip import AnchorCLIPModel, EvalSet, wise_ft
 from anchorclip.hub import UPLOAD_DIR, validate_card_locally
@@ -97,11 +96,12 @@ def test_adapters_save_load_and_merge(lora_run):
     assert is_lora_model(trainer.model)  # merging a folder or a model never touches the trained model
 
 
+@pytest.mark.slow
 def test_merged_checkpoint_is_plain_clip(lora_run, tmp_path):
     root, trainer, _ = lora_run
     save_merged(trainer.model, tmp_path / "merged", make_processor())
     result = subprocess.run(
-        [sys.executable, "-c", _PLAIN_TRANSFORMERS, str(tmp_path / "merged")],
+        [sys.executable, "-c", PLAIN_TRANSFORMERS, str(tmp_path / "merged")],
         capture_output=True,
         text=True,
         timeout=120,

@@ -11,7 +11,7 @@ from conftest import (
     make_pair_dataset,
     make_processor,
 )
-from test_trainer import make_trainer
+from helpers import PLAIN_TRANSFORMERS, make_trainer
 
 from anchorclip import AnchorCLIPModel, LinearHeadCLIP, wise_ft, wise_ft_sweep
 from anchorclip.templates import OPENAI_IMAGENET_TEMPLATES, resolve_templates
@@ -87,21 +87,10 @@ def finetuned_dir(tmp_path_factory):
     return tmp_path / "model"
 
 
-_PLAIN_TRANSFORMERS = """
-import sys
-sys.modules["anchorclip"] = None  # any import of anchorclip now fails
-from PIL import Image
-from transformers import CLIPModel, pipeline
-model = CLIPModel.from_pretrained(sys.argv[1])
-classifier = pipeline("zero-shot-image-classification", model=sys.argv[1])
-out = classifier(Image.new("RGB", (20, 20), "red"), candidate_labels=["circle", "star"])
-print(type(model).__name__, sorted(o["label"] for o in out))
-"""
-
-
+@pytest.mark.slow
 def test_checkpoint_loads_in_plain_transformers_and_pipeline(finetuned_dir):
     result = subprocess.run(
-        [sys.executable, "-c", _PLAIN_TRANSFORMERS, str(finetuned_dir)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", PLAIN_TRANSFORMERS, str(finetuned_dir)], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "CLIPModel ['circle', 'star']" in result.stdout

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import CLASS_NAMES, corrupt_bytes, make_config, make_images, make_pair_dataset, make_processor
+from helpers import free_port
 from transformers import CLIPModel, CLIPProcessor
 
 from anchorclip.anchors import RetrievalArguments, retrieve_anchors
@@ -513,16 +514,14 @@ def test_streams_that_cannot_be_split_are_refused_clearly(stream_files, tmp_path
         embed_pool(split_dataset_by_node(_stream(stream_files), 0, 2), model, processor, **kwargs)
 
 
+@pytest.mark.slow
 def test_streamed_pool_on_two_processes_reads_its_files_and_writes_the_same_anchors(
     stream_files, checkpoint, tmp_path
 ):
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     script = tmp_path / "retrieve_stream.py"
     script.write_text(STREAM_SCRIPT)
     run = [str(tmp_path / "cache2"), str(tmp_path / "two"), CLASS_NAMES]
@@ -582,12 +581,12 @@ def test_streamed_pool_on_two_processes_reads_its_files_and_writes_the_same_anch
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the case of a machine without GPUs")
 def test_retrieve_command_on_two_processes_without_a_gpu_shares_the_work(pool, checkpoint, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2 -m anchorclip retrieve`, as the docs write it, on a machine
     without GPUs and without a CPU flag: the processes join one gloo group (each embeds its shards, one writes), rather
     than each running the whole job and rewriting the files the other is reading (which died of SIGBUS)."""
-    import socket
     import subprocess
     import sys
 
@@ -596,9 +595,7 @@ def test_retrieve_command_on_two_processes_without_a_gpu_shares_the_work(pool, c
     pool.save_to_disk(str(tmp_path / "pool"))
     common = ["--pool", str(tmp_path / "pool"), "--model_name_or_path", checkpoint, "--shard_size", "8"]
     common += ["--batch_size", "8", "--k_per_class", "3", "--class_names", *CLASS_NAMES]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),

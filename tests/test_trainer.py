@@ -11,45 +11,12 @@ from conftest import (
     make_pair_dataset,
     make_processor,
 )
+from helpers import assert_accumulation_equals_large_batch, make_args, make_trainer, parameters
 from transformers import TrainerCallback
 
-from anchorclip import AnchorCLIPTrainer, AnchorTrainingArguments, EvalSet, NonFiniteLossError
+from anchorclip import AnchorCLIPTrainer, EvalSet, NonFiniteLossError
 from anchorclip.batching import UndecodableImageError
 from anchorclip.data import ColumnError
-
-
-def make_args(tmp_path, **overrides) -> AnchorTrainingArguments:
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=4,
-        per_device_eval_batch_size=8,
-        max_steps=2,
-        learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        seed=0,
-        dataloader_num_workers=0,
-        use_cpu=True,
-        disable_tqdm=True,
-        eval_templates="simple",
-    )
-    defaults.update(overrides)
-    return AnchorTrainingArguments(**defaults)
-
-
-def make_trainer(tmp_path, train=None, pairs="default", model=None, **overrides) -> AnchorCLIPTrainer:
-    return AnchorCLIPTrainer(
-        model=model or make_model(),
-        args=make_args(tmp_path, **overrides),
-        train_dataset=make_classification_dataset() if train is None else train,
-        pair_anchors=make_pair_dataset() if pairs == "default" else pairs,
-        processing_class=make_processor(),
-    )
-
-
-def parameters(model) -> dict[str, torch.Tensor]:
-    return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
 def test_arf_logs_each_loss_term(tmp_path):
@@ -99,27 +66,6 @@ def test_gradient_accumulation_equals_large_batch(tmp_path, method):
     large_loss = next(e["loss"] for e in large.state.log_history if "loss" in e)
     small_loss = next(e["loss"] for e in small.state.log_history if "loss" in e)
     assert small_loss == pytest.approx(large_loss, abs=1e-4)
-
-
-def assert_accumulation_equals_large_batch(tmp_path, atol: float = 2e-6, **overrides):
-    """Train batch 8 at once and as 4 micro-batches of 2 (SGD, no clipping); the weights must agree.
-    Returns both trainers."""
-    common = dict(
-        optim="sgd", learning_rate=0.5, weight_decay=0.0, max_grad_norm=0.0, lr_scheduler_type="constant",
-        duplicate_classes="mask", **overrides,
-    )  # fmt: skip
-    large = make_trainer(tmp_path / "large", per_device_train_batch_size=8, gradient_accumulation_steps=1, **common)
-    small = make_trainer(tmp_path / "small", per_device_train_batch_size=2, gradient_accumulation_steps=4, **common)
-    start = parameters(large.model)
-    large.train()
-    small.train()
-    moved = False
-    for name, before in start.items():
-        after_large, after_small = large.model.get_parameter(name), small.model.get_parameter(name)
-        torch.testing.assert_close(after_small, after_large, atol=atol, rtol=1e-4, msg=name)
-        moved |= not torch.equal(after_large, before)
-    assert moved
-    return large, small
 
 
 @pytest.mark.parametrize("method", ["arf", "lp_ft"])
