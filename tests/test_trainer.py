@@ -83,8 +83,25 @@ def test_resume_from_checkpoint_continues_identically(tmp_path, method):
     first.add_callback(Interrupt())
     first.train()
     assert first.state.global_step == 2
+
+    class Record(TrainerCallback):  # what the resumed run starts from, and which steps it runs
+        start, optimizer_steps, steps = None, None, []
+
+        def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+            Record.start = state.global_step
+            Record.optimizer_steps = {int(s["step"]) for s in optimizer.state.values()}  # AdamW's own counts
+
+        def on_step_end(self, args, state, control, **kwargs):
+            Record.steps.append(state.global_step)
+
     resumed = make_trainer(tmp_path / "resumed", **common)
+    resumed.add_callback(Record())
     resumed.train(resume_from_checkpoint=str(tmp_path / "resumed" / "out" / "checkpoint-2"))
+    # A "resume" that retrained from scratch ends with the same weights: it must start at step 2, with the
+    # optimizer's moments of 2 steps, and run only steps 3 and 4.
+    assert Record.start == 2 and Record.optimizer_steps == {2} and Record.steps == [3, 4]
+    logged = [entry["step"] for entry in resumed.state.log_history if "loss" in entry]
+    assert logged == [1, 2, 3, 4]  # the checkpoint's history of steps 1-2, then this run's 3-4
     for name, value in parameters(straight.model).items():
         torch.testing.assert_close(resumed.model.get_parameter(name), value, atol=1e-6, rtol=1e-5, msg=name)
 
@@ -216,15 +233,30 @@ def test_evaluate_named_sets_and_group_means(tmp_path):
     assert metrics["eval_zero_shot_mean"] == metrics["eval_colours_top1"]
 
 
+def _top1(model, dataset) -> float:
+    """Top-1 of a head built now from `model`'s text tower (the independent reference)."""
+    logits = model.classify(images=[row["image"] for row in dataset], class_names=CLASS_NAMES, templates="simple")
+    return (logits.argmax(-1) == torch.tensor(dataset["label"])).float().mean().item()
+
+
 def test_evaluate_follows_the_current_text_tower(tmp_path):
-    trainer = make_trainer(tmp_path, learning_rate=5e-2, max_steps=3)
-    sets = {"photo": make_classification_dataset(16, seed=5)}
-    before = trainer.evaluate(sets)
-    head_before = trainer.model.build_zero_shot_head(CLASS_NAMES, "simple")
-    trainer.train()
-    head_after = trainer.model.build_zero_shot_head(CLASS_NAMES, "simple")
-    assert not torch.allclose(head_before, head_after)
-    assert set(trainer.evaluate(sets)) == set(before)
+    trainer = make_trainer(tmp_path)
+    model = trainer.model
+    images = make_classification_dataset(16, seed=5)
+    # Labels = the current tower's own predictions: a head built before the change scores exactly 1.
+    predicted = model.classify(images=list(images["image"]), class_names=CLASS_NAMES, templates="simple").argmax(-1)
+    sets = {"photo": images.map(lambda row, i: {"label": int(predicted[i])}, with_indices=True)}
+    assert trainer.evaluate(sets)["eval_photo_top1"] == 1.0
+    # Swap the token embeddings of the two most-predicted class words: the new head is the old one with those
+    # two rows swapped, so every image predicted as either now scores a miss under the current tower.
+    first, second = torch.bincount(predicted, minlength=len(CLASS_NAMES)).topk(2).indices.tolist()
+    ids = trainer.processing_class.tokenizer.convert_tokens_to_ids([CLASS_NAMES[first], CLASS_NAMES[second]])
+    with torch.no_grad():
+        table = model.text_model.embeddings.token_embedding.weight
+        table[ids] = table[ids[::-1]].clone()
+    after = trainer.evaluate(sets)["eval_photo_top1"]
+    assert after == pytest.approx(_top1(model, sets["photo"]))
+    assert after < 1.0  # a stale head (or one cached from the first call) would still score 1
 
 
 @pytest.mark.parametrize("method", ["ft", "lp_ft"])
@@ -255,7 +287,11 @@ def test_zeroshot_method_refuses_to_train(tmp_path):
 
 def test_bf16_autocast_keeps_loss_in_fp32(tmp_path):
     trainer = make_trainer(tmp_path, bf16=True, max_steps=1)
+    seen = []  # the towers' output dtypes in the training forward (the trainer's autocast)
+    for projection in (trainer.model.visual_projection, trainer.model.text_projection):
+        projection.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
     trainer.train()
+    assert seen and set(seen) == {torch.bfloat16}, seen
     entry = next(e for e in trainer.state.log_history if "loss" in e)
     assert math.isfinite(entry["loss"]) and math.isfinite(entry["loss_pairs"])
     assert trainer.model.logit_scale.dtype == torch.float32
