@@ -210,12 +210,27 @@ def test_metrics_by_hand():
     assert recall.compute() == {"image2text_recall@1": 0.0, "image2text_recall@5": 0.5}
 
 
-def test_every_command_has_help_and_both_spellings(capsys):
+def test_every_command_has_help_and_both_spellings(capsys, tmp_path):
+    from anchorclip.cli import eval as eval_cli
+    from anchorclip.cli import retrieve as retrieve_cli
+    from anchorclip.cli import train as train_cli
+
     for command in ("train", "eval", "retrieve"):
         with pytest.raises(SystemExit) as exit_info:
             cli([command, "--help"])
         assert exit_info.value.code == 0
-        assert "--output_dir" in capsys.readouterr().out
+        text = capsys.readouterr().out
+        assert "--output_dir" in text and "--output-dir" in text
+    # Each spelling sets the same field (and overrides the default) in every command's parser.
+    parsers = {
+        "train": lambda argv: train_cli.parse_args(argv)[2],
+        "eval": eval_cli.parse_args,
+        "retrieve": lambda argv: retrieve_cli.parse_args(["--pool", "p", "--model_name_or_path", "m", *argv]),
+    }
+    for command, parse in parsers.items():
+        for spelling in ("--output_dir", "--output-dir"):
+            target = str(tmp_path / command / spelling.strip("-"))
+            assert parse([spelling, target]).output_dir == target, (command, spelling)
 
 
 def test_sets_with_equal_names_and_templates_share_one_head(monkeypatch):
