@@ -276,5 +276,5 @@ def test_card_records_anchor_provenance_and_lora():
 def test_local_validation_rejects_a_broken_model_index():
     card = ("---\nlibrary_name: transformers\npipeline_tag: zero-shot-image-classification\n"
             "license: mit\nmodel-index:\n- name: x\n  results:\n  - task: {}\n---\n\n# x\n")  # fmt: skip
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"Invalid `model_index`.*'type'"):  # the result's task has no type
         validate_card_locally(card)

@@ -272,6 +272,38 @@ def test_settings_have_one_spelling_for_off_and_for_templates():
         RetrievalArguments(model_name_or_path="m", output_dir="o", rule="image2text")
 
 
+def _modality_scores(pool, checkpoint, anchors, rule, finetune) -> tuple[np.ndarray, np.ndarray]:
+    """`(own, other)`: each anchor's best similarity to its class's queries with the pool item embedded in the
+    rule's modality (caption for text2text, image for image2image), and in the other one."""
+    model, processor = CLIPModel.from_pretrained(checkpoint).eval(), make_processor()
+
+    def unit(output):  # get_*_features return the projected features as pooler_output
+        features = output.pooler_output if hasattr(output, "pooler_output") else output
+        return torch.nn.functional.normalize(features, dim=-1)
+
+    with torch.no_grad():
+        rows = anchors["pool_index"]
+        texts = processor.tokenizer([pool[i]["caption"] for i in rows], padding=True, return_tensors="pt")
+        captions = unit(model.get_text_features(**texts))
+        images = unit(
+            model.get_image_features(**processor(images=[pool[i]["image"] for i in rows], return_tensors="pt"))
+        )
+        if rule == "text2text":  # query_mode "each": one query per template, the best one counts
+            prompts = [template.format(name) for name in CLASS_NAMES for template in SIMPLE_TEMPLATES]
+            tokens = processor.tokenizer(prompts, padding=True, return_tensors="pt")
+            queries = unit(model.get_text_features(**tokens)).view(len(CLASS_NAMES), len(SIMPLE_TEMPLATES), -1)
+            own_items, other_items = captions, images
+        else:  # query_mode "ensemble": the normalised mean of the class's finetune images
+            pixels = processor(images=list(finetune["image"]), return_tensors="pt")
+            embedded, labels = unit(model.get_image_features(**pixels)), torch.tensor(finetune["label"])
+            queries = torch.stack([unit(embedded[labels == c].mean(0)) for c in range(len(CLASS_NAMES))])[:, None]
+            own_items, other_items = images, captions
+        owner = queries[torch.tensor(anchors["class_index"])]  # (anchors, queries per class, dim)
+        own = torch.einsum("aqd,ad->aq", owner, own_items).amax(-1)
+        other = torch.einsum("aqd,ad->aq", owner, other_items).amax(-1)
+    return own.numpy(), other.numpy()
+
+
 @pytest.mark.parametrize("rule, query_mode", [("text2text", "each"), ("image2image", "ensemble")])
 def test_other_rules(pool, checkpoint, tmp_path, rule, query_mode):
     from conftest import make_classification_dataset
@@ -295,6 +327,12 @@ def test_other_rules(pool, checkpoint, tmp_path, rule, query_mode):
     provenance = json.loads((tmp_path / "anchors" / "anchorclip_provenance.json").read_text())
     assert provenance["rule"] == rule and provenance["index_factory"] == "IVF2,Flat"
     assert 0.0 < provenance["index_recall"] <= 1.0
+    # Each anchor's score is its similarity to its class's query in the rule's own modality, recomputed here:
+    # the pool caption against the prompts (text2text), the pool image against the finetune images' mean
+    # (image2image); the other modality's similarity is far from it.
+    own, other = _modality_scores(pool, checkpoint, anchors, rule, finetune)
+    np.testing.assert_allclose(anchors["score"], own, atol=2e-3)
+    assert np.abs(np.asarray(anchors["score"]) - other).min() > 0.05
 
 
 # ---------------------------------------------------------------- embedding cache
