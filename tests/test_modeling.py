@@ -11,7 +11,7 @@ from conftest import (
     make_pair_dataset,
     make_processor,
 )
-from helpers import PLAIN_TRANSFORMERS, make_trainer
+from helpers import PLAIN_TRANSFORMERS, assert_moved, make_trainer
 
 from anchorclip import AnchorCLIPModel, LinearHeadCLIP, wise_ft, wise_ft_sweep
 from anchorclip.templates import OPENAI_IMAGENET_TEMPLATES, resolve_templates
@@ -141,6 +141,15 @@ def test_wise_ft_interpolates_linear_head(tmp_path):
         wise_ft(zero_shot, trainer.model, 0.5)
     merged = wise_ft(zero_shot, trainer.model, 0.0, zero_shot_head=zero_head)
     torch.testing.assert_close(merged.finetune_head.data, zero_head)
+    # α = 0.5: the head and every CLIP weight are the midpoints (the head moved, so the midpoint is its own point).
+    fine_head = trainer.model.finetune_head.detach()
+    assert_moved(zero_head, fine_head, "finetune_head")
+    middle = wise_ft(zero_shot, trainer.model, 0.5, zero_shot_head=zero_head)
+    assert isinstance(middle, LinearHeadCLIP)
+    torch.testing.assert_close(middle.finetune_head.data, (zero_head + fine_head) / 2)
+    for name, param in trainer.model.clip.named_parameters():
+        expected = (zero_shot.get_parameter(name) + param) / 2
+        torch.testing.assert_close(middle.clip.get_parameter(name), expected, msg=name)
 
 
 def test_unused_fixture_datasets_are_well_formed():

@@ -239,6 +239,50 @@ def _top1(model, dataset) -> float:
     return (logits.argmax(-1) == torch.tensor(dataset["label"])).float().mean().item()
 
 
+def test_group_mean_averages_every_set_of_the_group(tmp_path):
+    # Two sets in each of two groups, with different scores: a group's mean is the mean of its sets' top-1.
+    trainer = make_trainer(tmp_path)
+    model = trainer.model
+    images = make_classification_dataset(16, seed=5)
+    predicted = model.classify(images=list(images["image"]), class_names=CLASS_NAMES, templates="simple").argmax(-1)
+    perfect = images.map(lambda row, i: {"label": int(predicted[i])}, with_indices=True)  # top-1 exactly 1
+    sets = {
+        "photo": EvalSet(perfect, group="id"),
+        "photo_again": EvalSet(make_classification_dataset(16, seed=6), group="id"),
+        "sketch": EvalSet(make_classification_dataset(8, seed=7), group="domain_shift"),
+        "painting": EvalSet(perfect.select(range(8)), group="domain_shift"),
+    }
+    metrics = trainer.evaluate(sets)
+    scores = {name: metrics[f"eval_{name}_top1"] for name in sets}
+    assert scores["photo"] == 1.0 and scores["photo_again"] == pytest.approx(_top1(model, sets["photo_again"].dataset))
+    assert scores["photo_again"] < 1.0 and scores["sketch"] < 1.0  # the means below are not of equal numbers
+    assert metrics["eval_id_mean"] == pytest.approx((scores["photo"] + scores["photo_again"]) / 2)
+    assert metrics["eval_domain_shift_mean"] == pytest.approx((scores["sketch"] + scores["painting"]) / 2)
+
+
+def test_temperature_is_clamped_after_every_optimizer_step(tmp_path):
+    from anchorclip.loss import LOGIT_SCALE_MAX
+
+    class Overshoot(TrainerCallback):  # every optimizer step drives the temperature past ln(100)
+        def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+            with torch.no_grad():
+                model.logit_scale.fill_(LOGIT_SCALE_MAX + 0.5)
+
+    class Record(TrainerCallback):  # runs after the trainer's own callbacks
+        after_steps = []
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            Record.after_steps.append(model.logit_scale.item())
+
+    trainer = make_trainer(tmp_path, max_steps=3)
+    trainer.add_callback(Overshoot())
+    trainer.add_callback(Record())
+    trainer.train()
+    assert Record.after_steps == [pytest.approx(LOGIT_SCALE_MAX)] * 3
+    logged = [entry["logit_scale"] for entry in trainer.state.log_history if "logit_scale" in entry]
+    assert logged and max(logged) <= 100.0
+
+
 def test_evaluate_follows_the_current_text_tower(tmp_path):
     trainer = make_trainer(tmp_path)
     model = trainer.model
