@@ -221,6 +221,46 @@ def test_leakage_guard_removes_eval_duplicates(pool, checkpoint, tmp_path):
     assert 5 in _retrieve(pool, checkpoint, tmp_path, **kwargs)["pool_index"]  # without the guard it is there
 
 
+def test_leakage_guard_removes_resized_and_reencoded_copies(tmp_path):
+    """Near-duplicates, not only exact copies: a resized, a JPEG re-encoded and a resized + re-encoded copy of
+    three pool images in the evaluation set take those three out at the default threshold, and nothing else.
+    The shipped miniworld CLIP tells images apart (a random tiny CLIP puts every noise image at cosine ~0.99)."""
+    import io
+
+    from PIL import Image
+
+    from anchorclip.miniworld import MINICLIP_PATH, SEEN_SHAPES, SPLITS, make_example
+
+    def jpeg(image, quality):
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=quality)
+        return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+    examples = [make_example(SPLITS["pool"].seed, i) for i in range(POOL_SIZE)]
+    miniworld_pool = datasets.Dataset.from_dict(
+        {"image": [e["image"] for e in examples], "caption": [e["caption"] for e in examples]},
+        features=datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")}),
+    )
+    photo = SPLITS["test_photo"]
+    unrelated = [make_example(photo.seed, i, photo.shapes, photo.styles)["image"] for i in range(4)]
+    copies = {
+        5: examples[5]["image"].resize((64, 64), Image.BICUBIC),
+        9: jpeg(examples[9]["image"], quality=75),
+        13: jpeg(examples[13]["image"].resize((48, 48), Image.BICUBIC), quality=95),
+    }
+    evaluation = datasets.Dataset.from_dict(
+        {"image": [*copies.values(), *unrelated], "label": [0] * (len(copies) + len(unrelated))},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}),
+    )
+    kwargs = dict(class_names=list(SEEN_SHAPES), k_per_class=100, dedup_threshold=None)  # every item kept
+    everything = _retrieve(miniworld_pool, MINICLIP_PATH, tmp_path / "all", **kwargs)
+    assert set(copies) <= set(everything["pool_index"])  # without the guard the copies' originals are anchors
+    clean = _retrieve(miniworld_pool, MINICLIP_PATH, tmp_path / "guarded", leakage_sets=[evaluation], **kwargs)
+    assert set(everything["pool_index"]) - set(clean["pool_index"]) == set(copies)
+    provenance = json.loads((tmp_path / "guarded" / "anchors" / "anchorclip_provenance.json").read_text())
+    assert provenance["counts"]["leakage_removed_pool_items"] == len(copies)
+
+
 def _wds_folder(root, images):
     """A CLIP_benchmark webdataset folder (`test/0.tar` of KEY.png + KEY.cls, `classnames.txt`): what
     `load_dataset_any` cannot read and `anchorclip eval` can."""
