@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import CLASS_NAMES, corrupt_bytes, make_config, make_images, make_pair_dataset, make_processor
-from helpers import free_port
+from helpers import free_port, write_clip_benchmark
 from transformers import CLIPModel, CLIPProcessor
 
 from anchorclip.anchors import RetrievalArguments, retrieve_anchors
@@ -265,20 +265,13 @@ def _wds_folder(root, images):
     """A CLIP_benchmark webdataset folder (`test/0.tar` of KEY.png + KEY.cls, `classnames.txt`): what
     `load_dataset_any` cannot read and `anchorclip eval` can."""
     import io
-    import tarfile
 
-    (root / "test").mkdir(parents=True)
-    (root / "classnames.txt").write_text("\n".join(CLASS_NAMES) + "\n")
-    (root / "test" / "nshards.txt").write_text("1\n")
-    with tarfile.open(root / "test" / "0.tar", "w") as tar:
-        for i, image in enumerate(images):
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            for extension, data in (("png", buffer.getvalue()), ("cls", b"0\n")):
-                member = tarfile.TarInfo(f"s{i:07d}.{extension}")
-                member.size = len(data)
-                tar.addfile(member, io.BytesIO(data))
-    return str(root)
+    encoded = []
+    for image in images:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    return str(write_clip_benchmark(root, CLASS_NAMES, encoded, [0] * len(images), shards=1))
 
 
 def test_leakage_guard_reads_evaluation_folders_as_eval_does(pool, checkpoint, tmp_path):
