@@ -13,8 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
-from conftest import make_classification_dataset, make_model, make_pair_dataset, make_processor
+from conftest import CLASS_NAMES, make_classification_dataset, make_model, make_pair_dataset, make_processor
+from PIL import Image
 
 from anchorclip import AnchorCLIPTrainer, AnchorTrainingArguments
 
@@ -161,6 +163,35 @@ def write_clip_benchmark(
         write_tar(root / split / f"{shard}.tar", examples[shard * per : (shard + 1) * per])
     (root / split / "nshards.txt").write_text(f"{shards}\n")
     return root
+
+
+def noise_png(seed: int) -> bytes:
+    """A 20x24 PNG of seeded noise."""
+    pixels = np.random.default_rng(seed).integers(0, 255, (20, 24, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def clip_benchmark_folder(root, labels=(0, 1, 2, 3, 0, 1), shards=2) -> Path:
+    """A CLIP_benchmark folder over conftest's 4 class names, noise PNGs."""
+    return write_clip_benchmark(root, CLASS_NAMES, [noise_png(i) for i in range(len(labels))], labels, shards=shards)
+
+
+TOY_CLASSES = ["cat", "dog", "bird"]
+
+
+def colour_png(colour) -> bytes:
+    """A 4x4 PNG of one colour."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def toy_wds(root, labels=(0, 1, 2, 0, 2), shards=2, split="test", extension="webp") -> Path:
+    """A CLIP_benchmark folder over `TOY_CLASSES`, one shade of red per image."""
+    images = [colour_png((i * 40, 0, 0)) for i in range(len(labels))]
+    return write_clip_benchmark(root, TOY_CLASSES, images, labels, shards=shards, split=split, extension=extension)
 
 
 # ---------------------------------------------------------------- a tiny captioner

@@ -6,7 +6,7 @@ import json
 import datasets
 import pytest
 from conftest import CLASS_NAMES, make_pair_dataset
-from test_eval_cli import clip_benchmark_folder
+from helpers import clip_benchmark_folder
 
 from anchorclip.cli import config_to_argv
 from anchorclip.cli import main as cli

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import CLASS_NAMES, make_model, make_processor
-from helpers import write_clip_benchmark
+from helpers import clip_benchmark_folder, noise_png
 from PIL import Image
 
 from anchorclip.cli import main as cli
@@ -19,29 +19,17 @@ from anchorclip.evaluation.zero_shot import ZeroShotScorer
 from anchorclip.transforms import ImageTransform
 
 
-def _png(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 255, (20, 24, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def clip_benchmark_folder(root, labels=(0, 1, 2, 3, 0, 1), shards=2):
-    """CLIP_benchmark's layout over the 4 class names: <root>/test/N.tar of KEY.png + KEY.cls."""
-    return write_clip_benchmark(root, CLASS_NAMES, [_png(i) for i in range(len(labels))], labels, shards=shards)
-
-
 def imagefolder(root, per_class=2):
     for c, name in enumerate(CLASS_NAMES):
         os.makedirs(root / "train" / name)
         for i in range(per_class):
-            (root / "train" / name / f"{i}.png").write_bytes(_png(10 * c + i))
+            (root / "train" / name / f"{i}.png").write_bytes(noise_png(10 * c + i))
     return root
 
 
 def saved_dataset(root):
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASS_NAMES)})
-    images = [Image.open(io.BytesIO(_png(i))) for i in range(8)]
+    images = [Image.open(io.BytesIO(noise_png(i))) for i in range(8)]
     datasets.Dataset.from_dict({"image": images, "label": [i % 4 for i in range(8)]}, features=features).save_to_disk(
         str(root)
     )
@@ -154,7 +142,7 @@ def test_class_subset_scores_over_its_own_logits_only():
     model = make_model()
     words = "small big red green blue yellow".split()
     parent = [f"a {words[i % 6]} {words[(i // 6) % 6]} {CLASS_NAMES[(i // 36) % 4]}" for i in range(1000)]
-    images = [Image.open(io.BytesIO(_png(i))) for i in range(24)]
+    images = [Image.open(io.BytesIO(noise_png(i))) for i in range(24)]
     head = model.build_zero_shot_head(parent, ["a photo of a {}."], make_processor().tokenizer)
     pixels = torch.stack([ImageTransform(size=16)(image.convert("RGB")) for image in images])
     with torch.no_grad():
@@ -174,7 +162,7 @@ def test_class_subset_scores_over_its_own_logits_only():
 def test_class_subset_groups_score_by_their_best_parent():
     """ObjectNet-style: a set class maps to several parent classes and scores the best of them."""
     model = make_model()
-    images = [Image.open(io.BytesIO(_png(i))) for i in range(8)]
+    images = [Image.open(io.BytesIO(noise_png(i))) for i in range(8)]
     dataset = datasets.Dataset.from_dict({"image": images, "label": [0, 1] * 4})
     scorer = _scorer(model)
     groups = scorer.score(EvalSet(dataset, class_names=CLASS_NAMES, class_subset=[[0, 1], [2, 3]]))
@@ -189,7 +177,7 @@ def test_class_subset_groups_score_by_their_best_parent():
 def test_retrieval_set_recalls():
     """Image i's captions are rows 2i, 2i+1 (two captions per image); recall@10 covers every text here."""
     model = make_model()
-    images = [Image.open(io.BytesIO(_png(i))) for i in range(6)]
+    images = [Image.open(io.BytesIO(noise_png(i))) for i in range(6)]
     captions = [[f"a photo of a {name}", f"a sketch of a {name}"] for name in CLASS_NAMES + CLASS_NAMES[:2]]
     dataset = datasets.Dataset.from_dict({"image": images, "caption": captions})
     scores = _scorer(model).score(EvalSet(dataset, group="retrieval"))
@@ -238,7 +226,7 @@ def test_sets_with_equal_names_and_templates_share_one_head(monkeypatch):
     calls = []
     build = model.build_zero_shot_head
     monkeypatch.setattr(model, "build_zero_shot_head", lambda *a, **k: calls.append(a[0]) or build(*a, **k))
-    images = [Image.open(io.BytesIO(_png(i))) for i in range(4)]
+    images = [Image.open(io.BytesIO(noise_png(i))) for i in range(4)]
     dataset = datasets.Dataset.from_dict({"image": images, "label": [0, 1, 2, 3]})
     scorer = _scorer(model)
     first = scorer.score(EvalSet(dataset, class_names=CLASS_NAMES))
