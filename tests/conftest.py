@@ -148,6 +148,15 @@ def processor():
 
 
 @pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """`make_model()` saved with its processor: the model the in-process tests build, as a folder."""
+    folder = tmp_path_factory.mktemp("ckpt") / "tiny-clip"
+    make_model().save_pretrained(folder)
+    make_processor().save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A tiny plain-CLIP checkpoint on disk, as `anchorclip retrieve` and `retrieve_anchors` load one."""
     path = str(tmp_path_factory.mktemp("clip"))

@@ -303,23 +303,16 @@ def save_wds(folder: Path, num_classes: int, seed: int, split: str = "test") -> 
     """A CLIP_benchmark webdataset: `<split>/0.tar, 1.tar` of KEY.webp + KEY.cls, `<split>/nshards.txt`, and
     `classnames.txt` (line i names label i) + `zeroshot_classification_templates.txt` (`{c}` for the name)."""
     import io
-    import tarfile
 
-    (folder / split).mkdir(parents=True, exist_ok=True)
-    (folder / "classnames.txt").write_text("\n".join(class_names(num_classes)) + "\n")
-    (folder / "zeroshot_classification_templates.txt").write_text("a photo of a {c}.\na sketch of a {c}.\n")
-    (folder / split / "nshards.txt").write_text(f"{WDS_SHARDS}\n")
-    rows = list(enumerate(images(WDS_ROWS, seed)))
-    for shard in range(WDS_SHARDS):
-        with tarfile.open(folder / split / f"{shard}.tar", "w") as tar:
-            for i, image in rows[shard::WDS_SHARDS]:
-                buffer = io.BytesIO()
-                image.save(buffer, format="WEBP")
-                label = (i * 37) % num_classes  # spread over the label range
-                for extension, data in (("webp", buffer.getvalue()), ("cls", f"{label}\n".encode())):
-                    member = tarfile.TarInfo(f"s{i:07d}.{extension}")
-                    member.size = len(data)
-                    tar.addfile(member, io.BytesIO(data))
+    from helpers import write_clip_benchmark
+
+    encoded = []
+    for image in images(WDS_ROWS, seed):
+        buffer = io.BytesIO()
+        image.save(buffer, format="WEBP")
+        encoded.append(buffer.getvalue())
+    labels = [(i * 37) % num_classes for i in range(WDS_ROWS)]  # spread over the label range
+    write_clip_benchmark(folder, class_names(num_classes), encoded, labels, WDS_SHARDS, split, extension="webp")
 
 
 # ------------------------------------------------------------------ anchors that docs use but do not build

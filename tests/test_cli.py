@@ -5,19 +5,11 @@ import json
 
 import datasets
 import pytest
-from conftest import CLASS_NAMES, make_model, make_pair_dataset, make_processor
-from test_eval_cli import clip_benchmark_folder
+from conftest import CLASS_NAMES, make_pair_dataset
+from helpers import clip_benchmark_folder
 
 from anchorclip.cli import config_to_argv
 from anchorclip.cli import main as cli
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ckpt") / "tiny-clip"
-    make_model().save_pretrained(folder)
-    make_processor().save_pretrained(folder)
-    return str(folder)
 
 
 @pytest.mark.parametrize("command", ["train", "eval", "caption", "retrieve"])
@@ -37,11 +29,11 @@ def test_config_to_argv(tmp_path):
     assert config_to_argv(str(tmp_path / "run.json")) == ["--output_dir", "out", "--eval_suite", "miniworld"]
 
 
-def test_train_from_yaml_with_an_overriding_flag(checkpoint, tmp_path):
+def test_train_from_yaml_with_an_overriding_flag(model_dir, tmp_path):
     folder = clip_benchmark_folder(tmp_path / "wds_pets")
     config = tmp_path / "train.yaml"
     config.write_text(
-        f"method: zeroshot\nmodel_name_or_path: {checkpoint}\neval_datasets: ['pets@zero_shot={folder}:test']\n"
+        f"method: zeroshot\nmodel_name_or_path: {model_dir}\neval_datasets: ['pets@zero_shot={folder}:test']\n"
         f"output_dir: {tmp_path / 'ignored'}\nreport_to: none\ndataloader_num_workers: 0\n"
     )
     assert cli(["train", str(config), "--output-dir", str(tmp_path / "out")]) == 0
@@ -49,11 +41,11 @@ def test_train_from_yaml_with_an_overriding_flag(checkpoint, tmp_path):
     assert not (tmp_path / "ignored").exists()
 
 
-def test_retrieve_from_yaml(checkpoint, tmp_path):
+def test_retrieve_from_yaml(model_dir, tmp_path):
     make_pair_dataset(24).save_to_disk(str(tmp_path / "pool"))
     config = tmp_path / "retrieve.yaml"
     config.write_text(
-        f"pool: {tmp_path / 'pool'}\nmodel_name_or_path: {checkpoint}\noutput_dir: {tmp_path / 'anchors'}\n"
+        f"pool: {tmp_path / 'pool'}\nmodel_name_or_path: {model_dir}\noutput_dir: {tmp_path / 'anchors'}\n"
         f"cache_dir: {tmp_path / 'cache'}\nclass_names: {json.dumps(CLASS_NAMES)}\nk_per_class: 2\nbatch_size: 8\n"
     )
     assert cli(["retrieve", str(config)]) == 0

@@ -6,7 +6,7 @@ import datasets
 import pytest
 import torch
 from conftest import corrupt_bytes, make_model, make_pair_dataset, make_processor
-from test_trainer import assert_accumulation_equals_large_batch, make_args, make_trainer
+from helpers import assert_accumulation_equals_large_batch, make_args, make_trainer
 
 from anchorclip import AnchorTrainingArguments
 from anchorclip.hub.sections import hyperparameter_rows, loss_text

@@ -8,6 +8,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_api_reference_matches_docstrings():
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "gen_api_docs.py"), "--check"],

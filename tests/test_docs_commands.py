@@ -23,7 +23,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = "examples/run_anchor_ft.py"
@@ -221,18 +221,12 @@ def _repo_paths(words: list[str]) -> list[str]:
     return [str(ROOT / w) if w.split("/")[0] in ("examples", "benchmarks", "scripts") else w for w in words]
 
 
-def _free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 def _launcher(launch_args: list[str], workdir: Path) -> list[str]:
     """`accelerate launch` flags for this CPU machine (see the module docstring)."""
     from accelerate.commands.launch import launch_command_parser
 
     args = launch_command_parser().parse_args([*launch_args, "x.py"])
-    flags = ["--num_machines", "1", "--dynamo_backend", "no", "--main_process_port", _free_port()]
+    flags = ["--num_machines", "1", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
     processes, mixed = args.num_processes or 1, args.mixed_precision or "no"
     if args.config_file:
         config = yaml.safe_load(open(args.config_file))
@@ -402,6 +396,7 @@ def test_documented_template_sets_exist():
         assert resolve_templates(value), value
 
 
+@pytest.mark.slow
 def test_commands_parse_with_their_own_parsers(tmp_path, base_env):
     """Parse-only commands, and run commands as written (without the budget), through their own parsers."""
     checks = {c.text: to_parse(_env_and_words(c.argv)[1]) for cs in ALL.values() for c in cs if rule_for(c)[1] != SKIP}
@@ -438,6 +433,7 @@ def _runs() -> dict[str, list[Command]]:
 RUNS = _runs()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", list(RUNS))
 def test_documented_commands_run(page, world, base_env, tmp_path):
     workdir = tmp_path / "cwd"

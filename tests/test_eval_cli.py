@@ -4,13 +4,13 @@ format an evaluation set comes in (stand-ins built here), class subsets scored o
 import io
 import json
 import os
-import tarfile
 
 import datasets
 import numpy as np
 import pytest
 import torch
 from conftest import CLASS_NAMES, make_model, make_processor
+from helpers import clip_benchmark_folder, noise_png
 from PIL import Image
 
 from anchorclip.cli import main as cli
@@ -19,48 +19,17 @@ from anchorclip.evaluation.zero_shot import ZeroShotScorer
 from anchorclip.transforms import ImageTransform
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ckpt") / "tiny-clip"
-    make_model().save_pretrained(folder)
-    make_processor().save_pretrained(folder)
-    return str(folder)
-
-
-def _png(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 255, (20, 24, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def clip_benchmark_folder(root, labels=(0, 1, 2, 3, 0, 1), shards=2):
-    """CLIP_benchmark's layout: <root>/test/N.tar of KEY.png + KEY.cls, classnames.txt and templates beside."""
-    os.makedirs(root / "test")
-    (root / "classnames.txt").write_text("\n".join(CLASS_NAMES) + "\n")
-    (root / "zeroshot_classification_templates.txt").write_text("a photo of a {c}.\na sketch of a {c}.\n")
-    per = -(-len(labels) // shards)
-    for shard in range(shards):
-        with tarfile.open(root / "test" / f"{shard}.tar", "w") as tar:
-            for i in range(shard * per, min((shard + 1) * per, len(labels))):
-                for name, data in ((f"s{i:04d}.png", _png(i)), (f"s{i:04d}.cls", str(labels[i]).encode())):
-                    info = tarfile.TarInfo(name)
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-    return root
-
-
 def imagefolder(root, per_class=2):
     for c, name in enumerate(CLASS_NAMES):
         os.makedirs(root / "train" / name)
         for i in range(per_class):
-            (root / "train" / name / f"{i}.png").write_bytes(_png(10 * c + i))
+            (root / "train" / name / f"{i}.png").write_bytes(noise_png(10 * c + i))
     return root
 
 
 def saved_dataset(root):
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASS_NAMES)})
-    images = [Image.open(io.BytesIO(_png(i))) for i in range(8)]
+    images = [Image.open(io.BytesIO(noise_png(i))) for i in range(8)]
     datasets.Dataset.from_dict({"image": images, "label": [i % 4 for i in range(8)]}, features=features).save_to_disk(
         str(root)
     )
@@ -68,7 +37,7 @@ def saved_dataset(root):
 
 
 @pytest.mark.parametrize("kind", ["clip_benchmark", "imagefolder", "save_to_disk"])
-def test_eval_writes_top1_without_finetune_set(kind, checkpoint, tmp_path):
+def test_eval_writes_top1_without_finetune_set(kind, model_dir, tmp_path):
     make = {"clip_benchmark": clip_benchmark_folder, "imagefolder": imagefolder, "save_to_disk": saved_dataset}
     folder = make[kind](tmp_path / f"wds_{kind}")
     spec = f"{folder}:test" if kind == "clip_benchmark" else str(folder)  # an ImageFolder: its only split
@@ -78,7 +47,7 @@ def test_eval_writes_top1_without_finetune_set(kind, checkpoint, tmp_path):
             [
                 "eval",
                 "--model_name_or_path",
-                checkpoint,
+                model_dir,
                 "--eval_datasets",
                 f"X@zero_shot={spec}",
                 "--output-dir",
@@ -99,7 +68,7 @@ def test_eval_writes_top1_without_finetune_set(kind, checkpoint, tmp_path):
     assert "| model | zero-shot avg | X |" in (out / "results.md").read_text()
 
 
-def test_eval_from_yaml_config_and_wise_between(checkpoint, tmp_path):
+def test_eval_from_yaml_config_and_wise_between(model_dir, tmp_path):
     folder = clip_benchmark_folder(tmp_path / "wds_cars")
     finetuned = tmp_path / "finetuned"
     model = make_model(seed=1)
@@ -107,7 +76,7 @@ def test_eval_from_yaml_config_and_wise_between(checkpoint, tmp_path):
     make_processor().save_pretrained(finetuned)
     config = tmp_path / "eval.yaml"
     config.write_text(
-        f"wise_between: [{checkpoint}, {finetuned}]\nwise_alphas: [0.0, 1.0]\n"
+        f"wise_between: [{model_dir}, {finetuned}]\nwise_alphas: [0.0, 1.0]\n"
         f"eval_datasets: ['cars@zero_shot={folder}:test']\noutput_dir: {tmp_path / 'out'}\ndataloader_num_workers: 0\n"
     )
     assert cli(["eval", str(config)]) == 0
@@ -118,7 +87,7 @@ def test_eval_from_yaml_config_and_wise_between(checkpoint, tmp_path):
     assert results["wise"]["1.0"]["metrics"] == results["finetuned"]["metrics"]
 
 
-def test_train_zeroshot_loads_no_finetune_set(checkpoint, tmp_path):
+def test_train_zeroshot_loads_no_finetune_set(model_dir, tmp_path):
     folder = clip_benchmark_folder(tmp_path / "wds_pets")
     out = tmp_path / "out"
     code = cli(
@@ -127,7 +96,7 @@ def test_train_zeroshot_loads_no_finetune_set(checkpoint, tmp_path):
             "--method",
             "zeroshot",
             "--model_name_or_path",
-            checkpoint,
+            model_dir,
             "--dataset_name",
             str(tmp_path / "does-not-exist"),  # never read: zero-shot trains nothing
             "--eval_datasets",
@@ -173,7 +142,7 @@ def test_class_subset_scores_over_its_own_logits_only():
     model = make_model()
     words = "small big red green blue yellow".split()
     parent = [f"a {words[i % 6]} {words[(i // 6) % 6]} {CLASS_NAMES[(i // 36) % 4]}" for i in range(1000)]
-    images = [Image.open(io.BytesIO(_png(i))) for i in range(24)]
+    images = [Image.open(io.BytesIO(noise_png(i))) for i in range(24)]
     head = model.build_zero_shot_head(parent, ["a photo of a {}."], make_processor().tokenizer)
     pixels = torch.stack([ImageTransform(size=16)(image.convert("RGB")) for image in images])
     with torch.no_grad():
@@ -193,7 +162,7 @@ def test_class_subset_scores_over_its_own_logits_only():
 def test_class_subset_groups_score_by_their_best_parent():
     """ObjectNet-style: a set class maps to several parent classes and scores the best of them."""
     model = make_model()
-    images = [Image.open(io.BytesIO(_png(i))) for i in range(8)]
+    images = [Image.open(io.BytesIO(noise_png(i))) for i in range(8)]
     dataset = datasets.Dataset.from_dict({"image": images, "label": [0, 1] * 4})
     scorer = _scorer(model)
     groups = scorer.score(EvalSet(dataset, class_names=CLASS_NAMES, class_subset=[[0, 1], [2, 3]]))
@@ -208,7 +177,7 @@ def test_class_subset_groups_score_by_their_best_parent():
 def test_retrieval_set_recalls():
     """Image i's captions are rows 2i, 2i+1 (two captions per image); recall@10 covers every text here."""
     model = make_model()
-    images = [Image.open(io.BytesIO(_png(i))) for i in range(6)]
+    images = [Image.open(io.BytesIO(noise_png(i))) for i in range(6)]
     captions = [[f"a photo of a {name}", f"a sketch of a {name}"] for name in CLASS_NAMES + CLASS_NAMES[:2]]
     dataset = datasets.Dataset.from_dict({"image": images, "caption": captions})
     scores = _scorer(model).score(EvalSet(dataset, group="retrieval"))
@@ -229,12 +198,27 @@ def test_metrics_by_hand():
     assert recall.compute() == {"image2text_recall@1": 0.0, "image2text_recall@5": 0.5}
 
 
-def test_every_command_has_help_and_both_spellings(capsys):
+def test_every_command_has_help_and_both_spellings(capsys, tmp_path):
+    from anchorclip.cli import eval as eval_cli
+    from anchorclip.cli import retrieve as retrieve_cli
+    from anchorclip.cli import train as train_cli
+
     for command in ("train", "eval", "retrieve"):
         with pytest.raises(SystemExit) as exit_info:
             cli([command, "--help"])
         assert exit_info.value.code == 0
-        assert "--output_dir" in capsys.readouterr().out
+        text = capsys.readouterr().out
+        assert "--output_dir" in text and "--output-dir" in text
+    # Each spelling sets the same field (and overrides the default) in every command's parser.
+    parsers = {
+        "train": lambda argv: train_cli.parse_args(argv)[2],
+        "eval": eval_cli.parse_args,
+        "retrieve": lambda argv: retrieve_cli.parse_args(["--pool", "p", "--model_name_or_path", "m", *argv]),
+    }
+    for command, parse in parsers.items():
+        for spelling in ("--output_dir", "--output-dir"):
+            target = str(tmp_path / command / spelling.strip("-"))
+            assert parse([spelling, target]).output_dir == target, (command, spelling)
 
 
 def test_sets_with_equal_names_and_templates_share_one_head(monkeypatch):
@@ -242,7 +226,7 @@ def test_sets_with_equal_names_and_templates_share_one_head(monkeypatch):
     calls = []
     build = model.build_zero_shot_head
     monkeypatch.setattr(model, "build_zero_shot_head", lambda *a, **k: calls.append(a[0]) or build(*a, **k))
-    images = [Image.open(io.BytesIO(_png(i))) for i in range(4)]
+    images = [Image.open(io.BytesIO(noise_png(i))) for i in range(4)]
     dataset = datasets.Dataset.from_dict({"image": images, "label": [0, 1, 2, 3]})
     scorer = _scorer(model)
     first = scorer.score(EvalSet(dataset, class_names=CLASS_NAMES))

@@ -3,84 +3,52 @@
 import io
 import json
 import os
-import tarfile
 
 import datasets
 import pytest
+from helpers import TOY_CLASSES, colour_png, toy_wds, write_tar
 from PIL import Image
 
 from anchorclip.evaluation.formats import SourceInfo, class_names_from_file, is_wds_folder, load_eval_dataset
 
-CLASSES = ["cat", "dog", "bird"]
-
-
-def _png(colour) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (4, 4), colour).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _write_shard(path, examples):
-    """examples: (key, {extension: bytes}) in order, as webdataset.ShardWriter writes them."""
-    with tarfile.open(path, "w") as tar:
-        for key, files in examples:
-            for extension, data in files.items():
-                info = tarfile.TarInfo(f"{key}.{extension}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-
-
-def _wds(root, labels=(0, 1, 2, 0, 2), shards=2, split="test", extension="webp"):
-    os.makedirs(root / split)
-    (root / "classnames.txt").write_text("\n".join(CLASSES) + "\n")
-    (root / "zeroshot_classification_templates.txt").write_text("a photo of a {c}.\na sketch of a {c}.\n")
-    examples = [
-        (f"s{i:07d}", {extension: _png((i * 40, 0, 0)), "cls": str(label).encode()}) for i, label in enumerate(labels)
-    ]
-    per = -(-len(examples) // shards)
-    for shard in range(shards):
-        _write_shard(root / split / f"{shard}.tar", examples[shard * per : (shard + 1) * per])
-    (root / split / "nshards.txt").write_text(f"{shards}\n")
-    return root
-
 
 def test_wds_folder_loads_labels_names_templates(tmp_path):
-    root = _wds(tmp_path / "wds_toy")
+    root = toy_wds(tmp_path / "wds_toy")
     assert is_wds_folder(str(root))
     dataset, info = load_eval_dataset(f"{root}:test", cache_dir=str(tmp_path / "cache"))
     assert dataset["label"] == [0, 1, 2, 0, 2]
     assert dataset["key"] == [f"s{i:07d}" for i in range(5)]
     assert dataset.features["image"].decode is False
     assert Image.open(io.BytesIO(dataset[3]["image"]["bytes"])).getpixel((0, 0)) == (120, 0, 0)
-    assert info.kind == "webdataset" and info.class_names == CLASSES
+    assert info.kind == "webdataset" and info.class_names == TOY_CLASSES
     assert info.templates == ["a photo of a {}.", "a sketch of a {}."]  # CLIP_benchmark's {c} -> anchorclip's {}
     assert (info.image_column, info.label_column) == ("image", "label")
     assert info.metadata == {"root": str(root), "split": "test"}
 
 
 def test_wds_shards_in_numeric_order_and_jpg(tmp_path):
-    root = _wds(tmp_path / "wds", labels=list(range(3)) * 4, shards=11, extension="jpg")
+    root = toy_wds(tmp_path / "wds", labels=list(range(3)) * 4, shards=11, extension="jpg")
     (root / "test" / "nshards.txt").unlink()
     dataset, _ = load_eval_dataset(str(root), cache_dir=str(tmp_path / "cache"))  # split defaults to test
     assert dataset["key"] == [f"s{i:07d}" for i in range(12)]  # 10.tar after 9.tar, not after 1.tar
 
 
 def test_wds_missing_classnames_names_the_file(tmp_path):
-    root = _wds(tmp_path / "wds")
+    root = toy_wds(tmp_path / "wds")
     (root / "classnames.txt").unlink()
     with pytest.raises(FileNotFoundError, match="classnames.txt"):
         load_eval_dataset(str(root), cache_dir=str(tmp_path / "cache"))
 
 
 def test_wds_label_out_of_range_names_the_shard(tmp_path):
-    root = _wds(tmp_path / "wds", labels=(0, 1, 2, 3))
+    root = toy_wds(tmp_path / "wds", labels=(0, 1, 2, 3))
     with pytest.raises(ValueError, match=r"1\.tar: s0000003\.cls is '3'"):
         load_eval_dataset(str(root), cache_dir=str(tmp_path / "cache"))
 
 
 @pytest.mark.parametrize("cut", [100, 700])
 def test_wds_truncated_shard_names_the_shard(tmp_path, cut):
-    root = _wds(tmp_path / "wds")
+    root = toy_wds(tmp_path / "wds")
     shard = root / "test" / "1.tar"
     shard.write_bytes(shard.read_bytes()[:cut])
     with pytest.raises(ValueError, match=r"1\.tar is unreadable or truncated"):
@@ -88,17 +56,17 @@ def test_wds_truncated_shard_names_the_shard(tmp_path, cut):
 
 
 def test_wds_unpaired_members_name_the_shard(tmp_path):
-    root = _wds(tmp_path / "wds")
-    _write_shard(root / "test" / "1.tar", [("s0000009", {"webp": _png((0, 0, 0))})])
+    root = toy_wds(tmp_path / "wds")
+    write_tar(root / "test" / "1.tar", [("s0000009", {"webp": colour_png((0, 0, 0))})])
     with pytest.raises(ValueError, match=r"1\.tar: example 's0000009' has an image but no \.cls"):
         load_eval_dataset(str(root), cache_dir=str(tmp_path / "cache"))
-    _write_shard(root / "test" / "1.tar", [("s0000009", {"cls": b"1"})])
+    write_tar(root / "test" / "1.tar", [("s0000009", {"cls": b"1"})])
     with pytest.raises(ValueError, match="a .cls label but no image"):
         load_eval_dataset(str(root), cache_dir=str(tmp_path / "cache"))
 
 
 def test_wds_missing_split_and_empty_split_and_shard_count(tmp_path):
-    root = _wds(tmp_path / "wds")
+    root = toy_wds(tmp_path / "wds")
     with pytest.raises(FileNotFoundError, match=r"wds/train does not exist; .* has splits \['test'\]"):
         load_eval_dataset(f"{root}:train", cache_dir=str(tmp_path / "cache"))
     os.makedirs(root / "validation")
@@ -150,7 +118,7 @@ def test_names_file_in_label_order_and_mismatches(tmp_path):
     names.write_text("kitty\npuppy\n")
     assert class_names_from_file(str(names), ["cat", "dog"]) == ["kitty", "puppy"]
     with pytest.raises(ValueError, match="lists 2 names; the dataset has 3 labels"):
-        class_names_from_file(str(names), CLASSES)
+        class_names_from_file(str(names), TOY_CLASSES)
     mapping = tmp_path / "map.json"
     mapping.write_text(json.dumps({"mapping": {"n01440764": "tench"}}))
     with pytest.raises(ValueError, match=r"map.json has no name for 1 labels"):
@@ -160,7 +128,7 @@ def test_names_file_in_label_order_and_mismatches(tmp_path):
 def test_hub_wds_repo_downloads_only_the_split(tmp_path, monkeypatch):
     import huggingface_hub
 
-    root = _wds(tmp_path / "snapshot")
+    root = toy_wds(tmp_path / "snapshot")
     calls = []
 
     def fake_snapshot_download(repo_id, **kwargs):
@@ -169,7 +137,7 @@ def test_hub_wds_repo_downloads_only_the_split(tmp_path, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     dataset, info = load_eval_dataset("clip-benchmark/wds_imagenet-a:test", cache_dir=str(tmp_path / "cache"))
-    assert len(dataset) == 5 and info.class_names == CLASSES
+    assert len(dataset) == 5 and info.class_names == TOY_CLASSES
     assert info.metadata["spec"] == "clip-benchmark/wds_imagenet-a"
     ((repo_id, kwargs),) = calls
     assert repo_id == "clip-benchmark/wds_imagenet-a" and kwargs["repo_type"] == "dataset"
@@ -195,6 +163,7 @@ def test_a_registered_format_reads_its_specs():
         register_eval_format("a:b", EvalFormat(load=load))
 
 
+@pytest.mark.slow
 def test_the_library_does_not_import_the_miniature_world():
     """`miniworld:` specs are a registered format: nothing below the commands imports anchorclip.miniworld."""
     import subprocess

@@ -4,7 +4,7 @@ import json
 import os
 
 import pytest
-from test_eval_formats import CLASSES, _wds
+from helpers import TOY_CLASSES, toy_wds
 
 from anchorclip.evaluation import suites
 from anchorclip.evaluation.suites import build_eval_set, list_suites, load_suite, load_suite_sets, resolve_dataset_spec
@@ -103,7 +103,7 @@ def test_data_root_resolution(tmp_path):
 
 
 def test_user_yaml_suite_end_to_end(tmp_path):
-    _wds(tmp_path / "data" / "wds_toy")
+    toy_wds(tmp_path / "data" / "wds_toy")
     (tmp_path / "parent.txt").write_text("# source: a test\nkitten\nhorse\npuppy\nsparrow\n")
     (tmp_path / "suite.yaml").write_text(
         "name: mine\n"
@@ -117,7 +117,7 @@ def test_user_yaml_suite_end_to_end(tmp_path):
         str(tmp_path / "suite.yaml"), data_root=str(tmp_path / "data"), cache_dir=str(tmp_path / "c")
     )
     toy, sub = sets["toy"], sets["toy_sub"]
-    assert toy.group == "domain_shift" and toy.class_names == CLASSES and toy.class_subset is None
+    assert toy.group == "domain_shift" and toy.class_names == TOY_CLASSES and toy.class_subset is None
     assert toy.templates == ["a photo of a {}.", "a sketch of a {}."] and toy.dataset["label"] == [0, 1, 2, 0, 2]
     assert (toy.image_column, toy.label_column) == ("image", "label")
     assert sub.class_names == ["kitten", "horse", "puppy", "sparrow"] and sub.class_subset == [[0], [2, 1], [3]]
@@ -125,7 +125,7 @@ def test_user_yaml_suite_end_to_end(tmp_path):
 
 
 def test_subset_or_names_that_disagree_with_the_source_fail(tmp_path):
-    _wds(tmp_path / "wds_toy")
+    toy_wds(tmp_path / "wds_toy")
     entry = suites.SuiteEntry("x", "zero_shot", str(tmp_path / "wds_toy"), class_names=["a", "b"], class_subset=[0, 1])
     with pytest.raises(ValueError, match="has 3 classes, class_subset has 2"):
         build_eval_set(entry, cache_dir=str(tmp_path / "c"))

@@ -3,11 +3,9 @@
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 
-import datasets
 import huggingface_hub
 import pytest
 import yaml
@@ -16,14 +14,10 @@ from conftest import (
     import_example,
     make_classification_dataset,
     make_images,
-    make_model,
-    make_pair_dataset,
 )
-from conftest import make_processor as make_clip_processor
+from helpers import PLAIN_TRANSFORMERS, build_tiny_world, free_port, make_trainer
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.utils import httpx
-from test_modeling import _PLAIN_TRANSFORMERS
-from test_trainer import make_trainer
 
 from anchorclip import AnchorCLIPModel, EvalSet, LinearHeadCLIP
 from anchorclip.hub import UPLOAD_DIR, build_model_card, public_name, validate_card_locally
@@ -35,15 +29,7 @@ REPO = "someone/tiny-arf"
 @pytest.fixture(scope="module")
 def pushed_run(tmp_path_factory):
     """The example with --push_to_hub under HF_HUB_OFFLINE=1 (set by conftest): writes hub_upload/."""
-    root = tmp_path_factory.mktemp("hubworld")
-    make_model().save_pretrained(root / "clip")
-    make_clip_processor().save_pretrained(root / "clip")
-    make_classification_dataset(32, with_captions=False).save_to_disk(str(root / "train"))
-    captions = make_classification_dataset(32, with_captions=True)["caption"]  # a captions table keyed by row
-    table = datasets.Dataset.from_dict({"row_index": list(range(32)), "caption": captions})
-    table.save_to_disk(str(root / "captions"))
-    make_pair_dataset(40).save_to_disk(str(root / "pairs"))
-    make_classification_dataset(12, seed=9).save_to_disk(str(root / "test"))
+    root = build_tiny_world(tmp_path_factory.mktemp("hubworld"))
     out = root / "out"
     args = [
         "--model_name_or_path", str(root / "clip"), "--dataset_name", str(root / "train"),
@@ -153,9 +139,10 @@ def test_upload_folder_restores_class_names_and_classifies(pushed_run):
     assert model.classify(make_images(2)).shape == (2, len(CLASS_NAMES))
 
 
+@pytest.mark.slow
 def test_upload_folder_loads_in_plain_transformers(pushed_run):
     result = subprocess.run(
-        [sys.executable, "-c", _PLAIN_TRANSFORMERS, str(pushed_run[0] / UPLOAD_DIR)],
+        [sys.executable, "-c", PLAIN_TRANSFORMERS, str(pushed_run[0] / UPLOAD_DIR)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -199,11 +186,10 @@ def test_failed_upload_raises_and_keeps_the_folder(tmp_path, monkeypatch):
     validate_card_locally(ModelCard.load(os.path.join(folder, "README.md")))
 
 
+@pytest.mark.slow
 def test_example_exits_nonzero_when_the_hub_is_unreachable(pushed_run, tmp_path):
     """Through the command line, HF_HUB_OFFLINE unset and nothing listening at the Hub endpoint."""
-    with socket.socket() as probe:  # a free port: connecting to it is refused
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # connecting to it is refused
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env.update(HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_TOKEN="hf_test_token_not_real")
     args = _world_args(pushed_run[0].parent, tmp_path / "out", "--push_to_hub", "--hub_model_id", REPO)
@@ -290,5 +276,5 @@ def test_card_records_anchor_provenance_and_lora():
 def test_local_validation_rejects_a_broken_model_index():
     card = ("---\nlibrary_name: transformers\npipeline_tag: zero-shot-image-classification\n"
             "license: mit\nmodel-index:\n- name: x\n  results:\n  - task: {}\n---\n\n# x\n")  # fmt: skip
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"Invalid `model_index`.*'type'"):  # the result's task has no type
         validate_card_locally(card)

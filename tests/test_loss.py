@@ -1,6 +1,5 @@
 import math
 import os
-import socket
 import traceback
 import warnings
 
@@ -9,6 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from helpers import free_port
 
 from anchorclip.loss import ContrastiveLoss
 
@@ -83,12 +83,6 @@ def test_unknown_duplicate_mode_raises():
 # ------------------------------------------------------------------ 2 processes
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class _Towers(torch.nn.Module):
     """Two linear 'towers' and a temperature: enough to check gradients through the gather."""
 
@@ -158,7 +152,7 @@ def _worker(rank, world_size, port, queue):
 def two_process_results():
     context = mp.get_context("spawn")
     queue = context.Queue()
-    port = _free_port()
+    port = free_port()
     processes = [context.Process(target=_worker, args=(rank, 2, port, queue)) for rank in range(2)]
     for process in processes:
         process.start()
@@ -170,6 +164,7 @@ def two_process_results():
     return result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_two_processes_match_one_process_on_concatenated_batch(name, two_process_results):
     loss, expected_grads = _loss_and_grads(name)

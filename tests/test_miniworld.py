@@ -19,6 +19,7 @@ from anchorclip.miniworld import (
     make_example,
     miniworld_eval_sets,
 )
+from anchorclip.miniworld import splits as miniworld_splits
 from anchorclip.miniworld.prompts import EVAL_TEMPLATES
 from anchorclip.miniworld.tokenizer import MAX_LENGTH, UNK_ID
 
@@ -49,7 +50,7 @@ def test_every_style_renders():
         assert np.asarray(example["image"]).std() > 5  # not a blank canvas
 
 
-def test_split_matches_generator_and_is_cached(cache):
+def test_split_matches_generator_and_is_cached(cache, monkeypatch):
     dataset = load_miniworld_split("finetune", size=12)
     assert len(dataset) == 12 and dataset.features["label"].names == list(SEEN_SHAPES)
     for row in (0, 11):
@@ -58,6 +59,11 @@ def test_split_matches_generator_and_is_cached(cache):
         assert dataset[row]["caption"] == example["caption"]
         assert SEEN_SHAPES[dataset[row]["label"]] == example["shape"]
     assert os.listdir(cache / "miniworld")  # written under $ANCHORCLIP_CACHE
+
+    def regenerate(*args, **kwargs):
+        raise AssertionError("a cached split was generated again")
+
+    monkeypatch.setattr(miniworld_splits, "generate_split", regenerate)
     again = load_miniworld_split("finetune", size=12)
     assert again["caption"][:] == dataset["caption"][:]
 
@@ -65,8 +71,17 @@ def test_split_matches_generator_and_is_cached(cache):
 def test_splits_are_disjoint():
     seeds = [spec.seed for spec in SPLITS.values()]
     assert len(set(seeds)) == len(seeds)
+    names = (
+        "test_retrieval",
+        "test_painting",
+        "test_pixel_art",
+        "test_unseen_shapes",
+        "test_colour",
+        "test_background",
+    )
+    assert set(names) <= set(SPLITS)
     seen = {}
-    for name in ("pretrain", "pool", "finetune", "finetune_val", "test_photo", "test_sketch"):
+    for name in SPLITS:  # every split, the test sets included: no image of one is in another
         spec = SPLITS[name]
         hashes = {_pixels(make_example(spec.seed, i, spec.shapes, spec.styles)["image"]) for i in range(60)}
         for other, other_hashes in seen.items():

@@ -11,7 +11,7 @@ from conftest import (
     make_pair_dataset,
     make_processor,
 )
-from test_trainer import make_trainer
+from helpers import PLAIN_TRANSFORMERS, assert_moved, make_trainer
 
 from anchorclip import AnchorCLIPModel, LinearHeadCLIP, wise_ft, wise_ft_sweep
 from anchorclip.templates import OPENAI_IMAGENET_TEMPLATES, resolve_templates
@@ -87,21 +87,10 @@ def finetuned_dir(tmp_path_factory):
     return tmp_path / "model"
 
 
-_PLAIN_TRANSFORMERS = """
-import sys
-sys.modules["anchorclip"] = None  # any import of anchorclip now fails
-from PIL import Image
-from transformers import CLIPModel, pipeline
-model = CLIPModel.from_pretrained(sys.argv[1])
-classifier = pipeline("zero-shot-image-classification", model=sys.argv[1])
-out = classifier(Image.new("RGB", (20, 20), "red"), candidate_labels=["circle", "star"])
-print(type(model).__name__, sorted(o["label"] for o in out))
-"""
-
-
+@pytest.mark.slow
 def test_checkpoint_loads_in_plain_transformers_and_pipeline(finetuned_dir):
     result = subprocess.run(
-        [sys.executable, "-c", _PLAIN_TRANSFORMERS, str(finetuned_dir)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", PLAIN_TRANSFORMERS, str(finetuned_dir)], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "CLIPModel ['circle', 'star']" in result.stdout
@@ -152,6 +141,15 @@ def test_wise_ft_interpolates_linear_head(tmp_path):
         wise_ft(zero_shot, trainer.model, 0.5)
     merged = wise_ft(zero_shot, trainer.model, 0.0, zero_shot_head=zero_head)
     torch.testing.assert_close(merged.finetune_head.data, zero_head)
+    # α = 0.5: the head and every CLIP weight are the midpoints (the head moved, so the midpoint is its own point).
+    fine_head = trainer.model.finetune_head.detach()
+    assert_moved(zero_head, fine_head, "finetune_head")
+    middle = wise_ft(zero_shot, trainer.model, 0.5, zero_shot_head=zero_head)
+    assert isinstance(middle, LinearHeadCLIP)
+    torch.testing.assert_close(middle.finetune_head.data, (zero_head + fine_head) / 2)
+    for name, param in trainer.model.clip.named_parameters():
+        expected = (zero_shot.get_parameter(name) + param) / 2
+        torch.testing.assert_close(middle.clip.get_parameter(name), expected, msg=name)
 
 
 def test_unused_fixture_datasets_are_well_formed():

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,15 +24,9 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here launches the example
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "run_anchor_ft.py"
-LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no"]
-LAUNCH += ["--dynamo_backend", "no"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def launch_example(runs: list[list[str]], num_processes: int, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -41,6 +34,8 @@ def launch_example(runs: list[list[str]], num_processes: int, timeout: int = 600
     of `num_processes` processes (`--multi_gpu` when more than one; pass `--use_cpu` in the argv on CPU)."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as plan:
         json.dump(runs, plan)
+    from helpers import LAUNCH, free_port  # here: the launched script itself needs neither
+
     multi = ["--multi_gpu"] if num_processes > 1 else []
     command = [*LAUNCH, *multi, "--num_processes", str(num_processes), "--main_process_port", str(free_port())]
     command += [__file__, plan.name]
@@ -110,24 +105,15 @@ METHODS = {
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
-    import datasets
-    from conftest import CLASS_NAMES, make_classification_dataset, make_model, make_pair_dataset, make_processor
+    from conftest import CLASS_NAMES, make_model, make_processor
+    from helpers import build_tiny_world
     from safetensors.torch import save_file
 
-    root = tmp_path_factory.mktemp("world")
+    root = build_tiny_world(tmp_path_factory.mktemp("world"), test_rows=10)
     model = make_model()
-    model.save_pretrained(root / "clip")
     # The FT / LP-FT start: the zero-shot head scaled by the temperature (see AnchorCLIPTrainer).
     head = model.build_zero_shot_head(CLASS_NAMES, "simple", make_processor().tokenizer) * model.logit_scale.exp()
     save_file({"weight": head.detach().contiguous()}, root / "zero_shot_head.safetensors")
-    make_processor().save_pretrained(root / "clip")
-    train = make_classification_dataset(32, with_captions=True)
-    train.remove_columns("caption").save_to_disk(str(root / "train"))
-    # The captions table of `anchorclip caption`: keyed by finetune row number.
-    table = {"row_index": list(range(len(train))), "caption": train["caption"]}
-    datasets.Dataset.from_dict(table).save_to_disk(str(root / "captions"))
-    make_pair_dataset(40).save_to_disk(str(root / "pairs"))
-    make_classification_dataset(10, seed=9).save_to_disk(str(root / "test"))
     return root
 
 

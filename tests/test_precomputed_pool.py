@@ -144,7 +144,7 @@ def _embedded_pool(path, checkpoint, n=600, model_name=None):
     )
 
 
-def test_retrieve_from_pool_embeddings(tmp_path, checkpoint):
+def test_retrieve_from_pool_embeddings(tmp_path, checkpoint, capsys):
     pool = _embedded_pool(tmp_path / "pool", checkpoint)
     out = tmp_path / "anchors"
     argv = [
@@ -175,8 +175,10 @@ def test_retrieve_from_pool_embeddings(tmp_path, checkpoint):
     # text2text searches the caption embeddings; a second run reuses the built index.
     assert retrieve.main([*argv[:5], str(tmp_path / "t2t"), *argv[6:], "--rule", "text2text"]) == 0
     assert len(os.listdir(tmp_path / "cache" / "pool-index")) == 2
-    with pytest.raises(SystemExit):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
         retrieve.main(argv + ["--pool", "somewhere"])
+    assert exit_info.value.code == 2 and "pass one of --pool and --pool_embeddings" in capsys.readouterr().err
 
 
 def test_refuses_another_model(tmp_path, checkpoint):

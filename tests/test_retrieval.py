@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import CLASS_NAMES, corrupt_bytes, make_config, make_images, make_pair_dataset, make_processor
+from helpers import free_port, write_clip_benchmark
 from transformers import CLIPModel, CLIPProcessor
 
 from anchorclip.anchors import RetrievalArguments, retrieve_anchors
@@ -230,24 +231,57 @@ def test_a_guard_that_removes_every_candidate_is_a_clear_error(pool, checkpoint,
         _retrieve(pool, checkpoint, tmp_path, leakage_sets=[evaluation], k_per_class=5, leakage_threshold=-1.0)
 
 
+def test_leakage_guard_removes_resized_and_reencoded_copies(tmp_path):
+    """Near-duplicates, not only exact copies: a resized, a JPEG re-encoded and a resized + re-encoded copy of
+    three pool images in the evaluation set take those three out at the default threshold, and nothing else.
+    The shipped miniworld CLIP tells images apart (a random tiny CLIP puts every noise image at cosine ~0.99)."""
+    import io
+
+    from PIL import Image
+
+    from anchorclip.miniworld import MINICLIP_PATH, SEEN_SHAPES, SPLITS, make_example
+
+    def jpeg(image, quality):
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=quality)
+        return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+    examples = [make_example(SPLITS["pool"].seed, i) for i in range(POOL_SIZE)]
+    miniworld_pool = datasets.Dataset.from_dict(
+        {"image": [e["image"] for e in examples], "caption": [e["caption"] for e in examples]},
+        features=datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")}),
+    )
+    photo = SPLITS["test_photo"]
+    unrelated = [make_example(photo.seed, i, photo.shapes, photo.styles)["image"] for i in range(4)]
+    copies = {
+        5: examples[5]["image"].resize((64, 64), Image.BICUBIC),
+        9: jpeg(examples[9]["image"], quality=75),
+        13: jpeg(examples[13]["image"].resize((48, 48), Image.BICUBIC), quality=95),
+    }
+    evaluation = datasets.Dataset.from_dict(
+        {"image": [*copies.values(), *unrelated], "label": [0] * (len(copies) + len(unrelated))},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}),
+    )
+    kwargs = dict(class_names=list(SEEN_SHAPES), k_per_class=100, dedup_threshold=None)  # every item kept
+    everything = _retrieve(miniworld_pool, MINICLIP_PATH, tmp_path / "all", **kwargs)
+    assert set(copies) <= set(everything["pool_index"])  # without the guard the copies' originals are anchors
+    clean = _retrieve(miniworld_pool, MINICLIP_PATH, tmp_path / "guarded", leakage_sets=[evaluation], **kwargs)
+    assert set(everything["pool_index"]) - set(clean["pool_index"]) == set(copies)
+    provenance = json.loads((tmp_path / "guarded" / "anchors" / "anchorclip_provenance.json").read_text())
+    assert provenance["counts"]["leakage_removed_pool_items"] == len(copies)
+
+
 def _wds_folder(root, images):
     """A CLIP_benchmark webdataset folder (`test/0.tar` of KEY.png + KEY.cls, `classnames.txt`): what
     `load_dataset_any` cannot read and `anchorclip eval` can."""
     import io
-    import tarfile
 
-    (root / "test").mkdir(parents=True)
-    (root / "classnames.txt").write_text("\n".join(CLASS_NAMES) + "\n")
-    (root / "test" / "nshards.txt").write_text("1\n")
-    with tarfile.open(root / "test" / "0.tar", "w") as tar:
-        for i, image in enumerate(images):
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            for extension, data in (("png", buffer.getvalue()), ("cls", b"0\n")):
-                member = tarfile.TarInfo(f"s{i:07d}.{extension}")
-                member.size = len(data)
-                tar.addfile(member, io.BytesIO(data))
-    return str(root)
+    encoded = []
+    for image in images:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    return str(write_clip_benchmark(root, CLASS_NAMES, encoded, [0] * len(images), shards=1))
 
 
 def test_leakage_guard_reads_evaluation_folders_as_eval_does(pool, checkpoint, tmp_path):
@@ -281,6 +315,38 @@ def test_settings_have_one_spelling_for_off_and_for_templates():
         RetrievalArguments(model_name_or_path="m", output_dir="o", rule="image2text")
 
 
+def _modality_scores(pool, checkpoint, anchors, rule, finetune) -> tuple[np.ndarray, np.ndarray]:
+    """`(own, other)`: each anchor's best similarity to its class's queries with the pool item embedded in the
+    rule's modality (caption for text2text, image for image2image), and in the other one."""
+    model, processor = CLIPModel.from_pretrained(checkpoint).eval(), make_processor()
+
+    def unit(output):  # get_*_features return the projected features as pooler_output
+        features = output.pooler_output if hasattr(output, "pooler_output") else output
+        return torch.nn.functional.normalize(features, dim=-1)
+
+    with torch.no_grad():
+        rows = anchors["pool_index"]
+        texts = processor.tokenizer([pool[i]["caption"] for i in rows], padding=True, return_tensors="pt")
+        captions = unit(model.get_text_features(**texts))
+        images = unit(
+            model.get_image_features(**processor(images=[pool[i]["image"] for i in rows], return_tensors="pt"))
+        )
+        if rule == "text2text":  # query_mode "each": one query per template, the best one counts
+            prompts = [template.format(name) for name in CLASS_NAMES for template in SIMPLE_TEMPLATES]
+            tokens = processor.tokenizer(prompts, padding=True, return_tensors="pt")
+            queries = unit(model.get_text_features(**tokens)).view(len(CLASS_NAMES), len(SIMPLE_TEMPLATES), -1)
+            own_items, other_items = captions, images
+        else:  # query_mode "ensemble": the normalised mean of the class's finetune images
+            pixels = processor(images=list(finetune["image"]), return_tensors="pt")
+            embedded, labels = unit(model.get_image_features(**pixels)), torch.tensor(finetune["label"])
+            queries = torch.stack([unit(embedded[labels == c].mean(0)) for c in range(len(CLASS_NAMES))])[:, None]
+            own_items, other_items = images, captions
+        owner = queries[torch.tensor(anchors["class_index"])]  # (anchors, queries per class, dim)
+        own = torch.einsum("aqd,ad->aq", owner, own_items).amax(-1)
+        other = torch.einsum("aqd,ad->aq", owner, other_items).amax(-1)
+    return own.numpy(), other.numpy()
+
+
 @pytest.mark.parametrize("rule, query_mode", [("text2text", "each"), ("image2image", "ensemble")])
 def test_other_rules(pool, checkpoint, tmp_path, rule, query_mode):
     from conftest import make_classification_dataset
@@ -304,6 +370,12 @@ def test_other_rules(pool, checkpoint, tmp_path, rule, query_mode):
     provenance = json.loads((tmp_path / "anchors" / "anchorclip_provenance.json").read_text())
     assert provenance["rule"] == rule and provenance["index_factory"] == "IVF2,Flat"
     assert 0.0 < provenance["index_recall"] <= 1.0
+    # Each anchor's score is its similarity to its class's query in the rule's own modality, recomputed here:
+    # the pool caption against the prompts (text2text), the pool image against the finetune images' mean
+    # (image2image); the other modality's similarity is far from it.
+    own, other = _modality_scores(pool, checkpoint, anchors, rule, finetune)
+    np.testing.assert_allclose(anchors["score"], own, atol=2e-3)
+    assert np.abs(np.asarray(anchors["score"]) - other).min() > 0.05
 
 
 # ---------------------------------------------------------------- embedding cache
@@ -523,16 +595,14 @@ def test_streams_that_cannot_be_split_are_refused_clearly(stream_files, tmp_path
         embed_pool(split_dataset_by_node(_stream(stream_files), 0, 2), model, processor, **kwargs)
 
 
+@pytest.mark.slow
 def test_streamed_pool_on_two_processes_reads_its_files_and_writes_the_same_anchors(
     stream_files, checkpoint, tmp_path
 ):
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     script = tmp_path / "retrieve_stream.py"
     script.write_text(STREAM_SCRIPT)
     run = [str(tmp_path / "cache2"), str(tmp_path / "two"), CLASS_NAMES]
@@ -592,12 +662,12 @@ def test_streamed_pool_on_two_processes_reads_its_files_and_writes_the_same_anch
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the case of a machine without GPUs")
 def test_retrieve_command_on_two_processes_without_a_gpu_shares_the_work(pool, checkpoint, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2 -m anchorclip retrieve`, as the docs write it, on a machine
     without GPUs and without a CPU flag: the processes join one gloo group (each embeds its shards, one writes), rather
     than each running the whole job and rewriting the files the other is reading (which died of SIGBUS)."""
-    import socket
     import subprocess
     import sys
 
@@ -606,9 +676,7 @@ def test_retrieve_command_on_two_processes_without_a_gpu_shares_the_work(pool, c
     pool.save_to_disk(str(tmp_path / "pool"))
     common = ["--pool", str(tmp_path / "pool"), "--model_name_or_path", checkpoint, "--shard_size", "8"]
     common += ["--batch_size", "8", "--k_per_class", "3", "--class_names", *CLASS_NAMES]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),

@@ -3,7 +3,8 @@ import os
 
 import datasets
 import pytest
-from conftest import import_example, make_classification_dataset, make_model, make_pair_dataset, make_processor
+from conftest import import_example
+from helpers import build_tiny_world
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "run_anchor_ft.py")
 # The tiny random CLIP ranks the pool alike for every class and embeds it alike (de-duplication would keep a
@@ -13,23 +14,13 @@ ENOUGH_PAIRS = ["--retrieval_k_per_class", "12", "--retrieval_dedup_threshold", 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("world")
-    model = make_model()
-    model.save_pretrained(root / "clip")
-    make_processor().save_pretrained(root / "clip")
-    make_classification_dataset(32, with_captions=False).save_to_disk(str(root / "train"))
-    captions = make_classification_dataset(32, with_captions=True)["caption"]  # a captions table, keyed by row
-    table = datasets.Dataset.from_dict({"row_index": list(range(32)), "caption": captions})
-    table.save_to_disk(str(root / "captioned"))
-    make_pair_dataset(40).save_to_disk(str(root / "pairs"))
-    make_classification_dataset(12, seed=9).save_to_disk(str(root / "test"))
-    return root
+    return build_tiny_world(tmp_path_factory.mktemp("world"))
 
 
 def _args(world, out, method="arf"):
     return [
         "--model_name_or_path", str(world / "clip"), "--dataset_name", str(world / "train"),
-        "--caption_anchors", str(world / "captioned"), "--pair_anchors", str(world / "pairs"),
+        "--caption_anchors", str(world / "captions"), "--pair_anchors", str(world / "pairs"),
         "--eval_datasets", f"photo@id={world / 'test'}", f"sketch@domain_shift={world / 'test'}",
         "--method", method, "--output-dir", str(out), "--max_steps", "3", "--per_device_train_batch_size", "8",
         "--logging_steps", "1", "--report_to", "none", "--use_cpu", "--eval_templates", "simple",

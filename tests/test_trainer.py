@@ -11,45 +11,12 @@ from conftest import (
     make_pair_dataset,
     make_processor,
 )
+from helpers import assert_accumulation_equals_large_batch, assert_moved, make_args, make_trainer, parameters
 from transformers import TrainerCallback
 
-from anchorclip import AnchorCLIPTrainer, AnchorTrainingArguments, EvalSet, NonFiniteLossError
+from anchorclip import AnchorCLIPTrainer, EvalSet, NonFiniteLossError
 from anchorclip.batching import UndecodableImageError
 from anchorclip.data import ColumnError
-
-
-def make_args(tmp_path, **overrides) -> AnchorTrainingArguments:
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=4,
-        per_device_eval_batch_size=8,
-        max_steps=2,
-        learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        seed=0,
-        dataloader_num_workers=0,
-        use_cpu=True,
-        disable_tqdm=True,
-        eval_templates="simple",
-    )
-    defaults.update(overrides)
-    return AnchorTrainingArguments(**defaults)
-
-
-def make_trainer(tmp_path, train=None, pairs="default", model=None, **overrides) -> AnchorCLIPTrainer:
-    return AnchorCLIPTrainer(
-        model=model or make_model(),
-        args=make_args(tmp_path, **overrides),
-        train_dataset=make_classification_dataset() if train is None else train,
-        pair_anchors=make_pair_dataset() if pairs == "default" else pairs,
-        processing_class=make_processor(),
-    )
-
-
-def parameters(model) -> dict[str, torch.Tensor]:
-    return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
 def test_arf_logs_each_loss_term(tmp_path):
@@ -101,27 +68,6 @@ def test_gradient_accumulation_equals_large_batch(tmp_path, method):
     assert small_loss == pytest.approx(large_loss, abs=1e-4)
 
 
-def assert_accumulation_equals_large_batch(tmp_path, atol: float = 2e-6, **overrides):
-    """Train batch 8 at once and as 4 micro-batches of 2 (SGD, no clipping); the weights must agree.
-    Returns both trainers."""
-    common = dict(
-        optim="sgd", learning_rate=0.5, weight_decay=0.0, max_grad_norm=0.0, lr_scheduler_type="constant",
-        duplicate_classes="mask", **overrides,
-    )  # fmt: skip
-    large = make_trainer(tmp_path / "large", per_device_train_batch_size=8, gradient_accumulation_steps=1, **common)
-    small = make_trainer(tmp_path / "small", per_device_train_batch_size=2, gradient_accumulation_steps=4, **common)
-    start = parameters(large.model)
-    large.train()
-    small.train()
-    moved = False
-    for name, before in start.items():
-        after_large, after_small = large.model.get_parameter(name), small.model.get_parameter(name)
-        torch.testing.assert_close(after_small, after_large, atol=atol, rtol=1e-4, msg=name)
-        moved |= not torch.equal(after_large, before)
-    assert moved
-    return large, small
-
-
 @pytest.mark.parametrize("method", ["arf", "lp_ft"])
 def test_resume_from_checkpoint_continues_identically(tmp_path, method):
     # LP-FT: the checkpoint at step 2 ends the probing phase; the trained head must come back with it.
@@ -137,8 +83,25 @@ def test_resume_from_checkpoint_continues_identically(tmp_path, method):
     first.add_callback(Interrupt())
     first.train()
     assert first.state.global_step == 2
+
+    class Record(TrainerCallback):  # what the resumed run starts from, and which steps it runs
+        start, optimizer_steps, steps = None, None, []
+
+        def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+            Record.start = state.global_step
+            Record.optimizer_steps = {int(s["step"]) for s in optimizer.state.values()}  # AdamW's own counts
+
+        def on_step_end(self, args, state, control, **kwargs):
+            Record.steps.append(state.global_step)
+
     resumed = make_trainer(tmp_path / "resumed", **common)
+    resumed.add_callback(Record())
     resumed.train(resume_from_checkpoint=str(tmp_path / "resumed" / "out" / "checkpoint-2"))
+    # A "resume" that retrained from scratch ends with the same weights: it must start at step 2, with the
+    # optimizer's moments of 2 steps, and run only steps 3 and 4.
+    assert Record.start == 2 and Record.optimizer_steps == {2} and Record.steps == [3, 4]
+    logged = [entry["step"] for entry in resumed.state.log_history if "loss" in entry]
+    assert logged == [1, 2, 3, 4]  # the checkpoint's history of steps 1-2, then this run's 3-4
     for name, value in parameters(straight.model).items():
         torch.testing.assert_close(resumed.model.get_parameter(name), value, atol=1e-6, rtol=1e-5, msg=name)
 
@@ -270,15 +233,74 @@ def test_evaluate_named_sets_and_group_means(tmp_path):
     assert metrics["eval_zero_shot_mean"] == metrics["eval_colours_top1"]
 
 
-def test_evaluate_follows_the_current_text_tower(tmp_path):
-    trainer = make_trainer(tmp_path, learning_rate=5e-2, max_steps=3)
-    sets = {"photo": make_classification_dataset(16, seed=5)}
-    before = trainer.evaluate(sets)
-    head_before = trainer.model.build_zero_shot_head(CLASS_NAMES, "simple")
+def _top1(model, dataset) -> float:
+    """Top-1 of a head built now from `model`'s text tower (the independent reference)."""
+    logits = model.classify(images=[row["image"] for row in dataset], class_names=CLASS_NAMES, templates="simple")
+    return (logits.argmax(-1) == torch.tensor(dataset["label"])).float().mean().item()
+
+
+def test_group_mean_averages_every_set_of_the_group(tmp_path):
+    # Two sets in each of two groups, with different scores: a group's mean is the mean of its sets' top-1.
+    trainer = make_trainer(tmp_path)
+    model = trainer.model
+    images = make_classification_dataset(16, seed=5)
+    predicted = model.classify(images=list(images["image"]), class_names=CLASS_NAMES, templates="simple").argmax(-1)
+    perfect = images.map(lambda row, i: {"label": int(predicted[i])}, with_indices=True)  # top-1 exactly 1
+    sets = {
+        "photo": EvalSet(perfect, group="id"),
+        "photo_again": EvalSet(make_classification_dataset(16, seed=6), group="id"),
+        "sketch": EvalSet(make_classification_dataset(8, seed=7), group="domain_shift"),
+        "painting": EvalSet(perfect.select(range(8)), group="domain_shift"),
+    }
+    metrics = trainer.evaluate(sets)
+    scores = {name: metrics[f"eval_{name}_top1"] for name in sets}
+    assert scores["photo"] == 1.0 and scores["photo_again"] == pytest.approx(_top1(model, sets["photo_again"].dataset))
+    assert scores["photo_again"] < 1.0 and scores["sketch"] < 1.0  # the means below are not of equal numbers
+    assert metrics["eval_id_mean"] == pytest.approx((scores["photo"] + scores["photo_again"]) / 2)
+    assert metrics["eval_domain_shift_mean"] == pytest.approx((scores["sketch"] + scores["painting"]) / 2)
+
+
+def test_temperature_is_clamped_after_every_optimizer_step(tmp_path):
+    from anchorclip.loss import LOGIT_SCALE_MAX
+
+    class Overshoot(TrainerCallback):  # every optimizer step drives the temperature past ln(100)
+        def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+            with torch.no_grad():
+                model.logit_scale.fill_(LOGIT_SCALE_MAX + 0.5)
+
+    class Record(TrainerCallback):  # runs after the trainer's own callbacks
+        after_steps = []
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            Record.after_steps.append(model.logit_scale.item())
+
+    trainer = make_trainer(tmp_path, max_steps=3)
+    trainer.add_callback(Overshoot())
+    trainer.add_callback(Record())
     trainer.train()
-    head_after = trainer.model.build_zero_shot_head(CLASS_NAMES, "simple")
-    assert not torch.allclose(head_before, head_after)
-    assert set(trainer.evaluate(sets)) == set(before)
+    assert Record.after_steps == [pytest.approx(LOGIT_SCALE_MAX)] * 3
+    logged = [entry["logit_scale"] for entry in trainer.state.log_history if "logit_scale" in entry]
+    assert logged and max(logged) <= 100.0
+
+
+def test_evaluate_follows_the_current_text_tower(tmp_path):
+    trainer = make_trainer(tmp_path)
+    model = trainer.model
+    images = make_classification_dataset(16, seed=5)
+    # Labels = the current tower's own predictions: a head built before the change scores exactly 1.
+    predicted = model.classify(images=list(images["image"]), class_names=CLASS_NAMES, templates="simple").argmax(-1)
+    sets = {"photo": images.map(lambda row, i: {"label": int(predicted[i])}, with_indices=True)}
+    assert trainer.evaluate(sets)["eval_photo_top1"] == 1.0
+    # Swap the token embeddings of the two most-predicted class words: the new head is the old one with those
+    # two rows swapped, so every image predicted as either now scores a miss under the current tower.
+    first, second = torch.bincount(predicted, minlength=len(CLASS_NAMES)).topk(2).indices.tolist()
+    ids = trainer.processing_class.tokenizer.convert_tokens_to_ids([CLASS_NAMES[first], CLASS_NAMES[second]])
+    with torch.no_grad():
+        table = model.text_model.embeddings.token_embedding.weight
+        table[ids] = table[ids[::-1]].clone()
+    after = trainer.evaluate(sets)["eval_photo_top1"]
+    assert after == pytest.approx(_top1(model, sets["photo"]))
+    assert after < 1.0  # a stale head (or one cached from the first call) would still score 1
 
 
 @pytest.mark.parametrize("method", ["ft", "lp_ft"])
@@ -289,8 +311,9 @@ def test_linear_head_baselines_train_and_evaluate(tmp_path, method):
     head_before = trainer.model.finetune_head.detach().clone()
     trainer.train()
     assert torch.equal(trainer.model.clip.text_projection.weight, text_before)  # text tower frozen
-    assert not torch.equal(trainer.model.finetune_head, head_before)
-    assert not torch.equal(trainer.model.clip.visual_projection.weight, vision_before)
+    # AdamW moves a weight by about the learning rate (1e-3) a step: a tenth of it is training, not noise.
+    assert_moved(head_before, trainer.model.finetune_head, "finetune_head", at_least=1e-4)
+    assert_moved(vision_before, trainer.model.clip.visual_projection.weight, "visual_projection.weight", at_least=1e-4)
     metrics = trainer.evaluate({"photo": make_classification_dataset(8, seed=5)})
     assert 0.0 <= metrics["eval_photo_top1"] <= 1.0
 
@@ -309,7 +332,11 @@ def test_zeroshot_method_refuses_to_train(tmp_path):
 
 def test_bf16_autocast_keeps_loss_in_fp32(tmp_path):
     trainer = make_trainer(tmp_path, bf16=True, max_steps=1)
+    seen = []  # the towers' output dtypes in the training forward (the trainer's autocast)
+    for projection in (trainer.model.visual_projection, trainer.model.text_projection):
+        projection.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
     trainer.train()
+    assert seen and set(seen) == {torch.bfloat16}, seen
     entry = next(e for e in trainer.state.log_history if "loss" in e)
     assert math.isfinite(entry["loss"]) and math.isfinite(entry["loss_pairs"])
     assert trainer.model.logit_scale.dtype == torch.float32
