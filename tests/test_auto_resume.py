@@ -64,11 +64,6 @@ def test_train_command_resumes_after_a_kill(tmp_path):
     assert (out / "model.safetensors").is_file() and json.loads((out / "results.json").read_text())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="anchorclip.cli.train._checkpoint_to_resume takes get_last_checkpoint's newest folder, also one a kill "
-    'left half-written; resuming from it fails with "Can\'t find a valid checkpoint"',
-)
 def test_auto_resume_skips_a_checkpoint_the_kill_left_half_written(tmp_path):
     from types import SimpleNamespace
 

@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,7 +27,6 @@ import datasets
 import transformers
 from accelerate import PartialState
 from transformers import CLIPProcessor, HfArgumentParser
-from transformers.trainer_utils import get_last_checkpoint
 
 from anchorclip import AnchorCLIPModel, AnchorCLIPTrainer, AnchorTrainingArguments
 from anchorclip.anchors.pool.args import prefixed_arguments, retrieval_arguments
@@ -367,10 +367,25 @@ def _checkpoint_to_resume(training_args, auto_resume: bool) -> str | None:
     if training_args.resume_from_checkpoint is not None:
         return training_args.resume_from_checkpoint
     if auto_resume and os.path.isdir(training_args.output_dir):
-        last = get_last_checkpoint(training_args.output_dir)
+        last = _last_complete_checkpoint(training_args.output_dir)
         if last is not None:
             logger.warning("Resuming from %s (pass --auto_resume false to start over).", last)
         return last
+    return None
+
+
+def _last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest `checkpoint-N` that Trainer finished writing: `trainer_state.json` is its last file, so a folder
+    without it was cut off mid-save (a kill, a lost node) and is passed over."""
+    steps = sorted(
+        (int(name.split("-")[1]) for name in os.listdir(output_dir) if re.fullmatch(r"checkpoint-\d+", name)),
+        reverse=True,
+    )
+    for step in steps:
+        folder = os.path.join(output_dir, f"checkpoint-{step}")
+        if os.path.isfile(os.path.join(folder, "trainer_state.json")):
+            return folder
+        logger.warning("Passing over %s: it has no trainer_state.json (its save was cut off).", folder)
     return None
 
 
