@@ -1,6 +1,7 @@
 import math
 import warnings
 
+import datasets
 import pytest
 import torch
 from conftest import (
@@ -154,8 +155,12 @@ def test_missing_caption_column_names_it(tmp_path):
 
 
 def test_missing_image_column_names_it(tmp_path):
+    # One image column under an unknown name is unambiguous and taken; two are not, and the error names them.
     data = make_classification_dataset().rename_column("image", "picture")
-    with pytest.raises(ColumnError, match=r"No image column.*picture"):
+    assert make_trainer(tmp_path, train=data).train_dataset is not None
+    data = data.add_column("thumbnail", data.cast_column("picture", datasets.Image(decode=False))["picture"])
+    data = data.cast_column("thumbnail", datasets.Image())
+    with pytest.raises(ColumnError, match=r"No image column.*'picture', .*'thumbnail'"):
         make_trainer(tmp_path, train=data)
 
 
