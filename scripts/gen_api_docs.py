@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import importlib
 import inspect
 import os
@@ -44,9 +45,10 @@ def public_packages() -> list:
 
 def _signature(obj) -> str:
     try:
-        return str(inspect.signature(obj))
+        signature = str(inspect.signature(obj))
     except (TypeError, ValueError):
         return "(...)"
+    return signature.replace(str(PACKAGE_DIR), "<anchorclip>")  # a default path under the package: any machine
 
 
 def _default(field: dataclasses.Field):
@@ -145,7 +147,9 @@ def main() -> int:
         return 1
     if parser.parse_args().check:
         if not PATH.exists() or PATH.read_text() != text:
-            print(f"{PATH} is stale: run python scripts/gen_api_docs.py")
+            old = PATH.read_text().splitlines() if PATH.exists() else []
+            diff = difflib.unified_diff(old, text.splitlines(), "docs/api.md", "generated", lineterm="", n=1)
+            print(f"{PATH} is stale: run python scripts/gen_api_docs.py", *list(diff)[:40], sep="\n")
             return 1
         return 0
     PATH.write_text(text)
