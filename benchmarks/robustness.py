@@ -253,6 +253,8 @@ def train_one(
     if val_corrupted:  # finetune_val under the 4 validation corruptions: what a corruption choice may use
         result["val_corruption"] = trainer.evaluate(val_corrupted)["eval_corruption_val_mean"]
     result["test"] = summarize(trainer.evaluate(_tests(eval_sets)))
+    if getattr(args, "save_models", False):  # for diagnoses that need the trained model (tower swaps)
+        trainer.model.save_pretrained(os.path.join(workdir, "models", os.path.basename(path)[: -len(".json")]))
     if wise:
         zero_shot = AnchorCLIPModel.from_pretrained(MINICLIP_PATH)
         finetuned, result["wise"], result["wise_val"] = trainer.model, {}, {}
@@ -278,6 +280,16 @@ def zero_shot_head(zero_shot: AnchorCLIPModel, trainer: AnchorCLIPTrainer) -> to
         trainer.class_names, trainer.args.eval_templates, trainer.processing_class.tokenizer
     )
     return head * zero_shot.logit_scale.exp().detach()
+
+
+def selection_score(run: dict, choose_on: str) -> float:
+    """What a choice is made on: clean finetune_val top-1, or its mean with finetune_val under the validation
+    corruptions (equal weights: the clean task and the corrupted one count alike)."""
+    if choose_on == "val":
+        return run["val"]
+    if run.get("val_corruption") is None:
+        raise SystemExit("--choose_on val_and_corruption needs --corruptions N (runs cached without them lack it)")
+    return (run["val"] + run["val_corruption"]) / 2
 
 
 def _tests(eval_sets: dict) -> dict:
@@ -410,18 +422,22 @@ def corruption_table(table: dict) -> str:
     return "\n".join(lines)
 
 
-def sweep_table(sweep: dict) -> str:
+def sweep_table(sweep: dict, choose_on: str = "val") -> str:
     """Seed 0 at every learning rate of the grid: the trade-off the validation choice lands on."""
+    corrupted = any("val_corruption" in row for by_lr in sweep.values() for row in by_lr.values())
+    keys = ["val"] + (["val_corruption"] if corrupted else []) + ["id", "domain_shift", "zero_shot"]
+    keys += ["corruption"] if corrupted else []
+    chooser = "finetune_val top-1" if choose_on == "val" else "the mean of val and val-corruption"
     lines = [
-        "Learning-rate sweep, seed 0 (finetune_val top-1 chose the lr; the test columns are shown only to "
-        "read the trade-off):",
+        f"Learning-rate sweep, seed 0 ({chooser} chose the lr; the test columns are shown only to read the "
+        "trade-off):",
         "",
-        "| method | lr | val | ID | domain-shift avg | zero-shot avg |",
-        "|---|---|---|---|---|---|",
+        "| method | lr | " + " | ".join(keys) + " |",
+        "|---|---|" + "---|" * len(keys),
     ]
     for name, by_lr in sweep.items():
         for lr, row in by_lr.items():
-            cells = [f"{row[key]:.1f}" for key in ("val", "id", "domain_shift", "zero_shot")]
+            cells = [f"{row[key]:.1f}" if key in row else "" for key in keys]
             lines.append(f"| {name} | {float(lr):g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -489,6 +505,14 @@ def main() -> None:
         help="also train every method (not only each family's first) at every lr with the first seed; "
         "shown in the sweep table, never used to choose",
     )
+    parser.add_argument(
+        "--choose_on",
+        choices=["val", "val_and_corruption"],
+        default="val",
+        help="what picks each lr: finetune_val top-1, or the mean of it and finetune_val under the 4 validation "
+        "corruptions (needs --corruptions; never the 15 test corruptions)",
+    )
+    parser.add_argument("--save_models", action="store_true", help="keep every run's model under <workdir>/models")
     parser.add_argument("--workdir", default="outputs/robustness")
     parser.add_argument("--output", default="docs/results/robustness")
     parser.add_argument("--eval_size", type=int, default=None, help="images per evaluation set (default: 1000)")
@@ -527,9 +551,9 @@ def main() -> None:
             print(f"{family}: lr {given[family]:g} from --lr_from (chosen on finetune_val there)")
             continue
         sweep[representative[family]] = {lr: next(grid_runs) for lr in args.lr_grid}
-        scores = {lr: run["val"] for lr, run in sweep[representative[family]].items()}
+        scores = {lr: selection_score(run, args.choose_on) for lr, run in sweep[representative[family]].items()}
         chosen[family] = max(scores, key=scores.get)
-        print(f"{family}: validation top-1 by lr {scores} -> lr {chosen[family]:g}")
+        print(f"{family}: validation score ({args.choose_on}) by lr {scores} -> lr {chosen[family]:g}")
     if args.sweep_every_method:  # every method at every lr (seed 0), to read how each depends on the lr
         others = [name for name in args.methods if name not in sweep]
         extra = iter(run_all([(name, lr, args.seeds[0], False) for name in others for lr in args.lr_grid], anchors,
@@ -584,7 +608,7 @@ def main() -> None:
         "command": "python benchmarks/robustness.py " + shlex.join(sys.argv[1:]),
         "protocol": __doc__.split("Protocol")[1].split("Anchors are")[0].strip(),
         "steps": args.steps, "batch": args.batch, "seeds": args.seeds, "lr_grid": args.lr_grid,
-        "lr_protocol": args.lr_protocol,
+        "lr_protocol": args.lr_protocol, "choose_on": args.choose_on,
         "chosen_lr": chosen, "chosen_wise_alpha": wise_alpha, "k_per_class": args.k_per_class,
         "machine": f"{os.cpu_count()} CPU cores" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
         "date": time.strftime("%Y-%m-%d"),
@@ -595,7 +619,10 @@ def main() -> None:
         "lr_from": args.lr_from, "corruption_images_per_cell": args.corruptions,
         "val_corruption": {name: [run.get("val_corruption") for run in runs[name]] for name in runs},
         # Test numbers at every grid point (seed 0), for reading the lr trade-off; never used to choose.
-        "lr_sweep_seed0": {name: {str(lr): {"val": 100 * run["val"]} | {g: 100 * run["test"]["groups"][g]
+        "lr_sweep_seed0": {name: {str(lr): {"val": 100 * run["val"]}
+                                  | ({"val_corruption": 100 * run["val_corruption"]} if run.get("val_corruption")
+                                     else {})
+                                  | {g: 100 * run["test"]["groups"][g]
                                                                          for g in GROUPS
                                                                          if g in run["test"]["groups"]}
                                   for lr, run in by_lr.items()}
@@ -619,7 +646,7 @@ def main() -> None:
                 if args.corruptions
                 else ""
             )
-            + f"{sweep_table(report['lr_sweep_seed0'])}\n"
+            + f"{sweep_table(report['lr_sweep_seed0'], args.choose_on)}\n"
         )
     plot(table, curves, args.output + ".png")
     print(markdown)
