@@ -22,10 +22,12 @@ once per run, captions once per dataset with `datasets.map`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import multiprocessing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,6 +36,7 @@ from torch.utils.data import Dataset, Sampler
 from typing_extensions import Required, TypedDict  # typing has Required from Python 3.11 only
 
 from .data import decode_image
+from .filesystems import probe_folder, writer_first
 from .transforms import ImageTransform
 
 if TYPE_CHECKING:
@@ -123,15 +126,19 @@ def pair_schedule(
 def tokenize_column(dataset: datasets.Dataset, column: str, tokenizer, max_length: int, desc: str) -> datasets.Dataset:
     """Token ids of one text column, computed once with `datasets.map` (and cached by its fingerprint).
 
-    Only `column` is mapped (via `select_columns`), so the image bytes are never rewritten.
+    Only `column` is mapped (via `select_columns`), so the image bytes are never rewritten. The cache file goes
+    beside the dataset's own files: one process per copy of that folder writes it while the others wait, then
+    they read it (launched processes mapping at once would read a cache file another is still writing).
     """
     texts = dataset.select_columns([column])
-    return texts.map(
-        lambda batch: {"input_ids": tokenizer(batch[column], truncation=True, max_length=max_length)["input_ids"]},
-        batched=True,
-        remove_columns=[column],
-        desc=desc,
-    )
+    folder = Path(dataset.cache_files[0]["filename"]).parent if dataset.cache_files else None
+    with writer_first(probe_folder(folder)) if folder is not None else contextlib.nullcontext():
+        return texts.map(
+            lambda batch: {"input_ids": tokenizer(batch[column], truncation=True, max_length=max_length)["input_ids"]},
+            batched=True,
+            remove_columns=[column],
+            desc=desc,
+        )
 
 
 def tokenize_prompts(tokenizer, class_names: list[str], templates: list[str], max_length: int) -> list[list[int]]:

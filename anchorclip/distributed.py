@@ -6,18 +6,26 @@
   without creating an `AcceleratorState`, so that a `Trainer` built later still chooses its own precision;
 * `joined_processes`: the one guard against a launch whose processes did not join one group (each would do the
   whole job and overwrite the others' files);
+* `check_same_command`: refuse a launch whose machines run different code or different arguments;
 * `close_process_group`: leave the group cleanly at the end of a command.
+
+Which process writes which file, on shared and on node-local folders: `anchorclip.filesystems`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import socket
+from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
 
 __all__ = [
     "BARRIER_TIMEOUT_HOURS",
     "LaunchProcesses",
+    "check_same_command",
     "close_process_group",
     "joined_processes",
     "launch_processes",
@@ -112,6 +120,42 @@ class LaunchProcesses:
 def launch_processes(accelerator=None):
     """The processes a job runs on: `accelerator` once checked by `joined_processes`, else `LaunchProcesses()`."""
     return LaunchProcesses() if accelerator is None else joined_processes(accelerator)
+
+
+def _source_fingerprint() -> str:
+    """A hash of anchorclip's own source files: two machines with the same version string but other code differ."""
+    digest = hashlib.sha256()
+    package = Path(__file__).parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def check_same_command(argv: Sequence[str]) -> None:
+    """Raise, on every process, when the launch's processes run other code or other arguments than process 0.
+
+    Machines set up by hand drift (one node upgraded, one launch script edited); such a launch would train or
+    write something no single command describes. A no-op outside a multi-process launch."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    from anchorclip import __version__
+
+    mine = {"code": f"{__version__} ({_source_fingerprint()})", "command": list(argv), "host": socket.gethostname()}
+    every: list[dict | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    first = every[0]
+    assert first is not None
+    for rank, theirs in enumerate(every):
+        assert theirs is not None
+        for what in ("code", "command"):
+            if theirs[what] != first[what]:
+                raise RuntimeError(
+                    f"The launch's processes disagree on the {what}: process {rank} (on {theirs['host']}) runs "
+                    f"{theirs[what]}, process 0 (on {first['host']}) {first[what]}. Start every machine with the "
+                    "same anchorclip install and the same command."
+                )
 
 
 def close_process_group() -> None:

@@ -110,12 +110,13 @@ def pending_chunks(shards_dir: Path, chunks: list[range], values: str = "caption
 INFORMATIVE_KEYS = ("captioner",)
 
 
-def open_shards_dir(shards_dir: Path, manifest: dict[str, Any], state, *, resume: bool) -> None:
+def open_shards_dir(shards_dir: Path, manifest: dict[str, Any], state, *, resume: bool, is_writer: bool) -> None:
     """Create `shards_dir` (emptied first unless `resume`) and check that the chunks in it, if any, were computed
-    with `manifest`'s settings; raises `ValueError` naming the settings that differ. Every process calls this."""
+    with `manifest`'s settings; raises `ValueError` naming the settings that differ. Every process calls this;
+    `is_writer`: this process writes its machine's copy of the folder (`anchorclip.filesystems`)."""
     shards_dir = Path(shards_dir)
     manifest = json.loads(json.dumps(manifest))  # normalise tuples etc. so the comparison below is exact
-    if state.is_main_process:
+    if is_writer:
         if not resume and shards_dir.exists():
             shutil.rmtree(shards_dir)
         shards_dir.mkdir(parents=True, exist_ok=True)

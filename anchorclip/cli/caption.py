@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from transformers import HfArgumentParser
 
 from anchorclip.anchors.captions.job import CaptionArguments, run_captioning
-from anchorclip.distributed import process_state
+from anchorclip.distributed import check_same_command, process_state
 
 __all__ = ["CaptionArguments", "main", "parse_args"]
 
@@ -35,6 +35,7 @@ def parse_args(argv: Sequence[str] | None = None) -> CaptionArguments:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     is_main = process_state().is_main_process
+    check_same_command(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if is_main else logging.WARNING
     )

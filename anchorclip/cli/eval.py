@@ -20,6 +20,8 @@ from typing import Any
 from accelerate import PartialState
 from transformers import CLIPProcessor, HfArgumentParser
 
+from anchorclip.distributed import check_same_command
+
 from ..evaluation.corruption_sets import add_corruption_reports
 from ..evaluation.formats import scaled_size
 from ..hub import public_name
@@ -79,6 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
         report_to=[],
     )
     state = PartialState()
+    check_same_command(sys.argv[1:] if argv is None else argv)
     size = scaled_size("miniworld:test_photo", args.miniworld_fraction)  # one size for every set of the world
     eval_sets = eval_sets_from_args(args, miniworld_size=size)
     if not eval_sets:

@@ -17,7 +17,7 @@ from transformers import HfArgumentParser
 
 from anchorclip.anchors import RetrievalArguments, retrieve_anchors
 from anchorclip.cli import plug_in_miniworld
-from anchorclip.distributed import launch_accelerator
+from anchorclip.distributed import check_same_command, launch_accelerator
 
 __all__ = ["RetrievalArguments", "main", "parse_args"]
 
@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     # The command owns its processes: it embeds in the launcher's mixed precision, on gloo where there is no GPU.
-    retrieve_anchors(args, accelerator=launch_accelerator())
+    accelerator = launch_accelerator()
+    check_same_command(sys.argv[1:] if argv is None else argv)
+    retrieve_anchors(args, accelerator=accelerator)
     return 0
 
 

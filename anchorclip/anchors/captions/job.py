@@ -53,6 +53,7 @@ from anchorclip.anchors.shards import (
 )
 from anchorclip.data import IMAGE_COLUMNS, ROW_INDEX_COLUMN, find_column, load_dataset_any, with_raw_images
 from anchorclip.distributed import process_state
+from anchorclip.filesystems import probe_folder, sync_folder
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +170,12 @@ def run_captioning(
         "shard_size": args.shard_size,
         "batch_size": args.batch_size,
     }
-    open_shards_dir(shards_dir, manifest, state, resume=args.resume)
+    # The output folder may be shared by the machines or be each machine's own (anchorclip.filesystems): each copy
+    # gets the chunks every process finished, so all processes agree on what is pending and every copy can merge.
+    layout = probe_folder(output_dir)
+    open_shards_dir(shards_dir, manifest, state, resume=args.resume, is_writer=layout.is_writer)
+    shards = probe_folder(shards_dir)
+    sync_folder(shards)
 
     # -- this process's share ---------------------------------------------------------------------------------
     # The *pending* chunks are shared out, not all chunks, so that a resumed run keeps every process busy (a process
@@ -193,9 +199,10 @@ def run_captioning(
         progress=args.progress,
     )
 
-    # -- merge, in row order, on the main process -----------------------------------------------------------------
+    # -- merge, in row order, by each copy's writer ----------------------------------------------------------------
     state.wait_for_everyone()
-    if state.is_main_process:
+    sync_folder(shards)
+    if layout.is_writer:
         captions = _merge(chunks, shards_dir)
         skipped = [row for row, caption in enumerate(captions) if caption is None]
         num_empty = sum(1 for caption in captions if caption == "")
@@ -245,11 +252,11 @@ def run_captioning(
                 "arguments": dataclasses.asdict(args),  # the job's settings, whole
             },
         )
-        if args.push_to_hub:
+        if args.push_to_hub and state.is_main_process:
             output.push_to_hub(args.push_to_hub)
         logger.info("Wrote %d captions to %s.", len(output) - len(skipped), output_dir)
     state.wait_for_everyone()
-    return output if state.is_main_process else datasets.load_from_disk(str(output_dir))
+    return output if layout.is_writer else datasets.load_from_disk(str(output_dir))
 
 
 def _checked_rows(dataset, max_rows: int | None, spec: str | None) -> datasets.Dataset:

@@ -42,6 +42,7 @@ from anchorclip.anchors.pool.store import (
 )
 from anchorclip.anchors.shards import num_chunks, read_json, save_npy_atomic
 from anchorclip.data import with_raw_images
+from anchorclip.filesystems import FolderLayout, probe_folder, sync_folder
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +71,16 @@ def embed_column(
     """
     path = cache_path(cache_dir, key)
     meta_file, layout_file = os.path.join(path, "meta.json"), os.path.join(path, "layout.json")
-    if accelerator.is_main_process:
-        os.makedirs(path, exist_ok=True)
+    # The cache may be each machine's own (node-local $ANCHORCLIP_CACHE) or shared: each copy's writer writes its
+    # bookkeeping, and every copy gets the shards all processes embedded (anchorclip.filesystems).
+    folder = probe_folder(path)
+    if folder.is_writer:
         if not os.path.exists(os.path.join(path, "key.json")):
             write_cache_json(os.path.join(path, "key.json"), key)
         if not os.path.exists(meta_file) and not os.path.exists(layout_file):
             write_cache_json(layout_file, {"shard_size": shard_size})
     accelerator.wait_for_everyone()
+    sync_folder(folder)  # a resumed run: every copy holds every finished shard, so every process skips the same
 
     meta = read_json(meta_file)
     # The shards already on disk decide the layout, so a run resumed with another shard size does not mix two.
@@ -109,10 +113,11 @@ def embed_column(
             files = None
         else:
             files, num_rows = _embed_stream(
-                dataset, column, encoder, path, shard_size, batch_size, accelerator, description
+                dataset, column, encoder, path, shard_size, batch_size, accelerator, description, folder
             )
         accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
+        sync_folder(folder)
+        if folder.is_writer:
             meta = {
                 "shard_size": shard_size,
                 "num_rows": num_rows,
@@ -255,7 +260,7 @@ def _source_rows(path: str, source: int, num_sources: int, shard_size: int) -> i
 
 
 def _embed_stream(
-    dataset, column, encoder, path, shard_size, batch_size, accelerator, description
+    dataset, column, encoder, path, shard_size, batch_size, accelerator, description, folder: FolderLayout
 ) -> tuple[list[str], int]:
     """Embed this process's files of a streamed pool; once every process is done, return the chunk files in
     stream order and the row count.
@@ -304,6 +309,7 @@ def _embed_stream(
         time.perf_counter() - started,
     )
     accelerator.wait_for_everyone()
+    sync_folder(folder)
     lengths = [_source_rows(path, source, num_sources, shard_size) for source in range(num_sources)]
     missing = [source for source, rows in enumerate(lengths) if rows is None]
     if missing:

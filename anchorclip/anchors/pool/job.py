@@ -38,6 +38,7 @@ from anchorclip.anchors.pool.faiss_index import build_index, default_index_facto
 from anchorclip.anchors.pool.store import dataset_fingerprint
 from anchorclip.data import CAPTION_COLUMNS, IMAGE_COLUMNS, find_column
 from anchorclip.distributed import launch_processes
+from anchorclip.filesystems import datasets_cache_first
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -72,7 +73,7 @@ def retrieve_from_pool(
         raise ValueError("pool_embeddings is a precomputed pool: retrieve_anchors (or retrieve_from_precomputed).")
     if pool is None and args.pool is None:
         raise ValueError("No pool: pass one (or set RetrievalArguments.pool or pool_embeddings).")
-    with accelerator.main_process_first():
+    with datasets_cache_first():
         pool_data, pool_spec = resolve_dataset(args.pool if pool is None else pool, args.pool_split, args.streaming)
     if isinstance(pool_data, datasets.Dataset) and len(pool_data) == 0:
         raise ValueError(f"The pool {pool_spec or ''} is empty: there is nothing to retrieve from.".replace("  ", " "))

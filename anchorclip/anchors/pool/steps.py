@@ -37,6 +37,7 @@ from anchorclip.anchors.pool.selection import (
 )
 from anchorclip.anchors.pool.store import EmbeddingStore, dataset_fingerprint, model_fingerprint
 from anchorclip.data import LABEL_COLUMNS, class_names_from_features, find_column
+from anchorclip.filesystems import datasets_cache_first, probe_folder, sync_folder
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def resolve_downstream(args: RetrievalArguments, class_names, finetune, accelera
     names = _given_class_names(args, class_names)
     data, label_column = None, None
     if finetune is not None:
-        with accelerator.main_process_first():  # one process builds the datasets cache; the others then read it
+        with datasets_cache_first():  # one process per copy of the cache builds it; the others then read it
             data, _ = resolve_dataset(finetune, args.finetune_split, False)
         label_column = find_column(data, args.finetune_label_column, LABEL_COLUMNS, "label")
         if names is None:
@@ -269,8 +270,10 @@ def write_outputs(args, anchors, record: dict, write_report, title: str) -> None
 
 
 def finish(accelerator, anchors, output_dir: str) -> datasets.Dataset:
-    """Every process waits for the main one's outputs; the others then read the anchors it saved."""
+    """Every process waits for the main one's outputs; the others then read the anchors it saved (from their
+    machine's copy of `output_dir` where it is not shared: `sync_folder` copies them there)."""
     accelerator.wait_for_everyone()
+    sync_folder(probe_folder(output_dir))
     return anchors if anchors is not None else datasets.load_from_disk(output_dir)
 
 
