@@ -12,6 +12,7 @@ from anchorclip.augmix import OPERATIONS, augment_and_mix
 from anchorclip.batching import _generator
 from anchorclip.data import decode_image
 from anchorclip.evaluation.corruptions import CORRUPTIONS, TEST_CORRUPTIONS, VALIDATION_CORRUPTIONS
+from anchorclip.hub.sections import hyperparameter_rows
 from anchorclip.loss import FrozenImageTower
 
 
@@ -117,11 +118,13 @@ def test_per_step_distillation_targets_are_the_clean_crops_features(tmp_path):
     augmented = batch["pixel_values"][num_images:]
     assert clean.shape == augmented.shape and not torch.equal(clean, augmented)
 
-    seen = []
-    loss_fn = trainer.arf_loss
-    trainer.arf_loss = lambda features, scale, local: seen.append(local.distill_targets) or loss_fn(
-        features, scale, local=local
-    )
+    seen, loss_fn = [], trainer.arf_loss
+
+    def recording_loss(features, logit_scale, local):
+        seen.append(local.distill_targets)
+        return loss_fn(features, logit_scale, local=local)
+
+    trainer.arf_loss = recording_loss
     trainer.model.train()
     trainer.compute_loss(trainer.model, batch)
     tower = FrozenImageTower(make_model())  # the starting weights
@@ -175,3 +178,10 @@ def test_augmix_flag_on_the_command_line():
     assert training_args.augmix == 0.5
     *_, training_args = parse_args(["--use_cpu"])
     assert training_args.augmix == 0.0
+
+
+def test_the_model_card_names_augmix_when_on():
+    for method in ("flyp", "arf", "ft"):
+        rows = dict(hyperparameter_rows({"augmix": 0.5}, method, {}, None))
+        assert rows["AugMix views (`augmix`)"].startswith("p = 0.5 ")
+        assert "AugMix views (`augmix`)" not in dict(hyperparameter_rows({"augmix": 0.0}, method, {}, None))
