@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_model, make_pair_dataset
-from helpers import make_args, make_trainer
+from helpers import assert_accumulation_equals_large_batch, make_args, make_trainer
 from PIL import Image
 
 from anchorclip.augmix import OPERATIONS, augment_and_mix
@@ -185,3 +185,13 @@ def test_the_model_card_names_augmix_when_on():
         rows = dict(hyperparameter_rows({"augmix": 0.5}, method, {}, None))
         assert rows["AugMix views (`augmix`)"].startswith("p = 0.5 ")
         assert "AugMix views (`augmix`)" not in dict(hyperparameter_rows({"augmix": 0.0}, method, {}, None))
+
+
+def test_augmix_distillation_with_gradient_accumulation_equals_large_batch(tmp_path):
+    # Each item's view is a pure function of (seed, epoch, index): micro-batches see what the large batch sees.
+    large, small = assert_accumulation_equals_large_batch(
+        tmp_path, atol=5e-6, lambda_distill=3.0, augmix=1.0, max_steps=2
+    )
+    large_logs = [e["loss_distill"] for e in large.state.log_history if "loss" in e]
+    small_logs = [e["loss_distill"] for e in small.state.log_history if "loss" in e]
+    assert small_logs == pytest.approx(large_logs, abs=1e-4) and large_logs[0] > 0
