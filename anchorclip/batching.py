@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from typing_extensions import Required, TypedDict  # typing has Required from Python 3.11 only
 
+from .augmix import augment_and_mix
 from .data import decode_image
 from .filesystems import probe_folder, writer_first
 from .transforms import ImageTransform
@@ -69,6 +70,8 @@ class ARFBatch(TypedDict, total=False):
     caption_keys: torch.Tensor  # (num_captions,) `text_key` of each caption
     pair_keys: torch.Tensor  # (num_pairs,) `text_key` of each pair caption
     pair_targets: torch.Tensor  # (num_pairs, dim) f₀ of each un-augmented pair image (anchor distillation)
+    # (num_pairs, 3, H, W) the pair images before AugMix: per-step distillation's inputs (augmix > 0 only)
+    pair_clean_pixel_values: torch.Tensor
 
 
 def _generator(*keys: int) -> torch.Generator:
@@ -169,10 +172,16 @@ class AnchoredDataset(Dataset):
         seed: int = 0,
         strict_images: bool = False,
         pair_transform: ImageTransform | None = None,
+        augmix: float = 0.0,
+        clean_pair_pixels: bool = False,
     ):
         self.finetune, self.pairs = finetune, pairs
         self.transform = transform
         self.pair_transform = pair_transform or transform
+        # Probability that an image (finetune or pair) is replaced by its AugMix view (see augmix.py), drawn from
+        # a generator of its own so that crops and templates are those of augmix=0. `clean_pair_pixels`: items
+        # also carry each pair image's view before AugMix (the frozen tower's input for per-step distillation).
+        self.augmix, self.clean_pair_pixels = augmix, clean_pair_pixels
         # Anchor distillation's targets when the pair images are not augmented: row i = f₀ of pair image i as
         # the model sees it (an `EmbeddingStore`, memory-mapped; set by `build_train_data`).
         self.pair_targets: EmbeddingStore | None = None
@@ -245,15 +254,26 @@ class AnchoredDataset(Dataset):
         return self._schedule[2][start : start + self.pairs_per_item].tolist()
 
     def _load(
-        self, rows, index: int, column: str, generator: torch.Generator, transform: ImageTransform
-    ) -> tuple[int, torch.Tensor]:
-        """The row index actually used and its transformed image: an undecodable image is replaced by the
-        next decodable row (counted in the batch's `num_skipped_images`)."""
+        self,
+        rows,
+        index: int,
+        column: str,
+        generator: torch.Generator,
+        transform: ImageTransform,
+        augmix_generator: torch.Generator | None = None,
+    ) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """The row index actually used, its training view and its clean view (the same tensor unless AugMix
+        replaced the training view): an undecodable image is replaced by the next decodable row (counted in
+        the batch's `num_skipped_images`)."""
         for offset in range(len(rows)):
             row = (index + offset) % len(rows)
             image = decode_image(rows[row][column])
             if image is not None:
-                return row, transform(image, generator)
+                view = transform.view(image, generator)
+                clean = transform.to_tensor(view)
+                if augmix_generator is None or torch.rand(1, generator=augmix_generator).item() >= self.augmix:
+                    return row, clean, clean
+                return row, transform.to_tensor(augment_and_mix(view, augmix_generator)), clean
             if self.strict_images:
                 raise UndecodableImageError(f"Row {row} of the {column!r} column holds an undecodable image.")
             if offset == 0:
@@ -262,7 +282,11 @@ class AnchoredDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         generator = _generator(self.seed, self.epoch, index)
-        row, pixels = self._load(self.finetune, index, self.image_column, generator, self.transform)
+        # Only drawn from when augmix > 0: with augmix=0 every random draw is what it always was.
+        augmix_generator = _generator(self.seed, self.epoch, index, -3) if self.augmix > 0 else None
+        row, pixels, _ = self._load(
+            self.finetune, index, self.image_column, generator, self.transform, augmix_generator
+        )
         item: dict[str, Any] = {
             "pixel_values": pixels,
             "label": int(self.finetune[row][self.label_column]) if self.label_column else -1,
@@ -275,12 +299,16 @@ class AnchoredDataset(Dataset):
             item["pair_pixel_values"], item["pair_caption_ids"] = [], []
             if self.pair_targets is not None:
                 item["pair_targets"] = []
+            if self.clean_pair_pixels:
+                item["pair_clean_pixel_values"] = []
             assert self.pair_image_column is not None  # set whenever there are pairs
             for pair_index in self._pair_indices(index):
-                pair_row, pair_pixels = self._load(
-                    self.pairs, pair_index, self.pair_image_column, generator, self.pair_transform
+                pair_row, pair_pixels, pair_clean = self._load(
+                    self.pairs, pair_index, self.pair_image_column, generator, self.pair_transform, augmix_generator
                 )
                 item["pair_pixel_values"].append(pair_pixels)
+                if self.clean_pair_pixels:
+                    item["pair_clean_pixel_values"].append(pair_clean)
                 item["pair_caption_ids"].append(self.pair_caption_ids[pair_row]["input_ids"])
                 if self.pair_targets is not None:  # the row actually used, also when an undecodable one was skipped
                     item["pair_targets"].append(self.pair_targets.gather([pair_row])[0])
@@ -311,7 +339,8 @@ class AnchorCollator:
 
     Texts arrive as token ids (prompts tokenized once, captions tokenized ahead), so collation only pads.
     `caption_keys` / `pair_keys` hold each caption's `text_key`: the loss masks equal texts as duplicates.
-    `pair_targets` (with un-augmented pair images and anchor distillation) holds each pair image's target.
+    `pair_targets` (with un-augmented pair images and anchor distillation) holds each pair image's target;
+    `pair_clean_pixel_values` (with AugMix and per-step distillation) each pair image's view before AugMix.
     `text_groups` lists `(rows, tokens)` for the prompts, then for the captions and pair captions together:
     `AnchorCLIPModel.forward` encodes each group at its own width (it is computed here, on the CPU, so
     that trimming the padding never waits for the device).
@@ -350,6 +379,9 @@ class AnchorCollator:
         pair_targets = [target for item in items for target in item.get("pair_targets", [])]
         if pair_targets:
             batch["pair_targets"] = torch.from_numpy(np.stack(pair_targets))
+        clean_pairs = [pixels for item in items for pixels in item.get("pair_clean_pixel_values", [])]
+        if clean_pairs:
+            batch["pair_clean_pixel_values"] = torch.stack(clean_pairs)
         if texts:
             groups = (texts[:num_prompts], texts[num_prompts:])
             batch["text_groups"] = [(len(group), max(map(len, group))) for group in groups if group]

@@ -248,7 +248,13 @@ class AnchorCLIPTrainer(HubTrainerMixin, LinearHeadCheckpoints):
         local = self._features(model, inputs)
         if self.distill_tower is not None:  # augmented pair images: their targets change every step
             self.distill_tower.to(local.images.device)
-            local.distill_targets = self.distill_tower(inputs["pixel_values"][inputs["labels"].shape[0] :])
+            # f₀ of the clean crop: with AugMix the student's pixels may be the AugMix view instead.
+            clean = (
+                inputs["pair_clean_pixel_values"]
+                if self.args.augmix > 0
+                else inputs["pixel_values"][inputs["labels"].shape[0] :]
+            )
+            local.distill_targets = self.distill_tower(clean)
         # The whole window's features: this micro-batch's with gradients, the others' cached.
         cache = self._window_cache if self._window_cache is not None else []  # empty when window == 1
         features = ARFFeatures.cat([cache[j] if j != micro else local for j in range(window)])

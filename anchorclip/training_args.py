@@ -54,6 +54,16 @@ class AnchorTrainingArguments(TrainingArguments):
             "distillation's targets are then computed once for the pair set instead of by a frozen tower every step."
         },
     )
+    augmix: float = field(
+        default=0.0,
+        metadata={
+            "help": "Probability that a training image (finetune images, and pair-anchor images) is replaced by its "
+            "AugMix view (Hendrycks et al., 2020; operations disjoint from ImageNet-C's corruptions), trained against "
+            "the clean view's targets: the class prompt and caption, and for anchor distillation the pretrained "
+            "model's features of the clean view. Pair images get it whatever --augment_pairs says (that flag only "
+            "chooses their crop). 0 = off."
+        },
+    )
     train_templates: str = field(
         default="photo",
         metadata={
@@ -102,6 +112,10 @@ class AnchorTrainingArguments(TrainingArguments):
             raise ValueError(
                 "lambda_distill > 0 distills the pair anchors' image features: it needs method='arf' with pair "
                 "anchors (lambda_pairs > 0 and pair_anchors_per_image > 0)."
+            )
+        if not 0.0 <= self.augmix <= 1.0:
+            raise ValueError(
+                f"augmix is the probability of an image's AugMix view: it must be in [0, 1], got {self.augmix}."
             )
         if not 0.0 <= self.lp_fraction <= 1.0:
             raise ValueError("lp_fraction must be in [0, 1].")

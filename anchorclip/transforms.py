@@ -63,13 +63,22 @@ class ImageTransform:
         return cls(**(settings | overrides))
 
     def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.to_tensor(self.view(image, generator))
+
+    def view(self, image: Image.Image, generator: torch.Generator | None = None) -> Image.Image:
+        """The `(size, size)` RGB crop, before normalisation: random resized (train) or resize + centre crop."""
         image = image.convert("RGB") if image.mode != "RGB" else image
         if self.train:
             box = self._random_box(image, generator)
-            image = image.resize((self.size, self.size), resample=self.resample, box=box)
+            return image.resize((self.size, self.size), resample=self.resample, box=box)
+        return self._resize_and_crop(image)
+
+    def to_tensor(self, image: Image.Image | np.ndarray) -> torch.Tensor:
+        """Normalise a view: a PIL image, or a float `(H, W, 3)` array in [0, 1] (e.g. an AugMix view)."""
+        if isinstance(image, Image.Image):
+            array = np.asarray(image, dtype=np.float32) / 255.0
         else:
-            image = self._resize_and_crop(image)
-        array = np.asarray(image, dtype=np.float32) / 255.0
+            array = np.ascontiguousarray(image, dtype=np.float32)
         tensor = torch.from_numpy(array).permute(2, 0, 1)
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)

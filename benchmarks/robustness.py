@@ -140,6 +140,17 @@ for _weight in (1.0, 3.0, 10.0):
          "lambda_distill": _weight, "augment_pairs": False},
         None, "mmr",
     )  # fmt: skip
+# AugMix training views (--augmix p, operations disjoint from ImageNet-C) on the rows the corruption results compare.
+AUGMIX_BASES = (
+    "FLYP",
+    "ARF, MMR-diverse retrieval",
+    "ARF + anchor distillation, MMR-diverse retrieval",
+    f"{BUDGET_DISTILL}, un-augmented pairs + anchor distillation 1",
+)
+for _base in AUGMIX_BASES:
+    for _p in (0.5, 1.0):
+        _family, _overrides, _captions, _pairs = METHODS[_base]
+        METHODS[f"{_base} + AugMix {_p:g}"] = (_family, {**_overrides, "augmix": _p}, _captions, _pairs)
 MMR_DIVERSITY = 0.9
 # The finetuned method each WiSE-FT row ensembles with the zero-shot model, and its row label.
 WISE_OF = {

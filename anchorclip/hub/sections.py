@@ -101,6 +101,8 @@ def hyperparameter_rows(training_args: dict, method: str, results: dict, lora: d
             rows.append(("λ3 (anchor-feature distillation, `lambda_distill`)", a.get("lambda_distill")))
         if a.get("augment_pairs") is False:
             rows.append(("pair images", "un-augmented (evaluation view, `--augment_pairs false`)"))
+    if a.get("augmix"):
+        rows.append(("AugMix views (`augmix`)", f"p = {a['augmix']:g} per training image, clean-view targets"))
     steps = (results.get("train") or {}).get("global_step") or a.get("max_steps")
     rows += [
         ("learning rate", a.get("learning_rate")),
