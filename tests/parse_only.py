@@ -102,6 +102,9 @@ def check(argv: list[str]) -> None:
         unknown = [flag for flag in argv[2:] if flag.startswith("-") and f"{flag})" not in text]
         if unknown:
             raise RuntimeError(f"{argv[1]} has no case for {unknown}")
+    elif argv[0] == "sbatch":  # examples/multinode/slurm.sbatch <anchorclip command>: the script, then the command
+        subprocess.run(["bash", "-n", argv[1]], check=True, timeout=60)
+        _run_python(["-m", "anchorclip", *argv[2:]])
     elif argv[0] != "ls":  # ls: nothing to parse; the run checks the path
         raise RuntimeError(f"no parser known for {argv[0]!r}")
 

@@ -55,6 +55,11 @@ RULES = [
     (r"^(accelerate launch .*-m |python -m )?anchorclip (caption|retrieve)\b", RUN, "stand-in models and data"),
     (r"^(accelerate launch .*-m |python -m )?anchorclip train\b", RUN, "the example's job: its budget, CPU"),
     (r"^(accelerate launch .*-m |python -m )?anchorclip eval\b", RUN, "stand-in checkpoints and sets, CPU"),
+    (
+        r"^sbatch examples/multinode/slurm\.sbatch (caption|train)\b",
+        RUN,
+        "two loopback 'nodes': tests/fake_slurm/ stands in for srun and scontrol",
+    ),
     (r"^ls ", RUN, "checks that a path the docs show exists"),
 ]
 # Appended to a run (later flags win in argparse and HfArgumentParser).
@@ -280,6 +285,8 @@ def to_run(words: list[str], scratch: Path, cwd: Path) -> list[str]:
         prefix, words = [sys.executable], words[1:]
     elif words[0] == "anchorclip":
         prefix, words = [sys.executable, "-m"], words
+    elif words[0] == "sbatch":  # the batch script itself, its srun and scontrol stood in by tests/fake_slurm/
+        prefix, words = ["bash"], words[1:]
     else:
         return words  # ls
     if words[0].endswith("run_anchor_ft.py"):
@@ -300,6 +307,15 @@ def to_run(words: list[str], scratch: Path, cwd: Path) -> list[str]:
     else:
         budget = []
     return [*prefix, *words, *budget]
+
+
+def slurm_env(base_env: dict) -> dict:
+    """A two-node SLURM job on this host: fake srun/scontrol first on PATH, every node at 127.0.0.1."""
+    return {
+        "PATH": os.pathsep.join([str(ROOT / "tests" / "fake_slurm"), base_env.get("PATH", "")]),
+        "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "node[0-1]", "MAIN_PROCESS_PORT": str(free_port()),
+        "LAUNCH": str(ROOT / "examples" / "multinode" / "launch.sh"), "PYTHON": sys.executable,
+    }  # fmt: skip
 
 
 def to_parse(words: list[str]) -> list[str]:
@@ -446,6 +462,8 @@ def test_documented_commands_run(page, world, base_env, tmp_path):
         (workdir / name).write_text(text)
     for command in commands:
         env, words = _env_and_words(command.argv)
+        if words[0] == "sbatch":
+            env |= slurm_env(base_env)
         argv = to_run(words, tmp_path, workdir)
         result = subprocess.run(
             argv, cwd=workdir, env={**base_env, **env}, capture_output=True, text=True, timeout=TIMEOUT_S
