@@ -22,10 +22,10 @@ once per run, captions once per dataset with `datasets.map`.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import multiprocessing
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -134,8 +134,10 @@ def tokenize_column(dataset: datasets.Dataset, column: str, tokenizer, max_lengt
     they read it (launched processes mapping at once would read a cache file another is still writing).
     """
     texts = dataset.select_columns([column])
-    folder = Path(dataset.cache_files[0]["filename"]).parent if dataset.cache_files else None
-    with writer_first(probe_folder(folder)) if folder is not None else contextlib.nullcontext():
+    # Every process probes (a collective), also one whose copy is in memory (the main process's freshly built
+    # anchors, say): it then probes the temporary folder, where nothing is written.
+    folder = Path(dataset.cache_files[0]["filename"]).parent if dataset.cache_files else Path(tempfile.gettempdir())
+    with writer_first(probe_folder(folder)):
         return texts.map(
             lambda batch: {"input_ids": tokenizer(batch[column], truncation=True, max_length=max_length)["input_ids"]},
             batched=True,

@@ -68,21 +68,32 @@ def probe_folder(folder: str | os.PathLike) -> FolderLayout:
     folder = Path(folder)
     dist = _world()
     if dist is None or dist.get_world_size() == 1:
-        folder.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):  # a read-only folder: still one process, which writes nothing there
+            folder.mkdir(parents=True, exist_ok=True)
         return FolderLayout(folder, ((0,),), 0)
     rank, world = dist.get_rank(), dist.get_world_size()
     token = [uuid.uuid4().hex if rank == 0 else None]
     dist.broadcast_object_list(token, src=0)  # one name per probe: markers of a killed run never count
-    folder.mkdir(parents=True, exist_ok=True)
-    marker = folder / f"{_MARKER}-{token[0]}-{rank}"
-    marker.touch()
+    marker, writable = folder / f"{_MARKER}-{token[0]}-{rank}", True
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    except OSError:  # a read-only folder: nobody writes to it, so nobody waits for anybody (see below)
+        writable = False
     dist.barrier()
     prefix = f"{_MARKER}-{token[0]}-"
-    seen = sorted(int(name[len(prefix) :]) for name in os.listdir(folder) if name.startswith(prefix))
+    seen = (
+        sorted(int(name[len(prefix) :]) for name in os.listdir(folder) if name.startswith(prefix))
+        if writable
+        else None
+    )
     views: list[list[int] | None] = [None] * world
     dist.all_gather_object(views, seen)
     dist.barrier()  # every process has listed the markers before any is removed
-    marker.unlink()
+    if writable:
+        marker.unlink()
+    if any(view is None for view in views):
+        return FolderLayout(folder, tuple((r,) for r in range(world)), rank)  # every process on its own
     groups = sorted({tuple(view) for view in views if view is not None})
     if sorted(rank for group in groups for rank in group) != list(range(world)):
         raise RuntimeError(

@@ -1,0 +1,65 @@
+"""anchorclip.filesystems on two gloo processes of this host: a folder each (node-local, as two machines see one
+path on their own disks) or one for both (shared). Fast: no model, no launcher."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from helpers import free_port
+
+
+def _worker(rank: int, port: int, root: str, shared: bool, results: str) -> None:
+    from anchorclip.filesystems import probe_folder, sync_folder, writer_first
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        folder = Path(root) / ("shared" if shared else f"machine-{rank}")
+        layout = probe_folder(folder)
+        (folder / "chunks").mkdir(parents=True, exist_ok=True)
+        (folder / "chunks" / f"rows-{rank}.json").write_text(json.dumps({"by": rank}))  # each process its own
+        dist.barrier()
+        written = sync_folder(layout)
+        order = []
+        with writer_first(layout):
+            order.append(rank)  # the writer of each copy enters first
+        record = {
+            "groups": [list(g) for g in layout.groups],
+            "is_writer": layout.is_writer,
+            "files": sorted(os.listdir(folder / "chunks")),
+            "contents": {n: json.loads((folder / "chunks" / n).read_text()) for n in os.listdir(folder / "chunks")},
+            "written": written,
+            "markers_left": [n for n in os.listdir(folder) if n.startswith(".anchorclip-probe")],
+        }
+        Path(results, f"{rank}.json").write_text(json.dumps(record))
+    finally:
+        dist.destroy_process_group()
+
+
+def _run(tmp_path: Path, shared: bool) -> list[dict]:
+    results = tmp_path / "results"
+    results.mkdir()
+    mp.spawn(_worker, args=(free_port(), str(tmp_path), shared, str(results)), nprocs=2, join=True)
+    return [json.loads((results / f"{rank}.json").read_text()) for rank in range(2)]
+
+
+def test_node_local_folders_each_get_every_process_shards(tmp_path):
+    first, second = _run(tmp_path, shared=False)
+    assert first["groups"] == second["groups"] == [[0], [1]]  # each process sees only its own copy
+    assert first["is_writer"] and second["is_writer"]
+    for record in (first, second):
+        assert record["files"] == ["rows-0.json", "rows-1.json"]
+        assert record["contents"] == {"rows-0.json": {"by": 0}, "rows-1.json": {"by": 1}}
+        assert record["written"] == 1 and record["markers_left"] == []
+    assert not list((tmp_path / "machine-0" / "chunks").glob(".*tmp"))  # renamed into place, no temporaries
+
+
+def test_a_shared_folder_has_one_writer_and_copies_nothing(tmp_path):
+    first, second = _run(tmp_path, shared=True)
+    assert first["groups"] == second["groups"] == [[0, 1]]
+    assert first["is_writer"] and not second["is_writer"]
+    assert first["written"] == second["written"] == 0
+    assert first["files"] == second["files"] == ["rows-0.json", "rows-1.json"]
