@@ -320,7 +320,7 @@ def slurm_env(base_env: dict) -> dict:
 
 def to_parse(words: list[str]) -> list[str]:
     words = _repo_paths(words)
-    trains = ("anchorclip", "train") in zip(words, words[1:])
+    trains = ("anchorclip", "train") in zip(words, words[1:]) or (words[0] == "sbatch" and words[2:3] == ["train"])
     if trains or any(w.endswith("run_anchor_ft.py") for w in words):
         words = [*words, "--use_cpu"]  # no GPU here: `--bf16` is validated against the device at parse time
     return words

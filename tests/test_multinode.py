@@ -219,3 +219,38 @@ def test_a_killed_machine_resumes_with_the_same_command(world, tmp_path):
     assert state["global_step"] == 400
     # It ran only the remaining steps: the first logged step after the resume is the checkpoint's next one.
     assert f"global step {resumable}" in log, log[-3000:]
+
+
+def _chunks(folder: Path) -> int:
+    return len(list((folder / "_shards").glob("rows-*.json"))) if (folder / "_shards").is_dir() else 0
+
+
+def test_captioning_resumes_after_a_killed_machine(world, tmp_path):
+    """Node-local output folders: each machine keeps the chunks it finished; started again, the machines pool
+    what they hold and caption only the rest, and the table equals one process's."""
+    import datasets
+    from conftest import make_classification_dataset
+
+    make_classification_dataset(2000, with_captions=False).save_to_disk(str(tmp_path / "many"))
+    command = caption_command(world)
+    command[command.index("--dataset_name") + 1] = str(tmp_path / "many")
+    command[command.index("--shard_size") + 1] = "8"
+    machines = start_machines(command, tmp_path, shared=False)
+    outs = [tmp_path / f"machine-{rank}" / "captions" for rank in range(2)]
+    deadline = time.monotonic() + 300
+    while not all(_chunks(out) >= 4 for out in outs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    kill_machine(machines[1])
+    machines[1].wait(timeout=60)
+    machines[0].wait(timeout=300)
+    assert machines[0].returncode != 0, "captioning ended before machine 1 was killed"
+    held = [_chunks(out) for out in outs]
+    assert all(held) and sum(held) < 250  # 2000 rows / 8 = 250 chunks: killed part-way
+
+    run_machines(command, tmp_path, shared=False)
+    log = (tmp_path / "machine-0" / "log-0.txt").read_text()
+    assert "chunks are already captioned" in log, log[-3000:]
+    run_one(command, tmp_path / "one")
+    expected = datasets.load_from_disk(str(tmp_path / "one" / "captions")).to_dict()
+    for out in outs:
+        assert datasets.load_from_disk(str(out)).to_dict() == expected
