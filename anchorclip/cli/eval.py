@@ -20,8 +20,7 @@ from typing import Any
 from accelerate import PartialState
 from transformers import CLIPProcessor, HfArgumentParser
 
-from anchorclip.distributed import check_same_command
-
+from ..distributed import check_same_command
 from ..evaluation.corruption_sets import add_corruption_reports
 from ..evaluation.formats import scaled_size
 from ..hub import public_name
