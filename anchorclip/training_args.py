@@ -69,7 +69,7 @@ class AnchorTrainingArguments(TrainingArguments):
         metadata={
             "help": "Probability that a pair-anchor image (not a finetune image) is replaced by a corrupted view from "
             "a training family disjoint from ImageNet-C's test and validation corruptions (brownish noise, plasma "
-            "brightness, sinusoid grating, checkerboard cutout; after AugMix when both are on), trained against the "
+            "lighting, sinusoid grating, checkerboard cutout; after AugMix when both are on), trained against the "
             "clean targets: the pair's caption, and for anchor distillation the pretrained model's features of the "
             "clean view. 0 = off."
         },
