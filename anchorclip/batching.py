@@ -38,6 +38,7 @@ from typing_extensions import Required, TypedDict  # typing has Required from Py
 from .augmix import augment_and_mix
 from .data import decode_image
 from .filesystems import probe_folder, writer_first
+from .train_corruptions import corrupt_view
 from .transforms import ImageTransform
 
 if TYPE_CHECKING:
@@ -70,7 +71,8 @@ class ARFBatch(TypedDict, total=False):
     caption_keys: torch.Tensor  # (num_captions,) `text_key` of each caption
     pair_keys: torch.Tensor  # (num_pairs,) `text_key` of each pair caption
     pair_targets: torch.Tensor  # (num_pairs, dim) f₀ of each un-augmented pair image (anchor distillation)
-    # (num_pairs, 3, H, W) the pair images before AugMix: per-step distillation's inputs (augmix > 0 only)
+    # (num_pairs, 3, H, W) the pair images before AugMix / training corruptions: per-step distillation's inputs
+    # (augmix > 0 or corrupt_pairs > 0 only)
     pair_clean_pixel_values: torch.Tensor
 
 
@@ -176,6 +178,7 @@ class AnchoredDataset(Dataset):
         pair_transform: ImageTransform | None = None,
         augmix: float = 0.0,
         clean_pair_pixels: bool = False,
+        corrupt_pairs: float = 0.0,
     ):
         self.finetune, self.pairs = finetune, pairs
         self.transform = transform
@@ -184,6 +187,9 @@ class AnchoredDataset(Dataset):
         # a generator of its own so that crops and templates are those of augmix=0. `clean_pair_pixels`: items
         # also carry each pair image's view before AugMix (the frozen tower's input for per-step distillation).
         self.augmix, self.clean_pair_pixels = augmix, clean_pair_pixels
+        # Probability that a pair image is replaced by a view under a training corruption (train_corruptions.py),
+        # applied after AugMix when both are on, from a generator of its own (finetune images never get one).
+        self.corrupt_pairs = corrupt_pairs
         # Anchor distillation's targets when the pair images are not augmented: row i = f₀ of pair image i as
         # the model sees it (an `EmbeddingStore`, memory-mapped; set by `build_train_data`).
         self.pair_targets: EmbeddingStore | None = None
@@ -263,19 +269,31 @@ class AnchoredDataset(Dataset):
         generator: torch.Generator,
         transform: ImageTransform,
         augmix_generator: torch.Generator | None = None,
+        corrupt_generator: torch.Generator | None = None,
     ) -> tuple[int, torch.Tensor, torch.Tensor]:
-        """The row index actually used, its training view and its clean view (the same tensor unless AugMix
-        replaced the training view): an undecodable image is replaced by the next decodable row (counted in
-        the batch's `num_skipped_images`)."""
+        """The row index actually used, its training view and its clean view (the same tensor unless AugMix or
+        a training corruption replaced the training view; with both, the corruption applies to the AugMix
+        view): an undecodable image is replaced by the next decodable row (counted in the batch's
+        `num_skipped_images`)."""
         for offset in range(len(rows)):
             row = (index + offset) % len(rows)
             image = decode_image(rows[row][column])
             if image is not None:
                 view = transform.view(image, generator)
                 clean = transform.to_tensor(view)
-                if augmix_generator is None or torch.rand(1, generator=augmix_generator).item() >= self.augmix:
+                array = None
+                if augmix_generator is not None and torch.rand(1, generator=augmix_generator).item() < self.augmix:
+                    array = augment_and_mix(view, augmix_generator)
+                if (
+                    corrupt_generator is not None
+                    and torch.rand(1, generator=corrupt_generator).item() < self.corrupt_pairs
+                ):
+                    if array is None:
+                        array = np.asarray(view, dtype=np.float32) / 255.0
+                    array = corrupt_view(array, corrupt_generator)
+                if array is None:
                     return row, clean, clean
-                return row, transform.to_tensor(augment_and_mix(view, augmix_generator)), clean
+                return row, transform.to_tensor(array), clean
             if self.strict_images:
                 raise UndecodableImageError(f"Row {row} of the {column!r} column holds an undecodable image.")
             if offset == 0:
@@ -286,6 +304,8 @@ class AnchoredDataset(Dataset):
         generator = _generator(self.seed, self.epoch, index)
         # Only drawn from when augmix > 0: with augmix=0 every random draw is what it always was.
         augmix_generator = _generator(self.seed, self.epoch, index, -3) if self.augmix > 0 else None
+        # Likewise for the pair images' training corruptions (corrupt_pairs > 0 only).
+        corrupt_generator = _generator(self.seed, self.epoch, index, -4) if self.corrupt_pairs > 0 else None
         row, pixels, _ = self._load(
             self.finetune, index, self.image_column, generator, self.transform, augmix_generator
         )
@@ -306,7 +326,13 @@ class AnchoredDataset(Dataset):
             assert self.pair_image_column is not None  # set whenever there are pairs
             for pair_index in self._pair_indices(index):
                 pair_row, pair_pixels, pair_clean = self._load(
-                    self.pairs, pair_index, self.pair_image_column, generator, self.pair_transform, augmix_generator
+                    self.pairs,
+                    pair_index,
+                    self.pair_image_column,
+                    generator,
+                    self.pair_transform,
+                    augmix_generator,
+                    corrupt_generator,
                 )
                 item["pair_pixel_values"].append(pair_pixels)
                 if self.clean_pair_pixels:
@@ -342,7 +368,8 @@ class AnchorCollator:
     Texts arrive as token ids (prompts tokenized once, captions tokenized ahead), so collation only pads.
     `caption_keys` / `pair_keys` hold each caption's `text_key`: the loss masks equal texts as duplicates.
     `pair_targets` (with un-augmented pair images and anchor distillation) holds each pair image's target;
-    `pair_clean_pixel_values` (with AugMix and per-step distillation) each pair image's view before AugMix.
+    `pair_clean_pixel_values` (with AugMix or training corruptions, and per-step distillation) each pair image's
+    view before them.
     `text_groups` lists `(rows, tokens)` for the prompts, then for the captions and pair captions together:
     `AnchorCLIPModel.forward` encodes each group at its own width (it is computed here, on the CPU, so
     that trimming the padding never waits for the device).

@@ -103,8 +103,11 @@ def build_train_data(
         # Evaluation view: a pair image is then the same pixels every time it is drawn (see augment_pairs).
         pair_transform=None if args.augment_pairs else ImageTransform.from_image_processor(image_processor),
         augmix=args.augmix,
+        corrupt_pairs=args.corrupt_pairs,
         # Per-step distillation embeds the pair images' clean view (un-augmented pairs bring precomputed targets).
-        clean_pair_pixels=args.augmix > 0 and args.uses_distillation and args.augment_pairs,
+        clean_pair_pixels=(args.augmix > 0 or args.corrupt_pairs > 0)
+        and args.uses_distillation
+        and args.augment_pairs,
     )
     if args.uses_distillation and not args.augment_pairs:
         assert pair_image_column is not None  # distillation implies uses_pairs: found above

@@ -248,10 +248,10 @@ class AnchorCLIPTrainer(HubTrainerMixin, LinearHeadCheckpoints):
         local = self._features(model, inputs)
         if self.distill_tower is not None:  # augmented pair images: their targets change every step
             self.distill_tower.to(local.images.device)
-            # f₀ of the clean crop: with AugMix the student's pixels may be the AugMix view instead.
+            # f₀ of the clean crop: with AugMix or corrupted pairs the student's pixels may be another view.
             clean = (
                 inputs["pair_clean_pixel_values"]
-                if self.args.augmix > 0
+                if self.args.augmix > 0 or self.args.corrupt_pairs > 0
                 else inputs["pixel_values"][inputs["labels"].shape[0] :]
             )
             local.distill_targets = self.distill_tower(clean)

@@ -64,6 +64,16 @@ class AnchorTrainingArguments(TrainingArguments):
             "chooses their crop). 0 = off."
         },
     )
+    corrupt_pairs: float = field(
+        default=0.0,
+        metadata={
+            "help": "Probability that a pair-anchor image (not a finetune image) is replaced by a corrupted view from "
+            "a training family disjoint from ImageNet-C's test and validation corruptions (brownish noise, plasma "
+            "lighting, sinusoid grating, checkerboard cutout; after AugMix when both are on), trained against the "
+            "clean targets: the pair's caption, and for anchor distillation the pretrained model's features of the "
+            "clean view. 0 = off."
+        },
+    )
     train_templates: str = field(
         default="photo",
         metadata={
@@ -116,6 +126,11 @@ class AnchorTrainingArguments(TrainingArguments):
         if not 0.0 <= self.augmix <= 1.0:
             raise ValueError(
                 f"augmix is the probability of an image's AugMix view: it must be in [0, 1], got {self.augmix}."
+            )
+        if not 0.0 <= self.corrupt_pairs <= 1.0:
+            raise ValueError(
+                "corrupt_pairs is the probability of a pair image's corrupted view: it must be in [0, 1], "
+                f"got {self.corrupt_pairs}."
             )
         if not 0.0 <= self.lp_fraction <= 1.0:
             raise ValueError("lp_fraction must be in [0, 1].")

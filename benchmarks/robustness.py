@@ -151,6 +151,17 @@ for _base in AUGMIX_BASES:
     for _p in (0.5, 1.0):
         _family, _overrides, _captions, _pairs = METHODS[_base]
         METHODS[f"{_base} + AugMix {_p:g}"] = (_family, {**_overrides, "augmix": _p}, _captions, _pairs)
+# Corrupted pair-anchor views against clean targets (--corrupt_pairs q, a training family disjoint from ImageNet-C).
+CORRUPT_PAIRS_BASES = ("ARF, MMR-diverse retrieval", f"{BUDGET_DISTILL}, un-augmented pairs + anchor distillation 1")
+for _base in CORRUPT_PAIRS_BASES:
+    for _q in (0.5, 1.0):
+        _family, _overrides, _captions, _pairs = METHODS[_base]
+        METHODS[f"{_base} + corrupted pairs {_q:g}"] = (
+            _family,
+            {**_overrides, "corrupt_pairs": _q},
+            _captions,
+            _pairs,
+        )
 MMR_DIVERSITY = 0.9
 # The finetuned method each WiSE-FT row ensembles with the zero-shot model, and its row label.
 WISE_OF = {

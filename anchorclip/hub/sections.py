@@ -103,6 +103,14 @@ def hyperparameter_rows(training_args: dict, method: str, results: dict, lora: d
             rows.append(("pair images", "un-augmented (evaluation view, `--augment_pairs false`)"))
     if a.get("augmix"):
         rows.append(("AugMix views (`augmix`)", f"p = {a['augmix']:g} per training image, clean-view targets"))
+    if a.get("corrupt_pairs"):
+        rows.append(
+            (
+                "corrupted pair anchors (`corrupt_pairs`)",
+                f"q = {a['corrupt_pairs']:g} per pair image, training corruptions disjoint from ImageNet-C, "
+                "clean targets",
+            )
+        )
     steps = (results.get("train") or {}).get("global_step") or a.get("max_steps")
     rows += [
         ("learning rate", a.get("learning_rate")),
