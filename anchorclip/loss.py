@@ -53,19 +53,31 @@ def _world() -> tuple[int, int]:
     return 1, 0
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather whose backward returns this process's slice of the gradient summed over processes (each
+    process's loss depends on every slice). Synchronous `dist.all_gather` / `dist.all_reduce`: the autograd-aware
+    functional collective crashed gloo processes now and then (an un-waited async work aborted the process, about
+    once in a few thousand steps), and `torch.distributed.nn.functional.all_gather` is deprecated."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor)
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad.chunk(dist.get_world_size(), dim=0)[dist.get_rank()]
+
+
 def _gather_features(features: torch.Tensor) -> torch.Tensor:
     """Concatenate `features` from all processes in rank order; gradients flow back to their owners."""
     world_size, _ = _world()
     if world_size == 1:
         return features
-    try:
-        from torch.distributed._functional_collectives import all_gather_single
-    except ImportError:  # torch < 2.13 names the same autograd-aware gather differently
-        from torch.distributed._functional_collectives import all_gather_tensor_autograd as all_gather_single
-
-    group = dist.group.WORLD
-    assert group is not None  # the default group exists once world_size > 1
-    return all_gather_single(features.contiguous(), 0, group)
+    return _GatherWithGrad.apply(features.contiguous())
 
 
 def _gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,7 @@ def _env(home: Path) -> dict:
         "OMP_NUM_THREADS": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "HF_HUB_OFFLINE": "1",
+        "PYTHONFAULTHANDLER": "1",  # a process killed by a signal prints its stack in the machine's log
         "ANCHORCLIP_CACHE": str(home / "anchorclip-cache"),
         "HF_HOME": str(home / "hf-home"),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
