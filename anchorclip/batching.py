@@ -25,9 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import multiprocessing
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,13 +35,10 @@ from typing_extensions import Required, TypedDict  # typing has Required from Py
 
 from .augmix import augment_and_mix
 from .data import decode_image
-from .filesystems import probe_folder, writer_first
 from .train_corruptions import corrupt_view
 from .transforms import ImageTransform
 
 if TYPE_CHECKING:
-    import datasets
-
     from .anchors.pool.store import EmbeddingStore
 
 logger = logging.getLogger(__name__)
@@ -126,26 +121,6 @@ def pair_schedule(
         slots[filled : filled + count] = deck[:count]
         filled, deck_index = filled + count, deck_index + 1
     return slots
-
-
-def tokenize_column(dataset: datasets.Dataset, column: str, tokenizer, max_length: int, desc: str) -> datasets.Dataset:
-    """Token ids of one text column, computed once with `datasets.map` (and cached by its fingerprint).
-
-    Only `column` is mapped (via `select_columns`), so the image bytes are never rewritten. The cache file goes
-    beside the dataset's own files: one process per copy of that folder writes it while the others wait, then
-    they read it (launched processes mapping at once would read a cache file another is still writing).
-    """
-    texts = dataset.select_columns([column])
-    # Every process probes (a collective), also one whose copy is in memory (the main process's freshly built
-    # anchors, say): it then probes the temporary folder, where nothing is written.
-    folder = Path(dataset.cache_files[0]["filename"]).parent if dataset.cache_files else Path(tempfile.gettempdir())
-    with writer_first(probe_folder(folder)):
-        return texts.map(
-            lambda batch: {"input_ids": tokenizer(batch[column], truncation=True, max_length=max_length)["input_ids"]},
-            batched=True,
-            remove_columns=[column],
-            desc=desc,
-        )
 
 
 def tokenize_prompts(tokenizer, class_names: list[str], templates: list[str], max_length: int) -> list[list[int]]:

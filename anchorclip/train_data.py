@@ -4,11 +4,13 @@ wrapped as `AnchoredDataset` + `AnchorCollator` (see batching.py); the step-coun
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from .batching import AnchorCollator, AnchoredDataset, tokenize_column, tokenize_prompts
+from .batching import AnchorCollator, AnchoredDataset, tokenize_prompts
 from .data import (
     CAPTION_COLUMNS,
     IMAGE_COLUMNS,
@@ -18,6 +20,7 @@ from .data import (
     join_captions,
     with_raw_images,
 )
+from .filesystems import probe_folder, writer_first
 from .templates import resolve_templates
 from .training_args import AnchorTrainingArguments
 from .transforms import ImageTransform
@@ -122,6 +125,26 @@ def build_train_data(
     model.config.class_names = list(class_names)
     model.config.templates = resolve_templates(args.eval_templates)
     return dataset, collator, class_names
+
+
+def tokenize_column(dataset: datasets.Dataset, column: str, tokenizer, max_length: int, desc: str) -> datasets.Dataset:
+    """Token ids of one text column, computed once with `datasets.map` (and cached by its fingerprint).
+
+    Only `column` is mapped (via `select_columns`), so the image bytes are never rewritten. The cache file goes
+    beside the dataset's own files: one process per copy of that folder writes it while the others wait, then
+    they read it (launched processes mapping at once would read a cache file another is still writing).
+    """
+    texts = dataset.select_columns([column])
+    # Every process probes (a collective), also one whose copy is in memory (the main process's freshly built
+    # anchors, say): it then probes the temporary folder, where nothing is written.
+    folder = Path(dataset.cache_files[0]["filename"]).parent if dataset.cache_files else Path(tempfile.gettempdir())
+    with writer_first(probe_folder(folder)):
+        return texts.map(
+            lambda batch: {"input_ids": tokenizer(batch[column], truncation=True, max_length=max_length)["input_ids"]},
+            batched=True,
+            remove_columns=[column],
+            desc=desc,
+        )
 
 
 def _pretrained_pair_features(

@@ -30,6 +30,7 @@ from transformers.trainer import TRAINING_ARGS_NAME
 
 from .batching import AnchoredDataset
 from .callbacks import ClampLogitScale, SetEpoch
+from .checkpoints import save_weights_on_this_node
 from .evaluation import GROUPS, EvalSet
 from .evaluation.zero_shot import ZeroShotScorer
 from .heads import LinearHeadCheckpoints, LinearHeadCLIP, with_saved_head
@@ -317,20 +318,6 @@ class AnchorCLIPTrainer(HubTrainerMixin, LinearHeadCheckpoints):
         embeddings = {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, nn.Embedding)}
         return [name for name, parameter in model.named_parameters() if parameter.ndim >= 2 and name not in embeddings]
 
-    @staticmethod
-    def _save_weights_on_this_node(model, output_dir: str, state_dict) -> None:
-        import safetensors.torch
-
-        if any(name.endswith((".safetensors", ".safetensors.index.json")) for name in os.listdir(output_dir)):
-            return  # a transformers that writes them on every node did
-        if is_lora_model(model):
-            model.save_pretrained(output_dir, state_dict=state_dict)  # peft writes adapters on any rank
-            return
-        model.config.save_pretrained(output_dir)
-        tensors = state_dict if state_dict is not None else model.state_dict()
-        tensors = {name: tensor.detach().contiguous() for name, tensor in tensors.items()}
-        safetensors.torch.save_file(tensors, os.path.join(output_dir, "model.safetensors"), metadata={"format": "pt"})
-
     def _save_checkpoint(self, model, trial):
         self._check_finite()  # never write a checkpoint of weights a non-finite loss may have updated
         return super()._save_checkpoint(model, trial)
@@ -390,28 +377,22 @@ class AnchorCLIPTrainer(HubTrainerMixin, LinearHeadCheckpoints):
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         model = self.accelerator.unwrap_model(self.model)
+        folder = output_dir if output_dir is not None else self.args.output_dir
+        assert folder is not None  # TrainingArguments fills in a default
         if isinstance(model, LinearHeadCLIP):  # not a PreTrainedModel: Trainer would write one flat state dict
             if self.args.should_save:
-                output_dir = output_dir if output_dir is not None else self.args.output_dir
-                assert output_dir is not None  # TrainingArguments fills in a default
-                os.makedirs(output_dir, exist_ok=True)
-                model.save_pretrained(output_dir, state_dict=state_dict)  # CLIP checkpoint + head file
-                self.processing_class.save_pretrained(output_dir)
-                torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+                os.makedirs(folder, exist_ok=True)
+                model.save_pretrained(folder, state_dict=state_dict)  # CLIP checkpoint + head file
+                self.processing_class.save_pretrained(folder)
+                torch.save(self.args, os.path.join(folder, TRAINING_ARGS_NAME))
             return
         super()._save(output_dir, state_dict=state_dict)
-        if self.args.should_save and not self.is_world_process_zero():
-            # save_on_each_node (node-local output_dir): transformers' save_pretrained writes weights on global rank
-            # 0 only, which would leave every other machine's checkpoints without them and unable to resume.
-            folder = output_dir if output_dir is not None else self.args.output_dir
-            assert folder is not None  # TrainingArguments fills in a default
-            self._save_weights_on_this_node(model, folder, state_dict)
+        if self.args.should_save and not self.is_world_process_zero():  # save_on_each_node: see the function
+            save_weights_on_this_node(model, folder, state_dict)
         if self.args.should_save and is_lora_model(self.model):
             from .hub import logged_results, write_model_card
 
-            output_dir = output_dir if output_dir is not None else self.args.output_dir
-            assert output_dir is not None  # TrainingArguments fills in a default
-            save_lora_extras(self.model, output_dir)  # class names/templates beside the adapters
+            save_lora_extras(self.model, folder)  # class names/templates beside the adapters
             # peft just wrote its empty template card as README.md (base model by local path): ours replaces it,
             # from the logs only (a results.json in output_dir may be an earlier run's).
-            write_model_card(self, output_dir, results=logged_results(self))
+            write_model_card(self, folder, results=logged_results(self))

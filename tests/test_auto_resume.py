@@ -67,11 +67,11 @@ def test_train_command_resumes_after_a_kill(tmp_path):
 def test_auto_resume_skips_a_checkpoint_the_kill_left_half_written(tmp_path):
     from types import SimpleNamespace
 
-    from anchorclip.cli.train import _checkpoint_to_resume
+    from anchorclip.checkpoints import checkpoint_to_resume
 
     (tmp_path / "checkpoint-4").mkdir()
     (tmp_path / "checkpoint-4" / "trainer_state.json").write_text("{}")  # Trainer writes its state last
     (tmp_path / "checkpoint-6").mkdir()
     (tmp_path / "checkpoint-6" / "config.json").write_text("{}")  # killed while saving step 6
     args = SimpleNamespace(resume_from_checkpoint=None, output_dir=str(tmp_path))
-    assert _checkpoint_to_resume(args, auto_resume=True) == str(tmp_path / "checkpoint-4")
+    assert checkpoint_to_resume(args, auto_resume=True) == str(tmp_path / "checkpoint-4")

@@ -18,7 +18,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,13 +29,13 @@ from transformers import CLIPProcessor, HfArgumentParser
 
 from anchorclip import AnchorCLIPModel, AnchorCLIPTrainer, AnchorTrainingArguments
 from anchorclip.anchors.pool.args import prefixed_arguments, retrieval_arguments
+from anchorclip.checkpoints import checkpoint_to_resume, choose_checkpoint_writers
 from anchorclip.cli import plug_in_miniworld
 from anchorclip.cli._steps import EvalSetArguments, eval_sets_from_args, hardware, wise_sweep
 from anchorclip.data import LABEL_COLUMNS, class_names_from_features, find_column, load_dataset_any
 from anchorclip.distributed import check_same_command
 from anchorclip.evaluation.corruption_sets import add_corruption_reports
 from anchorclip.evaluation.formats import class_names_from_file
-from anchorclip.filesystems import probe_folder
 from anchorclip.lora import save_merged
 from anchorclip.results import format_results_table, result_rows, summarize, write_results
 from anchorclip.train_data import check_steps_will_train
@@ -106,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     _ = training_args.device
     state = PartialState()
     check_same_command(sys.argv[1:] if argv is None else argv)
-    _choose_checkpoint_writers(training_args)
+    choose_checkpoint_writers(training_args)
 
     # 1. The pretrained model: the zero-shot start point of every method.
     model = AnchorCLIPModel.from_pretrained(
@@ -150,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["zeroshot"] = summarize(trainer.evaluate(metric_key_prefix="zeroshot"), "zeroshot")
     start = time.time()
     if training_args.method != "zeroshot":
-        checkpoint = _checkpoint_to_resume(training_args, data_args.auto_resume)
+        checkpoint = checkpoint_to_resume(training_args, data_args.auto_resume)
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
         results["train"] = train_result.metrics
         results["train_seconds"] = round(time.time() - start, 1)
@@ -365,83 +364,6 @@ def _retrieval_args(model_args, data_args, output: str):
         output_dir=output,
         pool=data_args.pair_pool,
     )
-
-
-def _choose_checkpoint_writers(training_args) -> None:
-    """Checkpoints where every machine can resume from them: one writer for a shared output_dir, one per machine
-    for node-local ones (`save_on_each_node`, set from what the folder is, not from a flag; anchorclip.filesystems).
-    The final results, model card and Hub push are the global main process's: machine 0's output_dir."""
-    layout = probe_folder(training_args.output_dir)
-    if layout.shared == (not training_args.save_on_each_node):
-        return
-    if not layout.shared:
-        logger.warning(
-            "output_dir %s is not shared by the machines (%d copies): each machine's first process saves the "
-            "checkpoints to its own copy (save_on_each_node), so that any machine can resume.",
-            training_args.output_dir,
-            len(layout.groups),
-        )
-    else:
-        logger.warning("output_dir is shared by every process: one process saves (save_on_each_node ignored).")
-    training_args.save_on_each_node = not layout.shared
-
-
-def _checkpoint_to_resume(training_args, auto_resume: bool) -> str | None:
-    if training_args.resume_from_checkpoint is not None:
-        return training_args.resume_from_checkpoint
-    if not auto_resume:
-        return None
-    mine = _last_complete_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
-    last = _agreed_checkpoint(mine, training_args.output_dir)
-    if last is not None:
-        logger.warning("Resuming from %s (pass --auto_resume false to start over).", last)
-    return last
-
-
-def _agreed_checkpoint(mine: str | None, output_dir: str) -> str | None:
-    """The checkpoint every process resumes from: the newest one complete in every machine's output_dir (a node
-    killed mid-save holds an older one than the others). Resuming from different steps would train a model no
-    single run describes, and starting over beside a checkpoint could rotate it away: a machine without one is an
-    error that says which machines hold what."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return mine
-    steps: list[int | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(steps, None if mine is None else int(mine.rsplit("-", 1)[1]))
-    if all(step is None for step in steps):
-        return None
-    if any(step is None for step in steps):
-        raise RuntimeError(
-            f"Some processes find no complete checkpoint in their output_dir (newest step per process: {steps}). "
-            "Copy the newest checkpoint folder to every machine's output_dir to resume, or pass "
-            "--auto_resume false (or another --output_dir) to start over."
-        )
-    step = min(s for s in steps if s is not None)
-    if step != max(s for s in steps if s is not None):
-        logger.warning("Processes hold different newest checkpoints (%s); all resume from step %d.", steps, step)
-    folder = os.path.join(output_dir, f"checkpoint-{step}")
-    if not os.path.isfile(os.path.join(folder, "trainer_state.json")):
-        raise RuntimeError(
-            f"The processes' newest complete checkpoints are at steps {steps}, and {folder} (the newest they "
-            "share) is not complete on this machine. Copy one checkpoint folder to every machine's output_dir."
-        )
-    return folder
-
-
-def _last_complete_checkpoint(output_dir: str) -> str | None:
-    """The newest `checkpoint-N` that Trainer finished writing: `trainer_state.json` is its last file, so a folder
-    without it was cut off mid-save (a kill, a lost node) and is passed over."""
-    steps = sorted(
-        (int(name.split("-")[1]) for name in os.listdir(output_dir) if re.fullmatch(r"checkpoint-\d+", name)),
-        reverse=True,
-    )
-    for step in steps:
-        folder = os.path.join(output_dir, f"checkpoint-{step}")
-        if os.path.isfile(os.path.join(folder, "trainer_state.json")):
-            return folder
-        logger.warning("Passing over %s: it has no trainer_state.json (its save was cut off).", folder)
-    return None
 
 
 if __name__ == "__main__":
