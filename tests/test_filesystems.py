@@ -63,3 +63,26 @@ def test_a_shared_folder_has_one_writer_and_copies_nothing(tmp_path):
     assert first["is_writer"] and not second["is_writer"]
     assert first["written"] == second["written"] == 0
     assert first["files"] == second["files"] == ["rows-0.json", "rows-1.json"]
+
+
+def _command_worker(rank: int, port: int, results: str) -> None:
+    from anchorclip.distributed import check_same_command
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        check_same_command(["train", "--output_dir", "out"])  # the same on both: passes
+        try:
+            check_same_command(["train", "--learning_rate", f"{rank + 1}e-5"])  # one machine's script was edited
+            outcome = "accepted"
+        except RuntimeError as error:
+            outcome = str(error)
+        Path(results, f"{rank}.txt").write_text(outcome)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_processes_running_other_arguments_are_refused(tmp_path):
+    mp.spawn(_command_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        outcome = (tmp_path / f"{rank}.txt").read_text()
+        assert "disagree on the command" in outcome and "2e-5" in outcome, outcome
