@@ -1,22 +1,25 @@
-"""Indexing a precomputed pool at scale: the on-disk IVF-PQ index of `anchorclip.anchors.laion.ondisk_index`.
+"""Indexing a precomputed pool at scale: the index of `anchorclip.anchors.laion.index`, measured, and the per-row
+costs of the 400M-row configuration measured directly.
 
-    python benchmarks/index_scale.py --rows 1000000     # ~15 min on 2 cores, 10 of them training; writes docs/results/
-    python benchmarks/index_scale.py --rows 4000000 --nprobe 16 32
+    python benchmarks/index_scale.py --rows 1000000 --k_factor 1 10 20 --recall_queries 300
+    python benchmarks/index_scale.py --rows 8000000 --k_factor 1 10 20 --recall_queries 300
+    python benchmarks/index_scale.py --rows 8000000 --coarse_model 65536 --train_size 2621440
     python benchmarks/index_scale.py --rows 100000 --no_write   # a quick dry run
 
 The pool is written in LAION's layout under `--work_dir` (`img_emb/img_emb_0000.npy` float16 + metadata
-parquet, `--shard_rows` rows a shard) and reused by later runs. Its vectors are the clustered model of
-benchmarks/retrieval.py: `normalize(0.5 m + c_j + g / sqrt(d))`, 5,000 Zipf-weighted unit centres `c_j` in a
-shared cone `m`, d = 512: each query's true neighbours share its cluster and differ by noise only, which is
-where PQ codes lose order. Queries are 1,000 fresh draws from the same mixture. Exact top-10 comes from a
-chunked scan of the memory-mapped shards.
+parquet, `--shard_rows` rows a shard) and reused by later runs; shard s is the same whatever `--rows`, so the 8M pool
+starts with the 1M pool. Its vectors are the clustered model of benchmarks/retrieval.py:
+`normalize(0.5 m + c_j + g / sqrt(d))`, 5,000 Zipf-weighted unit centres `c_j` in a shared cone `m`, d = 512: each
+query's true neighbours share its cluster and differ by noise only, which is where PQ codes lose order. Queries are
+1,000 fresh draws from the same mixture. Exact top-10 comes from a chunked scan of the memory-mapped shards.
 
-Measured: the build phases (train, add, merge) and the process's peak RSS while building; bytes on disk per
-vector; resident memory added by opening the index and by running every query (the list pages the queries
-touch, the centres, the HNSW graph over them); recall@10 against exact search and the median ms/query over
-1,000 one-query calls with one thread and with all threads, for a sweep of nprobe and re-ranking shortlist.
-Results go to docs/results/retrieval_scale.json under the row count. An index folder under `--work_dir` that
-already holds `trained.index` skips training (that is how the published 1M and 4M runs shared one training run).
+Measured: the build phases (k-means, the rest of training, add, merge) and the process's peak RSS while building;
+bytes on disk per vector; resident memory added by loading the index and by running every query; recall@10 against
+exact search, the batched ms/query over all threads and the median ms of 1,000 one-query calls on one thread, for a
+sweep of nprobe and re-ranking shortlist. `--coarse_model NLIST` instead trains NLIST centroids (two-level k-means)
+on `--train_size` rows of the pool and measures what a build and a query at that list count cost per row, which does
+not depend on the pool's size: k-means seconds, rows encoded a second (1 thread and all), the coarse quantiser's
+agreement with exact assignment, and the coarse step of one query. Results go to docs/results/retrieval_scale.json.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 DIM, CLUSTERS = 512, 5000
+DEFAULT_PARAMS_NPROBE = 32  # the coarse step returns this many lists, as a default search asks
 RESULTS = os.path.join(os.path.dirname(__file__), "..", "docs", "results", "retrieval_scale.json")
 
 
@@ -98,6 +102,20 @@ def recall(approx: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean([len(set(a) & set(e)) for a, e in zip(approx, exact)]) / exact.shape[1])
 
 
+def list_sizes(index) -> dict:
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)])
+    return {
+        "nlist": int(ivf.nlist),
+        "mean": round(float(sizes.mean()), 1),
+        "max": int(sizes.max()),
+        "empty": int((sizes == 0).sum()),
+        "imbalance": round(float((sizes.astype(np.float64) ** 2).sum() * len(sizes) / sizes.sum() ** 2), 3),
+    }
+
+
 def single_ms(index, queries: np.ndarray, k: int) -> float:
     times = []
     for i in range(len(queries)):
@@ -107,6 +125,133 @@ def single_ms(index, queries: np.ndarray, k: int) -> float:
     return statistics.median(times)
 
 
+def codes_scanned(index, queries: np.ndarray, k: int) -> float:
+    """Codes compared a query, as faiss counts them (`indexIVF_stats.ndis`), one query at a time."""
+    import faiss
+
+    faiss.cvar.indexIVF_stats.reset()
+    for i in range(len(queries)):
+        index.search(queries[i : i + 1], k)
+    return faiss.cvar.indexIVF_stats.ndis / len(queries)
+
+
+def cold_ms(pool_dir: str, index, queries: np.ndarray) -> dict:
+    """Median ms of one re-ranked query on one thread with the pool's pages out of the page cache, the shortlist's
+    rows read one after another (`prefetch` off) and all at once (on), alternating query by query.
+
+    Each query gets freshly mapped shards, and every shard file is evicted first (`posix_fadvise(DONTNEED)` drops
+    the cached pages no process maps), so each shortlist row is a read from this machine's disk.
+    """
+    import faiss
+
+    from anchorclip.anchors.laion.index import PoolIndex
+    from anchorclip.anchors.laion.precomputed import PrecomputedPool
+
+    faiss.omp_set_num_threads(1)
+    times: dict[str, list[float]] = {"prefetch_off": [], "prefetch_on": []}
+    for i in range(len(queries)):
+        for name in times:
+            store = PrecomputedPool.open(pool_dir).store("image")
+            for shard in store.shards:
+                descriptor = os.open(shard.filename, os.O_RDONLY)
+                os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+                os.close(descriptor)
+            searcher = PoolIndex(index.index, store, index.params, index.path, index.factory)
+            searcher.prefetch = name == "prefetch_on"
+            started = time.perf_counter()
+            searcher.search(queries[i : i + 1], 10)
+            times[name].append((time.perf_counter() - started) * 1000)
+            del searcher, store
+    faiss.omp_set_num_threads(os.cpu_count())
+    return {f"single_ms_median_1_thread_cold_{name}": round(statistics.median(t), 3) for name, t in times.items()}
+
+
+def save(key: str, report: dict) -> None:
+    results = {}
+    if os.path.exists(RESULTS):
+        with open(RESULTS) as file:
+            results = json.load(file)
+    results[key] = report
+    with open(RESULTS, "w") as file:
+        json.dump(results, file, indent=2)
+        file.write("\n")
+
+
+def machine() -> str:
+    import faiss
+
+    return (
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}, Python {platform.python_version()}, "
+        f"faiss {faiss.__version__}"
+    )
+
+
+def coarse_model(args, store, argv) -> dict:
+    """What one pool row costs to encode, and one query's coarse step, at `args.coarse_model` lists."""
+    import faiss
+
+    from anchorclip.anchors.laion.index import default_pool_factory, train
+
+    nlist, threads = args.coarse_model, os.cpu_count()
+    factory = args.factory or default_pool_factory(400_000_000, store.dim).replace(
+        "IVF65536(IVF256", f"IVF{nlist}(IVF{round(nlist**0.5)}"
+    )
+    started = time.perf_counter()
+    train_size = args.train_size or 40 * nlist
+    index, kmeans_s = train(store, factory, train_size, niter=args.niter)
+    train_s = time.perf_counter() - started
+    print(f"trained {factory} on {train_size} rows: k-means {kmeans_s:.0f}s, all {train_s:.0f}s", flush=True)
+    ivf = faiss.extract_index_ivf(index)
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    centroids = quantizer.reconstruct_n(0, nlist)
+    rows = np.ascontiguousarray(store.shards[-1][-args.encode_rows :], dtype=np.float32)  # the pool's last rows
+    exact = faiss.IndexFlatL2(store.dim)
+    exact.add(centroids)
+    nearest = exact.search(rows[:10_000], 1)[1]
+    agreement = float(np.mean(nearest == quantizer.search(rows[:10_000], 1)[1]))
+    wider = {}
+    if isinstance(quantizer, faiss.IndexHNSW):  # a wider graph walk; the index encodes with faiss's default, 16
+        for breadth in (64, 256):
+            quantizer.hnsw.efSearch = breadth
+            wider[breadth] = round(float(np.mean(nearest == quantizer.search(rows[:10_000], 1)[1])), 4)
+        quantizer.hnsw.efSearch = 16
+        print(f"HNSW agreement at efSearch 16: {agreement:.4f}, wider: {wider}", flush=True)
+    encode = {}
+    for count in (1, threads):
+        faiss.omp_set_num_threads(count)
+        fresh = faiss.clone_index(index)
+        started = time.perf_counter()
+        fresh.add_with_ids(rows, np.arange(len(rows), dtype=np.int64))
+        encode[f"rows_per_second_{count}_threads"] = round(len(rows) / (time.perf_counter() - started), 1)
+        print(f"encoded {len(rows)} rows on {count} threads: {encode}", flush=True)
+    faiss.omp_set_num_threads(1)
+    centres, shared, weights = mixture()
+    queries = draw(np.random.default_rng(7), 1000, centres, shared, weights)
+    coarse_ms = single_ms(quantizer, queries, DEFAULT_PARAMS_NPROBE)
+    faiss.omp_set_num_threads(threads)
+    report = {
+        "nlist": nlist,
+        "factory": factory,
+        "train_size": train_size,
+        "kmeans_iterations": args.niter,
+        "kmeans_seconds": round(kmeans_s, 1),
+        "train_seconds": round(train_s, 1),
+        "quantizer_nprobe": int(quantizer.nprobe) if isinstance(quantizer, faiss.IndexIVF) else None,
+        "assignment_agreement_with_exact": round(agreement, 4),
+        "hnsw_agreement_at_efSearch": wider or None,
+        "encode_rows": len(rows),
+        **encode,
+        f"coarse_step_ms_median_1_thread_nprobe_{DEFAULT_PARAMS_NPROBE}": round(coarse_ms, 3),
+        "machine": machine(),
+        "date": datetime.date.today().isoformat(),
+        "command": "python benchmarks/index_scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    if not args.no_write:
+        save(f"coarse-{factory}", report)
+    print(json.dumps(report, indent=1))
+    return report
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -114,17 +259,26 @@ def main(argv=None) -> dict:
     parser.add_argument("--work_dir", default="/tmp/anchorclip_index_scale")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--recall_queries", type=int, default=None, help="recall on the first N (default: all)")
-    parser.add_argument("--train_size", type=int, default=131_072)
+    parser.add_argument("--train_size", type=int, default=None, help="default: the library's, 40 rows a list")
     parser.add_argument("--niter", type=int, default=10)
     parser.add_argument("--factory", default=None, help="default: default_pool_factory(rows, 512)")
-    parser.add_argument("--nprobe", type=int, nargs="+", default=[16, 32, 64, 128])
-    parser.add_argument("--k_factor", type=int, nargs="+", default=[1, 10, 30])
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--k_factor", type=int, nargs="+", default=[1, 10, 20])
+    parser.add_argument("--coarse_model", type=int, default=None, metavar="NLIST")
+    parser.add_argument("--encode_rows", type=int, default=200_000, help="--coarse_model: rows encoded, timed")
+    parser.add_argument("--cold_queries", type=int, default=100, help="queries timed with the pool evicted")
     parser.add_argument("--no_write", action="store_true")
     args = parser.parse_args(argv)
 
     import faiss
 
-    from anchorclip.anchors.laion.ondisk_index import build_pool_index, default_pool_factory, open_pool_index
+    from anchorclip.anchors.laion.index import (
+        DEFAULT_PARAMS,
+        PoolIndex,
+        build_pool_index,
+        default_pool_factory,
+        open_pool_index,
+    )
     from anchorclip.anchors.laion.precomputed import PrecomputedPool
     from anchorclip.anchors.pool.faiss_index import exact_topk
 
@@ -135,6 +289,8 @@ def main(argv=None) -> dict:
     print(f"pool ready in {time.perf_counter() - started:.0f}s", flush=True)
     pool = PrecomputedPool.open(pool_dir)
     store = pool.store("image")
+    if args.coarse_model:
+        return coarse_model(args, store, argv)
     factory = args.factory or default_pool_factory(pool.num_rows, pool.dim)
     index_dir = os.path.join(args.work_dir, f"index-{args.rows}-{factory.replace(',', '_')}")
 
@@ -144,8 +300,9 @@ def main(argv=None) -> dict:
     build_wall = time.perf_counter() - started
     peak_build = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     with open(os.path.join(index_dir, "build.json")) as file:
-        phases = json.load(file)["seconds"]
-    disk = sum(os.path.getsize(os.path.join(index_dir, name)) for name in ("populated.index", "lists.ivfdata"))
+        record = json.load(file)
+    phases = record["seconds"]
+    disk = os.path.getsize(os.path.join(index_dir, "populated.index"))
     print(f"built {factory} in {build_wall:.0f}s {phases}; {disk / pool.num_rows:.1f} B/vector", flush=True)
 
     centres, shared, weights = mixture()
@@ -161,7 +318,11 @@ def main(argv=None) -> dict:
     rows = []
     for k_factor in args.k_factor:
         for nprobe in args.nprobe:
-            index = open_pool_index(index_dir, store, f"nprobe={nprobe},k_factor_rf={k_factor}")
+            params = {**index.params, "nprobe": str(nprobe), "k_factor_rf": str(k_factor)}
+            index = PoolIndex(index.index, store, params, index.path, index.factory)
+            faiss.omp_set_num_threads(1)
+            row_single = single_ms(index, queries, 10)
+            scanned = codes_scanned(index, queries[:100], 10)
             faiss.omp_set_num_threads(threads)
             started = time.perf_counter()
             _, ids = index.search(queries, 10)
@@ -170,27 +331,27 @@ def main(argv=None) -> dict:
                 "nprobe": nprobe,
                 "k_factor_rf": k_factor,
                 "recall@10": round(recall(ids[: len(exact)], exact), 4),
-                "batch_ms_per_query": round(batch_ms, 3),
+                f"batch_ms_per_query_{threads}_threads": round(batch_ms, 3),
+                "single_ms_median_1_thread": round(row_single, 3),
+                "codes_scanned_per_query": round(scanned),
             }
             rows.append(row)
             print(row, flush=True)
-    # One-query latency (1,000 calls) for the fastest setting at recall@10 >= 0.9 (else the most accurate one).
-    good = [row for row in rows if row["recall@10"] >= 0.9]
-    chosen = min(good, key=lambda r: r["batch_ms_per_query"]) if good else max(rows, key=lambda r: r["recall@10"])
-    index = open_pool_index(index_dir, store, f"nprobe={chosen['nprobe']},k_factor_rf={chosen['k_factor_rf']}")
-    chosen[f"single_ms_median_{threads}_threads"] = round(single_ms(index, queries, 10), 3)
-    faiss.omp_set_num_threads(1)
-    chosen["single_ms_median_1_thread"] = round(single_ms(index, queries, 10), 3)
-    faiss.omp_set_num_threads(threads)
-    print("chosen", chosen, flush=True)
+    default = {"nprobe": int(DEFAULT_PARAMS["nprobe"]), "k_factor_rf": int(DEFAULT_PARAMS["k_factor_rf"])}
+    chosen = next((row for row in rows if all(row[key] == value for key, value in default.items())), None)
     rss_searched = rss_mib()
+    if chosen is not None and args.cold_queries:
+        params = {**index.params, "nprobe": str(chosen["nprobe"]), "k_factor_rf": str(chosen["k_factor_rf"])}
+        default_index = PoolIndex(index.index, store, params, index.path, index.factory)
+        chosen.update(cold_ms(pool_dir, default_index, queries[-args.cold_queries :]))
+        print("cold", chosen, flush=True)
 
     report = {
         "rows": pool.num_rows,
         "dim": pool.dim,
         "shards": len(pool.shard_numbers),
         "factory": factory,
-        "train_size": min(args.train_size, pool.num_rows),
+        "train_size": min(record["config"]["train_size"], pool.num_rows),
         "kmeans_iterations": args.niter,
         "build_seconds": {**phases, "total_wall": round(build_wall, 1)},
         "build_peak_rss_mib": round(peak_build, 1),
@@ -205,24 +366,17 @@ def main(argv=None) -> dict:
         },
         "add_rows_per_second": round(pool.num_rows / phases["add"], 1) if phases.get("add") else None,
         "exact_scan_seconds": round(exact_s, 1),
+        "list_sizes": list_sizes(index.index),
         "recall_queries": len(exact),
         "queries": len(queries),
         "sweep": rows,
-        "chosen": chosen,
-        "machine": f"{platform.machine()}, {threads} CPU cores, {platform.system()}, Python "
-        f"{platform.python_version()}, faiss {faiss.__version__}",
+        "default_params": chosen,
+        "machine": machine(),
         "date": datetime.date.today().isoformat(),
         "command": "python benchmarks/index_scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     if not args.no_write:
-        results = {}
-        if os.path.exists(RESULTS):
-            with open(RESULTS) as file:
-                results = json.load(file)
-        results[str(pool.num_rows)] = report
-        with open(RESULTS, "w") as file:
-            json.dump(results, file, indent=2)
-            file.write("\n")
+        save(str(pool.num_rows), report)
     print(json.dumps({key: value for key, value in report.items() if key != "sweep"}, indent=1))
     return report
 

@@ -1,4 +1,4 @@
-"""Pools of precomputed embeddings in LAION's layout (`anchorclip.anchors`): reading, the on-disk index, resuming,
+"""Pools of precomputed embeddings in LAION's layout (`anchorclip.anchors`): reading, the pool index, resuming,
 and `anchorclip retrieve --pool_embeddings` end to end on a tiny CLIP. Seconds, CPU only."""
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import torch
 from conftest import CLASS_NAMES, COLOURS, make_config, make_images, make_processor
 from transformers import CLIPModel
 
-from anchorclip.anchors.laion.ondisk_index import build_pool_index, open_pool_index
+from anchorclip.anchors.laion import index as laion_index
+from anchorclip.anchors.laion.index import build_pool_index, open_pool_index
 from anchorclip.anchors.laion.precomputed import PoolError, PrecomputedPool, check_model
 from anchorclip.anchors.pool.encoders import TextEncoder, projected_features
 from anchorclip.anchors.pool.faiss_index import exact_topk, measure_recall
@@ -88,15 +89,13 @@ def test_validation_names_the_file(pool_dir):
 
 
 def test_index_recall_and_resume(pool_dir, tmp_path, monkeypatch):
-    import faiss.contrib.ondisk
-
     store = PrecomputedPool.open(str(pool_dir)).store("image")
     directory = str(tmp_path / "index")
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(faiss.contrib.ondisk, "merge_ondisk", interrupted)
+    monkeypatch.setattr(laion_index, "_merge", interrupted)
     with pytest.raises(KeyboardInterrupt):
         build_pool_index(store, directory, train_size=3000)
     monkeypatch.undo()
@@ -113,7 +112,7 @@ def test_index_recall_and_resume(pool_dir, tmp_path, monkeypatch):
     _, exact = exact_topk(store, queries, 1)
     _, found = index.search(queries, 1)
     assert np.mean(found[:, 0] == exact[:, 0]) >= 0.8
-    # Reopened from disk (a moved folder works too: the lists are found beside the index).
+    # Reopened from its folder (a moved folder works too).
     moved = str(tmp_path / "moved")
     os.rename(directory, moved)
     reopened = open_pool_index(moved, store, "nprobe=64,k_factor_rf=20")
@@ -198,3 +197,46 @@ def test_refuses_another_model(tmp_path, checkpoint):
         autocast=contextlib.nullcontext,
     )
     assert check_model(pool, "openai/clip-vit", 16, mine.encode) > 0.99
+
+
+def test_default_factory_and_two_level_kmeans_on_a_skewed_sample():
+    assert laion_index.default_pool_factory(400_000_000, 512) == "IVF65536(IVF256,Flat),PQ256x4fsr"
+    assert laion_index.default_pool_factory(400_000_000, 768).endswith("PQ256x4fsr")  # 128 bytes at ViT-L's d too
+    assert laion_index.default_pool_factory(3000, 16) == "IVF64(IVF8,Flat),PQ8x4fsr"
+    # Three dense clusters and a lone far row: the lone row's top cluster gets one centroid (itself), not zero and
+    # not more than it has rows; the total is exactly nlist.
+    rng = np.random.default_rng(0)
+    centres = _normalized(rng, 3, 16)
+    sample = np.concatenate([centres[i] + 0.05 * rng.standard_normal((1000, 16)) for i in range(3)])
+    sample = np.concatenate([sample, -centres.sum(0, keepdims=True)]).astype(np.float32)
+    centroids = laion_index.two_level_kmeans(sample, 64)
+    assert centroids.shape == (64, 16) and np.isfinite(centroids).all()
+    nearest = np.linalg.norm(centroids[:, None] - sample[-1][None], axis=2).min()
+    assert nearest < 1e-5  # the lone row is a centroid of its own
+
+
+def test_scores_without_reranking_are_cosines(pool_dir):
+    store = PrecomputedPool.open(str(pool_dir)).store("image")
+    index = build_pool_index(store, str(pool_dir.parent / "index"), train_size=3000, index_params="k_factor_rf=1")
+    queries = _normalized(np.random.default_rng(2), 20, 16)
+    scores, ids = index.search(queries, 5)
+    exact = np.einsum("qd,qkd->qk", queries, store.gather(ids.ravel()).reshape(20, 5, 16))
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first (L2 distances would rise)
+    assert np.abs(scores - exact).mean() < 0.08  # 4-bit codes of 2 dims each estimate each row's cosine
+
+
+def test_prefetch_asks_for_each_rows_bytes(pool_dir, vectors, monkeypatch):
+    store = PrecomputedPool.open(str(pool_dir)).store("image")
+    asked = []
+    real = os.posix_fadvise
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, length, advice: asked.append((offset, length, advice)))
+    store.prefetch(np.array([5, 1001, 2999]))
+    monkeypatch.setattr(os, "posix_fadvise", real)
+    header = [shard.offset for shard in store.shards]  # the .npy header before row 0
+    row = 16 * 2  # float16 x 16
+    expected = [(header[0] + 5 * row, row), (header[1] + 1 * row, row), (header[2] + 799 * row, row)]
+    assert [(offset, length) for offset, length, _ in asked] == expected
+    assert {advice for *_, advice in asked} == {os.POSIX_FADV_WILLNEED}
+    np.testing.assert_array_equal(store.gather([5, 1001, 2999]), vectors[[5, 1001, 2999]].astype(np.float16))
+    memory = store.from_arrays(vectors)
+    memory.prefetch([1, 2])  # in-memory shards: nothing to read

@@ -9,7 +9,7 @@
   embedded pool), `selection` (queries, candidates, leakage guard, de-duplication, quotas), `anchor_report` (the
   anchors dataset and report.html), `steps` (what the LAION-layout job shares).
 * `laion/` (`anchorclip retrieve --pool_embeddings`, pools of precomputed CLIP embeddings in LAION's layout):
-  `precomputed` (the pool folder), `ondisk_index` (the IVF-PQ index with on-disk inverted lists), `url_anchors`
+  `precomputed` (the pool folder), `index` (the IVF fast-scan index, built shard by shard), `url_anchors`
   (URL + caption anchors and their report), `job` (the job).
 * `pairs`: `retrieve_anchors`, the one entry to both retrieval jobs (and the reuse of anchors already built).
 * `shards`: the atomic chunk files both the caption job and the embedding cache write.

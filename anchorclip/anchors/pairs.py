@@ -48,7 +48,7 @@ def retrieve_anchors(
         pool: the candidate image-caption pairs already loaded (`Dataset`/`IterableDataset`); else `args.pool` (a
             spec: Hub id, local folder, `save_to_disk` folder, `"spec:split"`) or `args.pool_embeddings` (a folder
             of precomputed embeddings in LAION's layout, `anchorclip.anchors.laion`: nothing is embedded, the
-            search uses an on-disk IVF-PQ index, the anchors are URLs + captions).
+            search uses an IVF fast-scan index built shard by shard, the anchors are URLs + captions).
         class_names: the downstream class names; else `args.class_names` / `args.class_names_file`, else the
             `ClassLabel` names of the finetune set.
         finetune: the finetune set already loaded (else `args.finetune_dataset`): its class names, and the

@@ -1,7 +1,7 @@
 """The retrieval job on a pool of precomputed CLIP embeddings in LAION's layout (`anchorclip retrieve
---pool_embeddings`): nothing of the pool is embedded, the search uses the IVF-PQ index with on-disk inverted lists
-(`ondisk_index`), and the anchors are the pool's URLs and captions (`url_anchors`). The queries, the selection and
-the provenance are the embedded-pool job's (`anchorclip.anchors.pool.steps`).
+--pool_embeddings`): nothing of the pool is embedded, the search uses an IVF index of fast-scan codes re-ranked
+with the pool's vectors (`index`), and the anchors are the pool's URLs and captions (`url_anchors`). The queries,
+the selection and the provenance are the embedded-pool job's (`anchorclip.anchors.pool.steps`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import datasets
 
-from anchorclip.anchors.laion.ondisk_index import pool_index
+from anchorclip.anchors.laion.index import pool_index
 from anchorclip.anchors.laion.precomputed import CAPTION_COLUMNS, URL_COLUMNS, PrecomputedPool, check_model
 from anchorclip.anchors.laion.url_anchors import write_url_anchors, write_url_report
 from anchorclip.anchors.pool import steps

@@ -1,8 +1,8 @@
 """FAISS search over an embedded pool: the index factory and its defaults, building, searching, exact top-k and
 recall against exact search.
 
-An in-memory index over an `EmbeddingStore` (`anchorclip retrieve --pool`); the on-disk IVF-PQ index over a
-precomputed LAION-layout pool is `anchorclip.anchors.laion.ondisk_index`.
+An in-memory index over an `EmbeddingStore` (`anchorclip retrieve --pool`); the index over a precomputed
+LAION-layout pool, built shard by shard, is `anchorclip.anchors.laion.index`.
 """
 
 from __future__ import annotations

@@ -1,20 +1,24 @@
-"""An IVF-PQ index over a precomputed pool, built without the pool in memory, its lists on disk.
+"""The IVF index over a precomputed pool: two-level k-means, 4-bit fast-scan codes in RAM, exact re-ranking.
 
 Building, in a folder of its own (each step resumable, each file written under a temporary name and renamed):
 
-1. `trained.index`: the coarse quantiser (k-means centroids) and the PQ codebooks, trained on a random sample.
+1. `trained.index`: `nlist` centroids from two-level k-means (`two_level_kmeans`: √nlist top clusters, each split
+   in proportion to its share of the sample, so the cost is ~2·√nlist rather than nlist distances a sample row), an
+   IVF coarse quantiser over those centroids (`IVF<nlist>(IVF<√nlist>,Flat)`: a query or a pool row is compared with
+   the √nlist top centroids and the centroids of the 8 nearest, not with all nlist), and the PQ codebooks of the
+   residuals. Trained on a random sample of the pool's rows.
 2. `shards/shard_00012.index`: pool shard 12's rows, encoded into a copy of the trained index (ids = pool rows).
    A finished shard is never re-encoded: an interrupted build resumes at the first missing one.
-3. `lists.ivfdata` + `populated.index`: the shards' inverted lists merged into one memory-mapped file
-   (`faiss.contrib.ondisk.merge_ondisk`, `OnDiskInvertedLists`); the shard files are then deleted.
+3. `populated.index`: the shards merged (`merge_from`) into one index, which searching loads into RAM; the shard
+   files are then deleted.
 
-Only one pool shard's float32 chunk (65,536 rows) and one shard's codes are in memory while building. Searching
-maps `lists.ivfdata`: resident memory is the centroids plus the list pages the queries touch.
-
-Codes: `PQ128` (128 bytes per vector, 8 bits per sub-quantiser) plus an 8-byte id per vector in the lists: 136
-bytes a vector. PQ codes alone lose much of the order between close neighbours, so `search` re-ranks a shortlist
-of `k_factor_rf * k` candidates with the pool's own float16 embeddings (read from the memory-mapped `.npy`
-shards, which are on disk anyway: they cost no index bytes, one random 1-2 KB read per candidate).
+Codes: `PQ<m>x4fsr`: 4-bit *fast-scan* codes of the residual to the list's centroid, scanned 32 codes per SIMD
+register; m = d/2 up to 256 (128 bytes a 512-d or 768-d vector) + an 8-byte id. PQ codes alone lose much of the
+order between close neighbours, so `search` re-ranks a shortlist of `k_factor_rf * k` candidates with the pool's own
+float16 embeddings (read from the memory-mapped `.npy` shards, which are on disk anyway: they cost no index bytes,
+one random 1-2 KB read per candidate). The pool's vectors are unit-norm, so the index measures L2 distance, whose
+order is the inner product's (cos = 1 - L2²/2), and which k-means and the IVF quantiser handle best.
+Measured, and modelled to 400M rows, in docs/retrieval.md and docs/results/retrieval_scale.md.
 """
 
 from __future__ import annotations
@@ -33,45 +37,84 @@ from anchorclip.anchors.pool.store import EmbeddingStore
 
 logger = logging.getLogger(__name__)
 
-TRAINED, POPULATED, LISTS, CONFIG = "trained.index", "populated.index", "lists.ivfdata", "build.json"
-DEFAULT_PARAMS = {"nprobe": "16", "k_factor_rf": "10"}
+TRAINED, POPULATED, CONFIG = "trained.index", "populated.index", "build.json"
+# nprobe 32 of 4·√n lists, each query's 10·k best codes re-ranked: recall@10 0.96 on the 1M benchmark pool, see
+# docs/results/retrieval_scale.md; quantizer_nprobe: top clusters whose centroids the coarse quantiser compares.
+DEFAULT_PARAMS = {"nprobe": "32", "quantizer_nprobe": "8", "k_factor_rf": "10"}
 
 
 def default_pool_factory(num_rows: int, dim: int) -> str:
-    """`IVF<nlist>,PQ128`: nlist the power of two nearest 4·√n; 128 8-bit codes = 128 bytes a vector.
+    """`IVF<nlist>(IVF<√nlist>,Flat),PQ<m>x4fsr`: nlist the power of two nearest 4·√n, m = d/2 up to 256.
 
-    The coarse quantiser is exact (a scan of the centroids). An HNSW graph over them (`IVF<n>_HNSW32`) assigns
-    faster, but on clustered embeddings it funnels vectors into a few lists: on the 1M benchmark pool it agreed
-    with exact assignment for 37% of vectors, put 22% of the pool in one list and left 1,161 of 4,096 lists empty
-    (docs/results/retrieval.md), which made queries slow and recall low. Where d is not a multiple of 128 (small
-    test models), d/4 sub-quantisers or fewer.
+    An HNSW graph over the centroids (`IVF<n>_HNSW32`) would assign as fast, but on clustered embeddings its greedy
+    walk misses: on the 1M benchmark pool it agreed with exact assignment for 79% (efSearch 64) to 88% (256) of
+    rows and left 12-16% of the lists empty; the IVF quantiser agrees for 99.9% (docs/results/retrieval_scale.md).
     """
     nlist = max(16, 2 ** round(math.log2(4 * math.sqrt(num_rows))))
     nlist = min(nlist, max(16, 2 ** int(math.log2(max(1, num_rows // 39)))))  # >= 39 training rows per list
-    m = 128 if dim % 128 == 0 else next(m for m in range(max(1, min(128, dim // 4)), 0, -1) if dim % m == 0)
-    return f"IVF{nlist},PQ{m}"
+    top = 2 ** round(math.log2(math.sqrt(nlist)))
+    m = next(m for m in range(max(1, min(256, dim // 2)), 0, -1) if dim % m == 0)
+    return f"IVF{nlist}(IVF{top},Flat),PQ{m}x4fsr"
 
 
 def _nlist(factory: str) -> int:
-    match = re.search(r"IVF(\d+)", factory)
+    match = re.match(r"IVF(\d+)", factory)
     if match is None:
-        raise ValueError(f"A pool index must be an IVF index (its lists go on disk); got {factory!r}.")
+        raise ValueError(f"A pool index must be an IVF index (built shard by shard, then merged); got {factory!r}.")
     return int(match.group(1))
 
 
 def _pool_search_params(factory: str, index_params: str | None) -> dict[str, str]:
-    """Defaults (nprobe = 16, k_factor_rf = 10: recall@10 0.95 on the 1M benchmark pool), `index_params` replacing
+    """Defaults (`DEFAULT_PARAMS`, `quantizer_nprobe` only where the quantiser is an IVF), `index_params` replacing
     them key by key."""
     _nlist(factory)
     params = dict(DEFAULT_PARAMS)
+    if not re.match(r"IVF\d+\(IVF", factory):
+        del params["quantizer_nprobe"]
     for item in filter(None, (index_params or "").split(",")):
         key, _, value = item.partition("=")
         params[key.strip()] = value.strip()
     return params
 
 
+def two_level_kmeans(sample: np.ndarray, nlist: int, niter: int = 10, seed: int = 0) -> np.ndarray:
+    """`nlist` k-means centroids of `sample` in two levels: √nlist clusters, then each split into a share of `nlist`
+    proportional to its size (at least one centroid, at most one per row).
+
+    The cost is 2·(√nlist + ~√nlist)·d flop a row and iteration instead of 2·nlist·d: 65,536 centroids take minutes,
+    not days. `faiss.contrib.clustering.two_level_clustering` does the same but fails on skewed pools (the Zipf-
+    weighted benchmark pool): its proportional split gives a small top cluster 0 centroids (k-means of k = 0), and its
+    even split gives a 1-row cluster 64.
+    """
+    import faiss
+
+    rows, dim = sample.shape
+    top_count = max(1, round(math.sqrt(nlist)))
+    top = faiss.Kmeans(dim, top_count, niter=niter, seed=seed, max_points_per_centroid=2000)
+    top.train(sample)
+    assignment = top.index.search(sample, 1)[1][:, 0]
+    sizes = np.bincount(assignment, minlength=top_count)
+    share = sizes * nlist / rows
+    split = np.minimum(np.maximum(np.floor(share).astype(np.int64), (sizes > 0).astype(np.int64)), sizes)
+    while split.sum() != nlist:  # largest remainders first, never more centroids than rows
+        if split.sum() < nlist:
+            split[np.argmax(np.where(split < sizes, share - split, -np.inf))] += 1
+        else:
+            split[np.argmax(np.where(split > 1, split - share, -np.inf))] -= 1
+    centroids = []
+    for cluster in np.flatnonzero(split):
+        members = sample[assignment == cluster]
+        if split[cluster] == len(members):
+            centroids.append(members)
+            continue
+        kmeans = faiss.Kmeans(dim, int(split[cluster]), niter=niter, seed=seed + 1 + int(cluster))
+        kmeans.train(members)
+        centroids.append(kmeans.centroids)
+    return np.ascontiguousarray(np.vstack(centroids), dtype=np.float32)
+
+
 class PoolIndex:
-    """A populated on-disk IVF index plus re-ranking with the pool's embeddings; `search` like a faiss index."""
+    """A populated IVF index plus re-ranking with the pool's embeddings; `search` like a faiss index."""
 
     def __init__(
         self, index, store: EmbeddingStore, params: dict[str, str], path: str | None = None, factory: str | None = None
@@ -79,6 +122,7 @@ class PoolIndex:
         import faiss
 
         self.index, self.store, self.path, self.factory = index, store, path, factory
+        self.prefetch = True  # read each shortlist's rows concurrently (`EmbeddingStore.prefetch`)
         self.params = dict(params)
         self.k_factor = int(float(self.params.get("k_factor_rf", 1)))
         faiss_params = ",".join(f"{k}={v}" for k, v in self.params.items() if k != "k_factor_rf")
@@ -91,18 +135,23 @@ class PoolIndex:
         return int(self.index.ntotal)
 
     def search(self, queries: np.ndarray, k: int, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
-        """`(scores, ids)`, each `(num_queries, k)`; scores are exact cosines when re-ranked."""
+        """`(scores, ids)`, each `(num_queries, k)`; scores are exact cosines when re-ranked, else from the codes."""
+        import faiss
+
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         k = min(k, self.ntotal)
         shortlist = min(self.ntotal, k * max(1, self.k_factor))
-        scores, ids = self.index.search(queries, shortlist)
+        distances, ids = self.index.search(queries, shortlist)
         if self.k_factor <= 1:
-            return scores[:, :k], ids[:, :k]
+            scores = 1 - distances[:, :k] / 2 if self.index.metric_type == faiss.METRIC_L2 else distances[:, :k]
+            return np.where(ids[:, :k] >= 0, scores, -np.inf).astype(np.float32), ids[:, :k]
         out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         out_ids = np.full((len(queries), k), -1, dtype=np.int64)
         for start in range(0, len(queries), block):
             found = ids[start : start + block]
             rows = np.unique(found[found >= 0])  # sorted: the reads go through each shard in order
+            if self.prefetch:
+                self.store.prefetch(rows)
             vectors = self.store.gather(rows)
             exact = np.einsum(
                 "qd,qkd->qk", queries[start : start + block], vectors[np.searchsorted(rows, np.maximum(found, 0))]
@@ -137,20 +186,26 @@ def _config(store: EmbeddingStore, factory: str, train_size: int, seed: int, nit
 
 
 def train(store: EmbeddingStore, factory: str, train_size: int, seed: int = 0, niter: int = 10):
-    """An empty IVF index of `factory`, trained on a random sample of at most `train_size` rows."""
+    """An empty IVF index of `factory` (L2, on the unit-norm rows), trained on a random sample of at most
+    `train_size` rows: centroids by `two_level_kmeans`, then the codes of the residuals."""
     import faiss
 
-    index = faiss.index_factory(store.dim, factory, faiss.METRIC_INNER_PRODUCT)
-    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
-    ivf.cp.niter = niter  # type: ignore[attr-defined]  # faiss's stubs type downcast_index as a plain Index
-    if isinstance(ivf, faiss.IndexIVFPQ):
-        ivf.pq.cp.niter = niter
-        # Its annealing would take longer than the codebooks themselves. (The attribute is missing from faiss's stubs.)
-        ivf.do_polysemous_training = False  # type: ignore[attr-defined]
+    index = faiss.index_factory(store.dim, factory, faiss.METRIC_L2)
+    ivf = faiss.extract_index_ivf(index)
     rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(store.num_rows, size=min(train_size, store.num_rows), replace=False))
-    index.train(store.gather(sample))
-    return index
+    rows = np.sort(rng.choice(store.num_rows, size=min(train_size, store.num_rows), replace=False))
+    sample = np.ascontiguousarray(store.gather(rows), dtype=np.float32)
+    started = time.perf_counter()
+    centroids = two_level_kmeans(sample, ivf.nlist, niter, seed)
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    quantizer.train(centroids)
+    quantizer.add(centroids)
+    if isinstance(quantizer, faiss.IndexIVF):
+        quantizer.nprobe = int(DEFAULT_PARAMS["quantizer_nprobe"])  # for the residuals of training and adding
+        quantizer.make_direct_map()  # residuals need each centroid back by its number
+    kmeans_seconds = time.perf_counter() - started
+    index.train(sample)  # the coarse quantiser is full, so this trains the codes only
+    return index, kmeans_seconds
 
 
 def build_pool_index(
@@ -159,23 +214,22 @@ def build_pool_index(
     factory: str | None = None,
     *,
     index_params: str | None = None,
-    train_size: int = 262_144,
+    train_size: int | None = None,
     seed: int = 0,
     niter: int = 10,
     chunk_rows: int = 65_536,
     keep_shards: bool = False,
 ) -> PoolIndex:
-    """Build (or resume, or just open) the on-disk index of `store` in `directory`; see the module docstring.
+    """Build (or resume, or just open) the index of `store` in `directory`; see the module docstring.
 
     `store` is an `EmbeddingStore` whose shards are the units of work (a `PrecomputedPool.store()`: one per pool
     shard). Returns the searchable `PoolIndex`; `directory/build.json` holds the configuration and the seconds
     each phase took.
     """
     import faiss
-    from faiss.contrib.ondisk import merge_ondisk
 
     factory = factory or default_pool_factory(store.num_rows, store.dim)
-    _nlist(factory)
+    train_size = train_size or max(262_144, 40 * _nlist(factory))  # faiss asks for >= 39 rows a centroid
     os.makedirs(os.path.join(directory, "shards"), exist_ok=True)
     config_path = os.path.join(directory, CONFIG)
     config = _config(store, factory, train_size, seed, niter)
@@ -201,10 +255,12 @@ def build_pool_index(
     trained_path = os.path.join(directory, TRAINED)
     if not os.path.exists(trained_path):
         started = time.perf_counter()
-        _write_index_atomic(train(store, factory, train_size, seed, niter), trained_path)
+        trained, kmeans_seconds = train(store, factory, train_size, seed, niter)
+        _write_index_atomic(trained, trained_path)
         record["seconds"]["train"] = round(time.perf_counter() - started, 2)
+        record["seconds"]["train_kmeans"] = round(kmeans_seconds, 2)
         save_record()
-        logger.info("Trained %s in %.1fs.", factory, record["seconds"]["train"])
+        logger.info("Trained %s in %.1fs (k-means %.1fs).", factory, record["seconds"]["train"], kmeans_seconds)
 
     shard_files = [os.path.join(directory, "shards", f"shard_{s:05d}.index") for s in range(len(store.shards))]
     todo = [s for s, path in enumerate(shard_files) if not os.path.exists(path)]
@@ -224,23 +280,30 @@ def build_pool_index(
         save_record()
 
     started = time.perf_counter()
-    index = faiss.read_index(trained_path)
-    merge_ondisk(index, shard_files, os.path.join(directory, LISTS))
-    _write_index_atomic(index, populated)
+    _write_index_atomic(_merge(trained_path, shard_files), populated)
     record["seconds"]["merge"] = round(time.perf_counter() - started, 2)
     save_record()
-    del index
     if not keep_shards:
         for path in shard_files:
             os.remove(path)
     return open_pool_index(directory, store, index_params)
 
 
-def open_pool_index(directory: str, store: EmbeddingStore, index_params: str | None = None) -> PoolIndex:
-    """The populated index of `directory`, its lists memory-mapped (the folder may have been moved)."""
+def _merge(trained_path: str, shard_files: list[str]):
+    """The trained index holding every shard's codes (their ids are pool rows already)."""
     import faiss
 
-    index = faiss.read_index(os.path.join(directory, POPULATED), faiss.IO_FLAG_ONDISK_SAME_DIR)
+    index = faiss.read_index(trained_path)
+    for path in tqdm(shard_files, desc="Merging shards", unit="shard"):
+        index.merge_from(faiss.read_index(path), 0)
+    return index
+
+
+def open_pool_index(directory: str, store: EmbeddingStore, index_params: str | None = None) -> PoolIndex:
+    """The populated index of `directory`, loaded into RAM (the folder may have been moved)."""
+    import faiss
+
+    index = faiss.read_index(os.path.join(directory, POPULATED))
     if index.ntotal != store.num_rows:
         raise ValueError(f"{directory}: the index holds {index.ntotal} rows, the pool {store.num_rows}.")
     with open(os.path.join(directory, CONFIG)) as file:
