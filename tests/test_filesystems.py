@@ -86,3 +86,35 @@ def test_processes_running_other_arguments_are_refused(tmp_path):
     for rank in range(2):
         outcome = (tmp_path / f"{rank}.txt").read_text()
         assert "disagree on the command" in outcome and "2e-5" in outcome, outcome
+
+
+def _read_only_worker(rank: int, port: int, root: str, results: str) -> None:
+    from anchorclip.filesystems import probe_folder
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        if rank == 1:  # this process may read the folder but not write in it (root ignores chmod, so refuse here)
+            real_touch = Path.touch
+
+            def refuse(path, *args, **kwargs):
+                if Path(root) in path.parents:
+                    raise PermissionError(13, "Read-only file system", str(path))
+                return real_touch(path, *args, **kwargs)
+
+            Path.touch = refuse  # type: ignore[method-assign]
+        layout = probe_folder(Path(root) / "shared")
+        record = {"groups": [list(g) for g in layout.groups], "is_writer": layout.is_writer}
+        Path(results, f"{rank}.json").write_text(json.dumps(record))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_folder_one_process_cannot_write_leaves_every_process_on_its_own(tmp_path):
+    # Nobody may wait for a writer that cannot write: each process is its own group and writes its own files.
+    results = tmp_path / "results"
+    results.mkdir()
+    mp.spawn(_read_only_worker, args=(free_port(), str(tmp_path), str(results)), nprocs=2, join=True)
+    first, second = (json.loads((results / f"{rank}.json").read_text()) for rank in range(2))
+    assert first["groups"] == second["groups"] == [[0], [1]]
+    assert first["is_writer"] and second["is_writer"]
+    assert [n for n in os.listdir(tmp_path / "shared") if n.startswith(".anchorclip-probe")] == []
