@@ -190,7 +190,7 @@ def coarse_model(args, store, argv) -> dict:
     """What one pool row costs to encode, and one query's coarse step, at `args.coarse_model` lists."""
     import faiss
 
-    from anchorclip.anchors.laion.index import default_pool_factory, train
+    from anchorclip.anchors.laion.index import add_rows, default_pool_factory, exact_assigner, train
 
     nlist, threads = args.coarse_model, os.cpu_count()
     factory = args.factory or default_pool_factory(400_000_000, store.dim).replace(
@@ -217,12 +217,17 @@ def coarse_model(args, store, argv) -> dict:
         quantizer.hnsw.efSearch = 16
         print(f"HNSW agreement at efSearch 16: {agreement:.4f}, wider: {wider}", flush=True)
     encode = {}
+    assigner = exact_assigner(index)
     for count in (1, threads):
         faiss.omp_set_num_threads(count)
         fresh = faiss.clone_index(index)
         started = time.perf_counter()
-        fresh.add_with_ids(rows, np.arange(len(rows), dtype=np.int64))
+        add_rows(fresh, rows, np.arange(len(rows), dtype=np.int64), assigner)  # as build_pool_index adds
         encode[f"rows_per_second_{count}_threads"] = round(len(rows) / (time.perf_counter() - started), 1)
+        started = time.perf_counter()
+        quantizer.assign(rows[:20_000], 1)  # the same rows through the IVF quantiser instead, for comparison
+        seconds = time.perf_counter() - started
+        encode[f"quantizer_assign_rows_per_second_{count}_threads"] = round(20_000 / seconds, 1)
         print(f"encoded {len(rows)} rows on {count} threads: {encode}", flush=True)
     faiss.omp_set_num_threads(1)
     centres, shared, weights = mixture()
@@ -376,7 +381,8 @@ def main(argv=None) -> dict:
         "command": "python benchmarks/index_scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     if not args.no_write:
-        save(str(pool.num_rows), report)
+        default = factory == default_pool_factory(pool.num_rows, pool.dim)
+        save(str(pool.num_rows) if default else f"{pool.num_rows}-{factory}", report)
     print(json.dumps({key: value for key, value in report.items() if key != "sweep"}, indent=1))
     return report
 

@@ -240,3 +240,22 @@ def test_prefetch_asks_for_each_rows_bytes(pool_dir, vectors, monkeypatch):
     np.testing.assert_array_equal(store.gather([5, 1001, 2999]), vectors[[5, 1001, 2999]].astype(np.float16))
     memory = store.from_arrays(vectors)
     memory.prefetch([1, 2])  # in-memory shards: nothing to read
+
+
+def test_rows_go_to_the_list_of_their_exact_nearest_centroid(pool_dir, vectors, monkeypatch):
+    import faiss
+
+    # One top cluster of 8 searched: the IVF quantiser alone would put some rows in a farther list.
+    monkeypatch.setitem(laion_index.DEFAULT_PARAMS, "quantizer_nprobe", "1")
+    store = PrecomputedPool.open(str(pool_dir)).store("image")
+    index = build_pool_index(store, str(pool_dir.parent / "index"), train_size=3000)
+    ivf = faiss.extract_index_ivf(index.index)
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    assert isinstance(quantizer, faiss.IndexIVF)  # searching still goes through the IVF quantiser
+    centroids = quantizer.reconstruct_n(0, ivf.nlist)
+    nearest = np.argmin(((vectors.astype(np.float16).astype(np.float32)[:, None] - centroids[None]) ** 2).sum(2), 1)
+    invlists = ivf.invlists
+    for list_no in range(ivf.nlist):
+        size = invlists.list_size(list_no)
+        ids = faiss.rev_swig_ptr(invlists.get_ids(list_no), size).copy() if size else np.zeros(0, np.int64)
+        assert np.all(nearest[ids] == list_no)
