@@ -135,9 +135,8 @@ def codes_scanned(index, queries: np.ndarray, k: int) -> float:
     return faiss.cvar.indexIVF_stats.ndis / len(queries)
 
 
-def cold_ms(pool_dir: str, index, queries: np.ndarray) -> dict:
-    """Median ms of one re-ranked query on one thread with the pool's pages out of the page cache, the shortlist's
-    rows read one after another (`prefetch` off) and all at once (on), alternating query by query.
+def cold_ms(pool_dir: str, index, queries: np.ndarray) -> float:
+    """Median ms of one re-ranked query on one thread with the pool's pages out of the page cache.
 
     Each query gets freshly mapped shards, and every shard file is evicted first (`posix_fadvise(DONTNEED)` drops
     the cached pages no process maps), so each shortlist row is a read from this machine's disk.
@@ -148,22 +147,20 @@ def cold_ms(pool_dir: str, index, queries: np.ndarray) -> dict:
     from anchorclip.anchors.laion.precomputed import PrecomputedPool
 
     faiss.omp_set_num_threads(1)
-    times: dict[str, list[float]] = {"prefetch_off": [], "prefetch_on": []}
+    times = []
     for i in range(len(queries)):
-        for name in times:
-            store = PrecomputedPool.open(pool_dir).store("image")
-            for shard in store.shards:
-                descriptor = os.open(shard.filename, os.O_RDONLY)
-                os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
-                os.close(descriptor)
-            searcher = PoolIndex(index.index, store, index.params, index.path, index.factory)
-            searcher.prefetch = name == "prefetch_on"
-            started = time.perf_counter()
-            searcher.search(queries[i : i + 1], 10)
-            times[name].append((time.perf_counter() - started) * 1000)
-            del searcher, store
+        store = PrecomputedPool.open(pool_dir).store("image")
+        for shard in store.shards:
+            descriptor = os.open(shard.filename, os.O_RDONLY)
+            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(descriptor)
+        searcher = PoolIndex(index.index, store, index.params, index.path, index.factory)
+        started = time.perf_counter()
+        searcher.search(queries[i : i + 1], 10)
+        times.append((time.perf_counter() - started) * 1000)
+        del searcher, store
     faiss.omp_set_num_threads(os.cpu_count())
-    return {f"single_ms_median_1_thread_cold_{name}": round(statistics.median(t), 3) for name, t in times.items()}
+    return statistics.median(times)
 
 
 def save(key: str, report: dict) -> None:
@@ -190,7 +187,7 @@ def coarse_model(args, store, argv) -> dict:
     """What one pool row costs to encode, and one query's coarse step, at `args.coarse_model` lists."""
     import faiss
 
-    from anchorclip.anchors.laion.index import add_rows, default_pool_factory, exact_assigner, train
+    from anchorclip.anchors.laion.index import DEFAULT_PARAMS, add_rows, default_pool_factory, exact_assigner, train
 
     nlist, threads = args.coarse_model, os.cpu_count()
     factory = args.factory or default_pool_factory(400_000_000, store.dim).replace(
@@ -225,14 +222,31 @@ def coarse_model(args, store, argv) -> dict:
         add_rows(fresh, rows, np.arange(len(rows), dtype=np.int64), assigner)  # as build_pool_index adds
         encode[f"rows_per_second_{count}_threads"] = round(len(rows) / (time.perf_counter() - started), 1)
         started = time.perf_counter()
-        quantizer.assign(rows[:20_000], 1)  # the same rows through the IVF quantiser instead, for comparison
+        quantizer.assign(rows[:5_000], 1)  # the same rows through the IVF quantiser instead, for comparison
         seconds = time.perf_counter() - started
-        encode[f"quantizer_assign_rows_per_second_{count}_threads"] = round(20_000 / seconds, 1)
+        encode[f"quantizer_assign_rows_per_second_{count}_threads"] = round(5_000 / seconds, 1)
         print(f"encoded {len(rows)} rows on {count} threads: {encode}", flush=True)
     faiss.omp_set_num_threads(1)
     centres, shared, weights = mixture()
     queries = draw(np.random.default_rng(7), 1000, centres, shared, weights)
     coarse_ms = single_ms(quantizer, queries, DEFAULT_PARAMS_NPROBE)
+    coarse_sweep = []
+    if isinstance(quantizer, faiss.IndexIVF):  # the coarse step's cost and accuracy against its breadth
+        exact_lists = exact.search(queries, DEFAULT_PARAMS_NPROBE)[1]
+        for breadth in (1, 2, 4, 8):
+            quantizer.nprobe = breadth
+            lists = quantizer.search(queries, DEFAULT_PARAMS_NPROBE)[1]
+            coarse_sweep.append(
+                {
+                    "quantizer_nprobe": breadth,
+                    "ms_median_1_thread": round(single_ms(quantizer, queries, DEFAULT_PARAMS_NPROBE), 3),
+                    f"recall_of_the_{DEFAULT_PARAMS_NPROBE}_nearest_lists": round(recall(lists, exact_lists), 4),
+                }
+            )
+            print(coarse_sweep[-1], flush=True)
+        quantizer.nprobe = int(DEFAULT_PARAMS["quantizer_nprobe"])
+        sizes = np.array([quantizer.invlists.list_size(i) for i in range(quantizer.nlist)])
+        coarse_sweep.append({"top_list_sizes": {"mean": float(sizes.mean()), "max": int(sizes.max())}})
     faiss.omp_set_num_threads(threads)
     report = {
         "nlist": nlist,
@@ -247,6 +261,7 @@ def coarse_model(args, store, argv) -> dict:
         "encode_rows": len(rows),
         **encode,
         f"coarse_step_ms_median_1_thread_nprobe_{DEFAULT_PARAMS_NPROBE}": round(coarse_ms, 3),
+        "coarse_step_by_quantizer_nprobe": coarse_sweep or None,
         "machine": machine(),
         "date": datetime.date.today().isoformat(),
         "command": "python benchmarks/index_scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -348,7 +363,9 @@ def main(argv=None) -> dict:
     if chosen is not None and args.cold_queries:
         params = {**index.params, "nprobe": str(chosen["nprobe"]), "k_factor_rf": str(chosen["k_factor_rf"])}
         default_index = PoolIndex(index.index, store, params, index.path, index.factory)
-        chosen.update(cold_ms(pool_dir, default_index, queries[-args.cold_queries :]))
+        chosen["single_ms_median_1_thread_pool_evicted"] = round(
+            cold_ms(pool_dir, default_index, queries[-args.cold_queries :]), 3
+        )
         print("cold", chosen, flush=True)
 
     report = {

@@ -123,7 +123,6 @@ class PoolIndex:
         import faiss
 
         self.index, self.store, self.path, self.factory = index, store, path, factory
-        self.prefetch = True  # read each shortlist's rows concurrently (`EmbeddingStore.prefetch`)
         self.params = dict(params)
         self.k_factor = int(float(self.params.get("k_factor_rf", 1)))
         faiss_params = ",".join(f"{k}={v}" for k, v in self.params.items() if k != "k_factor_rf")
@@ -151,8 +150,6 @@ class PoolIndex:
         for start in range(0, len(queries), block):
             found = ids[start : start + block]
             rows = np.unique(found[found >= 0])  # sorted: the reads go through each shard in order
-            if self.prefetch:
-                self.store.prefetch(rows)
             vectors = self.store.gather(rows)
             exact = np.einsum(
                 "qd,qkd->qk", queries[start : start + block], vectors[np.searchsorted(rows, np.maximum(found, 0))]
