@@ -209,7 +209,8 @@ def test_default_factory_and_two_level_kmeans_on_a_skewed_sample():
     centres = _normalized(rng, 3, 16)
     sample = np.concatenate([centres[i] + 0.05 * rng.standard_normal((1000, 16)) for i in range(3)])
     sample = np.concatenate([sample, -centres.sum(0, keepdims=True)]).astype(np.float32)
-    centroids = laion_index.two_level_kmeans(sample, 64)
+    centroids, top = laion_index.two_level_kmeans(sample, 64)
+    assert top.shape == (8, 16)
     assert centroids.shape == (64, 16) and np.isfinite(centroids).all()
     nearest = np.linalg.norm(centroids[:, None] - sample[-1][None], axis=2).min()
     assert nearest < 1e-5  # the lone row is a centroid of its own

@@ -30,6 +30,7 @@ import math
 import os
 import re
 import time
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -39,17 +40,18 @@ from anchorclip.anchors.pool.store import EmbeddingStore
 logger = logging.getLogger(__name__)
 
 TRAINED, POPULATED, CONFIG = "trained.index", "populated.index", "build.json"
-# nprobe 32 of 4·√n lists, each query's 10·k best codes re-ranked: recall@10 0.96 on the 1M benchmark pool, see
-# docs/results/retrieval_scale.md; quantizer_nprobe: top clusters whose centroids the coarse quantiser compares.
-DEFAULT_PARAMS = {"nprobe": "32", "quantizer_nprobe": "8", "k_factor_rf": "10"}
+# nprobe 32 of 4·√n lists, each query's 20·k best codes re-ranked: recall@10 0.964 on the 1M benchmark pool and
+# 0.942 on the 8M one (10·k: 0.952 and 0.911), docs/results/retrieval_scale.md; quantizer_nprobe: top clusters whose
+# centroids the coarse quantiser compares.
+DEFAULT_PARAMS = {"nprobe": "32", "quantizer_nprobe": "8", "k_factor_rf": "20"}
 
 
 def default_pool_factory(num_rows: int, dim: int) -> str:
     """`IVF<nlist>(IVF<√nlist>,Flat),PQ<m>x4fsr`: nlist the power of two nearest 4·√n, m = d/2 up to 256.
 
-    An HNSW graph over the centroids (`IVF<n>_HNSW32`) would assign as fast, but on clustered embeddings its greedy
-    walk misses: on the 1M benchmark pool it agreed with exact assignment for 79% (efSearch 64) to 88% (256) of
-    rows and left 12-16% of the lists empty; the IVF quantiser agrees for 99.9% (docs/results/retrieval_scale.md).
+    An HNSW graph over the centroids (`IVF<n>_HNSW32`) would be faster still for a query, but on clustered embeddings
+    its greedy walk misses: on the 1M benchmark pool (4,096 centroids) it found a row's nearest centroid for 63% of
+    rows at faiss's default efSearch 16, 76% at 64, 84% at 256 (docs/results/retrieval_scale.md).
     """
     nlist = max(16, 2 ** round(math.log2(4 * math.sqrt(num_rows))))
     nlist = min(nlist, max(16, 2 ** int(math.log2(max(1, num_rows // 39)))))  # >= 39 training rows per list
@@ -78,9 +80,12 @@ def _pool_search_params(factory: str, index_params: str | None) -> dict[str, str
     return params
 
 
-def two_level_kmeans(sample: np.ndarray, nlist: int, niter: int = 10, seed: int = 0) -> np.ndarray:
-    """`nlist` k-means centroids of `sample` in two levels: √nlist clusters, then each split into a share of `nlist`
-    proportional to its size (at least one centroid, at most one per row).
+def two_level_kmeans(
+    sample: np.ndarray, nlist: int, niter: int = 10, seed: int = 0, top_count: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """`(centroids, top)`: `nlist` k-means centroids of `sample` in two levels, `top_count` (default √nlist) top
+    clusters, then each split into a share of `nlist` proportional to its size (at least one centroid, at most one
+    per row); `top` are the top clusters' centroids.
 
     The cost is 2·(√nlist + ~√nlist)·d flop a row and iteration instead of 2·nlist·d: 65,536 centroids take minutes,
     not days. `faiss.contrib.clustering.two_level_clustering` does the same but fails on skewed pools (the Zipf-
@@ -90,7 +95,7 @@ def two_level_kmeans(sample: np.ndarray, nlist: int, niter: int = 10, seed: int 
     import faiss
 
     rows, dim = sample.shape
-    top_count = max(1, round(math.sqrt(nlist)))
+    top_count = top_count or max(1, round(math.sqrt(nlist)))
     top = faiss.Kmeans(dim, top_count, niter=niter, seed=seed, max_points_per_centroid=2000)
     top.train(sample)
     assignment = top.index.search(sample, 1)[1][:, 0]
@@ -111,7 +116,7 @@ def two_level_kmeans(sample: np.ndarray, nlist: int, niter: int = 10, seed: int 
         kmeans = faiss.Kmeans(dim, int(split[cluster]), niter=niter, seed=seed + 1 + int(cluster))
         kmeans.train(members)
         centroids.append(kmeans.centroids)
-    return np.ascontiguousarray(np.vstack(centroids), dtype=np.float32)
+    return np.ascontiguousarray(np.vstack(centroids), dtype=np.float32), np.asarray(top.centroids)
 
 
 class PoolIndex:
@@ -194,11 +199,18 @@ def train(store: EmbeddingStore, factory: str, train_size: int, seed: int = 0, n
     rows = np.sort(rng.choice(store.num_rows, size=min(train_size, store.num_rows), replace=False))
     sample = np.ascontiguousarray(store.gather(rows), dtype=np.float32)
     started = time.perf_counter()
-    centroids = two_level_kmeans(sample, ivf.nlist, niter, seed)
-    quantizer = faiss.downcast_index(ivf.quantizer)
-    quantizer.train(centroids)
+    quantizer: Any = faiss.downcast_index(ivf.quantizer)  # faiss's stubs type it as a plain Index
+    nested = isinstance(quantizer, faiss.IndexIVF)
+    centroids, top = two_level_kmeans(sample, ivf.nlist, niter, seed, quantizer.nlist if nested else None)
+    if nested:
+        # Its top level is the k-means' top level, fitted to the pool: k-means of the centroids themselves put
+        # 46,044 of 65,536 in one top list on the 8M benchmark pool (a 4.5 ms coarse step for one query).
+        quantizer.quantizer.add(top)
+        quantizer.is_trained = True
+    else:
+        quantizer.train(centroids)
     quantizer.add(centroids)
-    if isinstance(quantizer, faiss.IndexIVF):
+    if nested:
         quantizer.nprobe = int(DEFAULT_PARAMS["quantizer_nprobe"])  # for the residuals of training and adding
         quantizer.make_direct_map()  # residuals need each centroid back by its number
     kmeans_seconds = time.perf_counter() - started
