@@ -243,3 +243,29 @@ def test_rows_go_to_the_list_of_their_exact_nearest_centroid(pool_dir, vectors, 
         size = invlists.list_size(list_no)
         ids = faiss.rev_swig_ptr(invlists.get_ids(list_no), size).copy() if size else np.zeros(0, np.int64)
         assert np.all(nearest[ids] == list_no)
+
+
+def test_merging_onto_a_list_of_whole_blocks_keeps_every_code(tmp_path):
+    # One list; the first shard fills exactly 128 entries = one 128-byte block's worth... of 4-byte codes: faiss 1.15
+    # would copy past the list's end on the next append. The merged index must equal one built in a single pass.
+    import faiss
+
+    from anchorclip.anchors.pool.store import EmbeddingStore
+
+    rows = _normalized(np.random.default_rng(5), 178, 16)
+    store = EmbeddingStore.from_arrays(rows)
+    trained, _ = laion_index.train(store, "IVF1,PQ8x4fsr", 178)
+    trained_path = str(tmp_path / "trained.index")
+    faiss.write_index(trained, trained_path)
+    paths = []
+    for name, part in (("a", np.arange(128)), ("b", np.arange(128, 178))):
+        shard = faiss.read_index(trained_path)
+        shard.add_with_ids(rows[part], part)
+        paths.append(str(tmp_path / f"{name}.index"))
+        faiss.write_index(shard, paths[-1])
+    assert faiss.downcast_InvertedLists(faiss.extract_index_ivf(trained).invlists).block_size == 128
+    merged = laion_index._merge(trained_path, paths, store)
+    direct = faiss.read_index(trained_path)
+    direct.add_with_ids(rows, np.arange(178))
+    assert merged.ntotal == 178
+    np.testing.assert_array_equal(merged.search(rows, 5)[1], direct.search(rows, 5)[1])

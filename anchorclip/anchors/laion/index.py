@@ -291,7 +291,7 @@ def build_pool_index(
         save_record()
 
     started = time.perf_counter()
-    _write_index_atomic(_merge(trained_path, shard_files), populated)
+    _write_index_atomic(_merge(trained_path, shard_files, store), populated)
     record["seconds"]["merge"] = round(time.perf_counter() - started, 2)
     save_record()
     if not keep_shards:
@@ -334,14 +334,45 @@ def add_rows(index, rows: np.ndarray, ids: np.ndarray, assigner=None) -> None:
         ivf.quantizer = quantizer
 
 
-def _merge(trained_path: str, shard_files: list[str]):
+def _merge(trained_path: str, shard_files: list[str], store: EmbeddingStore):
     """The trained index holding every shard's codes (their ids are pool rows already)."""
     import faiss
 
     index = faiss.read_index(trained_path)
+    assigner = None
     for path in tqdm(shard_files, desc="Merging shards", unit="shard"):
-        index.merge_from(faiss.read_index(path), 0)
+        shard = faiss.read_index(path)
+        assigner = _sidestep_block_overflow(index, shard, store, assigner)
+        index.merge_from(shard, 0)
     return index
+
+
+def _sidestep_block_overflow(index, shard, store: EmbeddingStore, assigner):
+    """Move around a faiss 1.15 bug in merging fast-scan lists: `BlockInvertedLists::add_entries`, appending to a
+    list whose length is a positive multiple of its block's byte size (4,096 entries for 128-byte codes), copies the
+    whole list's block count past the list's end (a heap overflow, seen as `malloc(): corrupted top size` merging
+    the 8M benchmark pool). Such lists take the shard's rows by encoding them again from the pool (`add_with_ids`
+    packs codes itself) and are emptied in the shard before `merge_from`. Returns the assigner, built on first use."""
+    import faiss
+
+    target: Any = faiss.extract_index_ivf(index)
+    lists: Any = faiss.downcast_InvertedLists(target.invlists)
+    if not isinstance(lists, faiss.BlockInvertedLists):  # type: ignore[attr-defined]  # missing from the stubs
+        return assigner
+    shard_ivf: Any = faiss.extract_index_ivf(shard)
+    source = shard_ivf.invlists
+    for list_no in range(target.nlist):
+        size, incoming = lists.list_size(list_no), source.list_size(list_no)
+        if size == 0 or incoming == 0 or size % lists.block_size != 0:
+            continue
+        ids = faiss.rev_swig_ptr(source.get_ids(list_no), incoming).copy()
+        assigner = assigner or exact_assigner(index)
+        add_rows(index, np.ascontiguousarray(store.gather(ids), dtype=np.float32), ids, assigner)
+        source.resize(list_no, 0)
+        shard_ivf.ntotal -= incoming  # merge_from adds the shard's count to the index's
+        if not isinstance(faiss.downcast_index(shard), faiss.IndexIVF):
+            shard.ntotal -= incoming
+    return assigner
 
 
 def open_pool_index(directory: str, store: EmbeddingStore, index_params: str | None = None) -> PoolIndex:
