@@ -303,10 +303,8 @@ def build_pool_index(
 def exact_assigner(index):
     """A flat index of the centroids of `index` (any index with an IVF in it), to assign rows when adding them.
 
-    Adding a chunk of rows, one matrix product against every centroid is exact and faster than the IVF quantiser:
-    65,536 centroids, 1 thread, 8M benchmark pool: 1,155 rows/s by the product against 232 rows/s through
-    `IVF65536(IVF256,Flat)`, whose top lists are as uneven as the pool (docs/results/retrieval_scale.md). The
-    quantiser is for what it does best: one query at a time.
+    One matrix product a chunk against every centroid is exact and, at 65,536 centroids on one thread, encodes 1,431
+    rows/s where the IVF quantiser's assignment alone runs at 1,119 (docs/results/retrieval_scale.md).
     """
     import faiss
 
