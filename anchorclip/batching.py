@@ -13,25 +13,19 @@ positions from shuffled decks of the whole pair set: one deck per epoch when the
 pair at most once per epoch), a fresh deck when one runs out, and never the same pair twice in a global
 batch, where it would be its own negative.
 
-`AnchorCollator` builds one image batch (finetune images, then pair images) and one text batch (class
-prompts, captions, pair captions) so the model runs one image pass per step, and one text pass for the
-short prompts and one for the long captions: the text batch names the two groups with their widths
-(`text_groups`), so that no prompt is padded to the longest caption. Texts are tokenized ahead: prompts
-once per run, captions once per dataset with `datasets.map`.
+Items are stacked into a batch by `collate.AnchorCollator`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import multiprocessing
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, Sampler
-from typing_extensions import Required, TypedDict  # typing has Required from Python 3.11 only
 
 from .augmix import augment_and_mix
 from .data import decode_image
@@ -48,44 +42,11 @@ class UndecodableImageError(ValueError):
     """An image that cannot be decoded, with `strict_images=True` (or no decodable image at all)."""
 
 
-class ARFBatch(TypedDict, total=False):
-    """The batch `AnchorCollator` builds: one image batch, one text batch, and the sizes that name their rows.
-
-    A plain dict (so Trainer moves its tensors to the device); `ARFFeatures.from_outputs` splits the model's
-    outputs by these sizes.
-    """
-
-    pixel_values: Required[torch.Tensor]  # [finetune images; pair images], (batch + num_pairs, 3, H, W)
-    labels: Required[torch.Tensor]  # (batch,) class ids of the finetune images
-    num_captions: Required[int]  # captions in the text batch, after the class prompts (0 or batch)
-    num_pairs: Required[int]  # retrieved pairs: pair images after the finetune images, pair captions last
-    num_skipped_images: Required[torch.Tensor]  # undecodable images replaced by the next row (a count)
-    input_ids: torch.Tensor  # [class prompts; captions; pair captions], right-padded (absent for FT / LP-FT)
-    attention_mask: torch.Tensor  # 1 on the tokens of `input_ids`, 0 on the padding
-    text_groups: list[tuple[int, int]]  # (rows, tokens) of the prompts, then of captions + pair captions
-    caption_keys: torch.Tensor  # (num_captions,) `text_key` of each caption
-    pair_keys: torch.Tensor  # (num_pairs,) `text_key` of each pair caption
-    pair_targets: torch.Tensor  # (num_pairs, dim) f₀ of each un-augmented pair image (anchor distillation)
-    # (num_pairs, 3, H, W) the pair images before AugMix / training corruptions: per-step distillation's inputs
-    # (augmix > 0 or corrupt_pairs > 0 only)
-    pair_clean_pixel_values: torch.Tensor
-
-
 def _generator(*keys: int) -> torch.Generator:
     seed = 0
     for key in keys:  # a simple deterministic mix of the keys (Python's hash() is salted per process)
         seed = (seed * 1_000_003 + int(key) + 1) % (2**63 - 1)
     return torch.Generator().manual_seed(seed)
-
-
-def text_key(ids: list[int]) -> int:
-    """A 63-bit key of a text's token ids, equal on every process and run for equal texts.
-
-    `ContrastiveLoss(duplicates="mask")` compares these keys (gathered across processes) to keep identical
-    captions from being each other's negatives. Python's `hash()` is salted per process, so not it.
-    """
-    digest = hashlib.blake2b(np.asarray(ids, dtype="<i8").tobytes(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
 
 
 def pair_schedule(
@@ -123,12 +84,6 @@ def pair_schedule(
     return slots
 
 
-def tokenize_prompts(tokenizer, class_names: list[str], templates: list[str], max_length: int) -> list[list[int]]:
-    """Token ids of every class prompt, indexed `label * len(templates) + template`: tokenized once."""
-    prompts = [template.format(name) for name in class_names for template in templates]
-    return tokenizer(prompts, truncation=True, max_length=max_length)["input_ids"]
-
-
 class AnchoredDataset(Dataset):
     """The finetune set with its augmentation, prompt template, caption and the pairs dealt to each item.
 
@@ -154,6 +109,7 @@ class AnchoredDataset(Dataset):
         augmix: float = 0.0,
         clean_pair_pixels: bool = False,
         corrupt_pairs: float = 0.0,
+        consistency_views: int = 0,
     ):
         self.finetune, self.pairs = finetune, pairs
         self.transform = transform
@@ -165,6 +121,9 @@ class AnchoredDataset(Dataset):
         # Probability that a pair image is replaced by a view under a training corruption (train_corruptions.py),
         # applied after AugMix when both are on, from a generator of its own (finetune images never get one).
         self.corrupt_pairs = corrupt_pairs
+        # AugMix views of each finetune image's crop for the Jensen-Shannon consistency term (loss.py), drawn from a
+        # generator of their own; the finetune image itself stays the training view.
+        self.consistency_views = consistency_views
         # Anchor distillation's targets when the pair images are not augmented: row i = f₀ of pair image i as
         # the model sees it (an `EmbeddingStore`, memory-mapped; set by `build_train_data`).
         self.pair_targets: EmbeddingStore | None = None
@@ -245,11 +204,11 @@ class AnchoredDataset(Dataset):
         transform: ImageTransform,
         augmix_generator: torch.Generator | None = None,
         corrupt_generator: torch.Generator | None = None,
-    ) -> tuple[int, torch.Tensor, torch.Tensor]:
-        """The row index actually used, its training view and its clean view (the same tensor unless AugMix or
+    ) -> tuple[int, torch.Tensor, torch.Tensor, Image.Image]:
+        """The row index actually used, its training view, its clean view (the same tensor unless AugMix or
         a training corruption replaced the training view; with both, the corruption applies to the AugMix
-        view): an undecodable image is replaced by the next decodable row (counted in the batch's
-        `num_skipped_images`)."""
+        view) and the clean view as an image: an undecodable image is replaced by the next decodable row
+        (counted in the batch's `num_skipped_images`)."""
         for offset in range(len(rows)):
             row = (index + offset) % len(rows)
             image = decode_image(rows[row][column])
@@ -267,8 +226,8 @@ class AnchoredDataset(Dataset):
                         array = np.asarray(view, dtype=np.float32) / 255.0
                     array = corrupt_view(array, corrupt_generator)
                 if array is None:
-                    return row, clean, clean
-                return row, transform.to_tensor(array), clean
+                    return row, clean, clean, view
+                return row, transform.to_tensor(array), clean, view
             if self.strict_images:
                 raise UndecodableImageError(f"Row {row} of the {column!r} column holds an undecodable image.")
             if offset == 0:
@@ -281,7 +240,7 @@ class AnchoredDataset(Dataset):
         augmix_generator = _generator(self.seed, self.epoch, index, -3) if self.augmix > 0 else None
         # Likewise for the pair images' training corruptions (corrupt_pairs > 0 only).
         corrupt_generator = _generator(self.seed, self.epoch, index, -4) if self.corrupt_pairs > 0 else None
-        row, pixels, _ = self._load(
+        row, pixels, _, view = self._load(
             self.finetune, index, self.image_column, generator, self.transform, augmix_generator
         )
         item: dict[str, Any] = {
@@ -290,6 +249,10 @@ class AnchoredDataset(Dataset):
             "template": int(torch.randint(self.num_templates, (1,), generator=generator)),
             "skipped": int(row != index),
         }
+        if self.consistency_views:
+            view_generator = _generator(self.seed, self.epoch, index, -5)
+            views = [augment_and_mix(view, view_generator) for _ in range(self.consistency_views)]
+            item["view_pixel_values"] = [self.transform.to_tensor(array) for array in views]
         if self.caption_ids is not None:
             item["caption_ids"] = self.caption_ids[row]["input_ids"]
         if self.pairs_per_item:
@@ -300,7 +263,7 @@ class AnchoredDataset(Dataset):
                 item["pair_clean_pixel_values"] = []
             assert self.pair_image_column is not None  # set whenever there are pairs
             for pair_index in self._pair_indices(index):
-                pair_row, pair_pixels, pair_clean = self._load(
+                pair_row, pair_pixels, pair_clean, _ = self._load(
                     self.pairs,
                     pair_index,
                     self.pair_image_column,
@@ -334,65 +297,3 @@ class EpochSampler(Sampler[int]):
 
     def __iter__(self):
         return iter(self.dataset.order(self.dataset.epoch).tolist())
-
-
-@dataclass
-class AnchorCollator:
-    """Stack items into one image batch and one padded text batch, with the segment sizes to split them.
-
-    Texts arrive as token ids (prompts tokenized once, captions tokenized ahead), so collation only pads.
-    `caption_keys` / `pair_keys` hold each caption's `text_key`: the loss masks equal texts as duplicates.
-    `pair_targets` (with un-augmented pair images and anchor distillation) holds each pair image's target;
-    `pair_clean_pixel_values` (with AugMix or training corruptions, and per-step distillation) each pair image's
-    view before them.
-    `text_groups` lists `(rows, tokens)` for the prompts, then for the captions and pair captions together:
-    `AnchorCLIPModel.forward` encodes each group at its own width (it is computed here, on the CPU, so
-    that trimming the padding never waits for the device).
-    """
-
-    prompt_ids: list[list[int]]  # see `tokenize_prompts`
-    num_templates: int
-    pad_token_id: int
-    with_prompts: bool = True
-
-    def __call__(self, items: list[dict]) -> ARFBatch:
-        images = [item["pixel_values"] for item in items]
-        texts = []
-        if self.with_prompts:
-            texts += [self.prompt_ids[item["label"] * self.num_templates + item["template"]] for item in items]
-        num_prompts = len(texts)
-        captions = [item["caption_ids"] for item in items if "caption_ids" in item]
-        texts += captions
-        num_pairs = 0
-        for item in items:
-            images += item.get("pair_pixel_values", [])
-            texts += item.get("pair_caption_ids", [])
-            num_pairs += len(item.get("pair_caption_ids", []))
-        batch: ARFBatch = {
-            "pixel_values": torch.stack(images),
-            "labels": torch.tensor([item["label"] for item in items]),
-            "num_captions": len(captions),
-            "num_pairs": num_pairs,
-            "num_skipped_images": torch.tensor(sum(item["skipped"] for item in items)),
-        }
-        pair_captions = [ids for item in items for ids in item.get("pair_caption_ids", [])]
-        if captions:
-            batch["caption_keys"] = torch.tensor([text_key(ids) for ids in captions])
-        if pair_captions:
-            batch["pair_keys"] = torch.tensor([text_key(ids) for ids in pair_captions])
-        pair_targets = [target for item in items for target in item.get("pair_targets", [])]
-        if pair_targets:
-            batch["pair_targets"] = torch.from_numpy(np.stack(pair_targets))
-        clean_pairs = [pixels for item in items for pixels in item.get("pair_clean_pixel_values", [])]
-        if clean_pairs:
-            batch["pair_clean_pixel_values"] = torch.stack(clean_pairs)
-        if texts:
-            groups = (texts[:num_prompts], texts[num_prompts:])
-            batch["text_groups"] = [(len(group), max(map(len, group))) for group in groups if group]
-            length = max(tokens for _, tokens in batch["text_groups"])
-            batch["input_ids"] = torch.full((len(texts), length), self.pad_token_id, dtype=torch.long)
-            batch["attention_mask"] = torch.zeros((len(texts), length), dtype=torch.long)
-            for row, ids in enumerate(texts):
-                batch["input_ids"][row, : len(ids)] = torch.tensor(ids)
-                batch["attention_mask"][row, : len(ids)] = 1
-        return batch

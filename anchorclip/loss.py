@@ -6,6 +6,7 @@ ARF's objective, on the named features of one contrastive batch (`ARFFeatures`):
       + λ1 L_caption(finetune images, captions)
       + λ2 L_pairs(pair images, pair captions)
       [+ λ3 L_distill(pair images): ‖f(x) − f₀(x)‖² against the frozen pretrained image tower f₀; off by default]
+      [+ λ_jsd L_jsd(finetune images, their AugMix views): AugMix's Jensen-Shannon consistency; off by default]
 
 FLYP is `ARFLoss` with λ1 = λ2 = 0. The contrastive loss is gathered across processes with gradients
 (open_clip's local-loss form).
@@ -18,7 +19,7 @@ of one process holding the concatenated batch. (`torch.distributed.nn.functional
 choice, computes the same but is deprecated since torch 2.13: a FutureWarning every step.)
 
 Duplicates. Rows may carry integer ids (`labels`): class ids for class prompts, a hash of the token ids
-for captions (`batching.text_key`). With `duplicates="mask"`, another row with the same id is removed
+for captions (`collate.text_key`). With `duplicates="mask"`, another row with the same id is removed
 from both softmaxes: it is not a negative, since its text is the same. Without duplicates the loss is
 bit-identical to the plain CLIP loss.
 
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:
-    from .batching import ARFBatch
+    from .collate import ARFBatch
     from .modeling_anchorclip import AnchorCLIPModel
     from .training_args import AnchorTrainingArguments
 
@@ -148,7 +149,8 @@ class ARFFeatures:
     `images` and `prompts` (`(batch, dim)`) are the finetune images and their class prompts, `labels` their class
     ids; `captions` pair with `images` (when λ1 > 0), `pair_images` with `pair_captions` (when λ2 > 0).
     `caption_keys` / `pair_keys` are the captions' `text_key`s: equal captions are masked, not negatives.
-    `distill_targets` are f₀ of `pair_images` (anchor distillation, λ3 > 0).
+    `distill_targets` are f₀ of `pair_images` (anchor distillation, λ3 > 0); `views` are AugMix views of `images`,
+    `(batch * views per image, dim)` row-major (the consistency term, λ_jsd > 0).
     """
 
     images: torch.Tensor
@@ -160,25 +162,28 @@ class ARFFeatures:
     pair_captions: torch.Tensor | None = None
     pair_keys: torch.Tensor | None = None
     distill_targets: torch.Tensor | None = None
+    views: torch.Tensor | None = None
 
     @classmethod
     def from_outputs(cls, batch: ARFBatch, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> ARFFeatures:
         """Name the rows of one image pass and one text pass over an `AnchorCollator` batch.
 
-        The collator lays the image batch out as [finetune images; pair images] and the text batch as
+        The collator lays the image batch out as [finetune images; pair images; views] and the text batch as
         [class prompts; captions; pair captions], with the segment sizes in the batch (see `ARFBatch`).
         """
         size, num_captions, num_pairs = batch["labels"].shape[0], batch["num_captions"], batch["num_pairs"]
+        num_views = batch.get("num_views", 0)
         return cls(
             images=image_embeds[:size],
             prompts=text_embeds[:size],
             labels=batch["labels"],
             captions=text_embeds[size : size + num_captions],
             caption_keys=batch.get("caption_keys"),
-            pair_images=image_embeds[size:],
+            pair_images=image_embeds[size : size + num_pairs],
             pair_captions=text_embeds[size + num_captions : size + num_captions + num_pairs],
             pair_keys=batch.get("pair_keys"),
             distill_targets=batch.get("pair_targets"),
+            views=image_embeds[size + num_pairs : size + num_pairs + num_views] if num_views else None,
         )
 
     @classmethod
@@ -216,6 +221,7 @@ class ARFLoss(nn.Module):
         lambda_caption: λ1, weight of the caption-anchor term.
         lambda_pairs: λ2, weight of the retrieved-pair term.
         lambda_distill: λ3, weight of anchor-feature distillation (beyond the paper; 0 = off).
+        lambda_jsd: weight of AugMix's Jensen-Shannon consistency (`consistency_loss`; 0 = off).
         duplicates: same-class images in L_cls (`ContrastiveLoss`'s modes); equal captions are always masked.
     """
 
@@ -225,9 +231,11 @@ class ARFLoss(nn.Module):
         lambda_pairs: float = 1.0,
         lambda_distill: float = 0.0,
         duplicates: str = "negatives",
+        lambda_jsd: float = 0.0,
     ):
         super().__init__()
         self.lambda_caption, self.lambda_pairs, self.lambda_distill = lambda_caption, lambda_pairs, lambda_distill
+        self.lambda_jsd = lambda_jsd
         self.class_loss = ContrastiveLoss(duplicates=duplicates)
         self.caption_loss = ContrastiveLoss(duplicates="mask")  # equal captions (equal text keys) are no negatives
 
@@ -239,6 +247,7 @@ class ARFLoss(nn.Module):
             lambda_pairs=args.lambda_pairs if args.uses_pairs else 0.0,
             lambda_distill=args.lambda_distill if args.uses_distillation else 0.0,
             duplicates=args.duplicate_classes,
+            lambda_jsd=args.lambda_jsd,
         )
 
     def forward(
@@ -266,7 +275,43 @@ class ARFLoss(nn.Module):
             distances = (local.pair_images.float() - local.distill_targets.float()).pow(2).sum(dim=-1)
             terms["loss_distill"] = distances.mean()
             local_loss = self.lambda_distill * terms["loss_distill"]
+        if self.lambda_jsd > 0:
+            if local.views is None:
+                raise KeyError("Consistency: the batch has no AugMix views (AnchorCollator adds them).")
+            terms["loss_jsd"] = consistency_loss(
+                local.images, local.views, features.prompts, features.labels, logit_scale
+            )
+            local_loss = self.lambda_jsd * terms["loss_jsd"] + (local_loss if local_loss is not None else 0.0)
         return ARFLossOutput(window_loss=loss, local_loss=local_loss, terms=terms)
+
+
+def consistency_loss(
+    images: torch.Tensor,
+    views: torch.Tensor,
+    prompts: torch.Tensor,
+    labels: torch.Tensor,
+    logit_scale: torch.Tensor,
+) -> torch.Tensor:
+    """AugMix's Jensen-Shannon consistency (Hendrycks et al., 2020, eq. 1) for a contrastive model.
+
+    Each image's class distribution is the softmax over the classes of the contrastive batch: one weight per
+    class, the normalised mean of its prompt rows in `prompts` / `labels` (gathered from every process, so the
+    classes are those of the global batch), taken as constants. Returns the mean over `images` of the Jensen-Shannon divergence
+    among the distributions of an image and of its views (`views`: `(len(images) * v, dim)`, row-major), i.e.
+    the mean KL divergence of each from their mixture, as the reference computes it. `logit_scale`: the log
+    temperature of the contrastive loss.
+    """
+    all_prompts, all_labels = _gather_no_grad(prompts.detach().float()), _gather_no_grad(labels)
+    classes, inverse = torch.unique(all_labels, return_inverse=True)
+    sums = all_prompts.new_zeros(len(classes), all_prompts.shape[1]).index_add(0, inverse, all_prompts)
+    # Only the image tower learns from this term (it is what carries robustness to corruptions): the class weights
+    # and the temperature are held by L_cls. A trained temperature could also flatten every distribution to lower
+    # the divergence, and class weights from other micro-batches have no gradient in an accumulation window.
+    scale = logit_scale.detach().float().clamp(max=LOGIT_SCALE_MAX).exp()
+    rows = torch.cat([images.float()[:, None], views.float().view(images.shape[0], -1, images.shape[1])], dim=1)
+    log_p = torch.log_softmax(scale * rows @ F.normalize(sums, dim=-1).t(), dim=-1)  # (images, 1 + v, classes)
+    log_mixture = log_p.exp().mean(dim=1, keepdim=True).clamp(1e-7, 1).log()
+    return (log_p.exp() * (log_p - log_mixture)).sum(dim=-1).mean()
 
 
 def _required(keys: torch.Tensor | None, name: str) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """The training data of one run: the finetune set, its captions and the retrieved pairs, checked up front and
-wrapped as `AnchoredDataset` + `AnchorCollator` (see batching.py); the step-count check.
+wrapped as `AnchoredDataset` + `AnchorCollator` (see batching.py, collate.py); the step-count check.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from .batching import AnchorCollator, AnchoredDataset, tokenize_prompts
+from .batching import AnchoredDataset
+from .collate import AnchorCollator, tokenize_prompts
 from .data import (
     CAPTION_COLUMNS,
     IMAGE_COLUMNS,
@@ -107,6 +108,7 @@ def build_train_data(
         pair_transform=None if args.augment_pairs else ImageTransform.from_image_processor(image_processor),
         augmix=args.augmix,
         corrupt_pairs=args.corrupt_pairs,
+        consistency_views=args.consistency_views,
         # Per-step distillation embeds the pair images' clean view (un-augmented pairs bring precomputed targets).
         clean_pair_pixels=(args.augmix > 0 or args.corrupt_pairs > 0)
         and args.uses_distillation

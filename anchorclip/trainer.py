@@ -1,7 +1,7 @@
 """`AnchorCLIPTrainer`: ARF and its baselines (FLYP, FT, LP-FT, zero-shot) on one `transformers.Trainer`.
 
 One ARF step is a single image pass over [finetune images; retrieved-pair images] and a single text pass
-over [class prompts; captions; pair captions] (see `batching.AnchorCollator`), named as `loss.ARFFeatures` and
+over [class prompts; captions; pair captions] (see `collate.AnchorCollator`), named as `loss.ARFFeatures` and
 scored by `loss.ARFLoss`. The FT / LP-FT baselines train `heads.LinearHeadCLIP` with cross-entropy.
 
 Gradient accumulation. A contrastive loss is not a sum over micro-batches (the negatives change), so
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-LOSS_TERMS = ("loss_cls", "loss_caption", "loss_pairs", "loss_distill", "loss_ce")
+LOSS_TERMS = ("loss_cls", "loss_caption", "loss_pairs", "loss_distill", "loss_jsd", "loss_ce")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -201,9 +201,8 @@ class AnchorCLIPTrainer(HubTrainerMixin, LinearHeadCheckpoints):
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         """The training loss of one micro-batch: ARF/FLYP contrastive terms, or cross-entropy for FT / LP-FT.
 
-        Each term is accumulated for logging (`loss_cls`, `loss_caption`, `loss_pairs`, `loss_ce`); a
-        non-finite loss raises `NonFiniteLossError` (see `check_finite_each_step` for when), never after a
-        checkpoint of the weights it touched has been written.
+        Each term is accumulated for logging (`LOSS_TERMS`); a non-finite loss raises `NonFiniteLossError` (see
+        `check_finite_each_step` for when), never after a checkpoint of the weights it touched has been written.
         """
         self._skipped_images += int(inputs.pop("num_skipped_images", 0))
         if not model.training:
@@ -253,7 +252,7 @@ class AnchorCLIPTrainer(HubTrainerMixin, LinearHeadCheckpoints):
             clean = (
                 inputs["pair_clean_pixel_values"]
                 if self.args.augmix > 0 or self.args.corrupt_pairs > 0
-                else inputs["pixel_values"][inputs["labels"].shape[0] :]
+                else inputs["pixel_values"][inputs["labels"].shape[0] :][: inputs["num_pairs"]]
             )
             local.distill_targets = self.distill_tower(clean)
         # The whole window's features: this micro-batch's with gradients, the others' cached.

@@ -74,6 +74,15 @@ class AnchorTrainingArguments(TrainingArguments):
             "clean view. 0 = off."
         },
     )
+    lambda_jsd: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of AugMix's Jensen-Shannon consistency term (Hendrycks et al., 2020; the reference uses "
+            "12), for FLYP and ARF alike: each finetune image's class distribution over the batch's class prompts "
+            "is held equal across its training view and two AugMix views of the same crop (operations disjoint "
+            "from ImageNet-C's corruptions); the views add two finetune images' worth to each image pass. 0 = off."
+        },
+    )
     train_templates: str = field(
         default="photo",
         metadata={
@@ -132,6 +141,13 @@ class AnchorTrainingArguments(TrainingArguments):
                 "corrupt_pairs is the probability of a pair image's corrupted view: it must be in [0, 1], "
                 f"got {self.corrupt_pairs}."
             )
+        if self.lambda_jsd < 0:
+            raise ValueError(f"lambda_jsd must be >= 0, got {self.lambda_jsd}.")
+        if self.lambda_jsd > 0 and not self.is_contrastive:
+            raise ValueError(
+                f"lambda_jsd compares class-prompt distributions: it applies to method='flyp' or 'arf', not "
+                f"{self.method!r}."
+            )
         if not 0.0 <= self.lp_fraction <= 1.0:
             raise ValueError("lp_fraction must be in [0, 1].")
         if self.remove_unused_columns:
@@ -179,6 +195,11 @@ class AnchorTrainingArguments(TrainingArguments):
     @property
     def uses_distillation(self) -> bool:
         return self.uses_pairs and self.lambda_distill > 0
+
+    @property
+    def consistency_views(self) -> int:
+        """AugMix views per finetune image for the consistency term (two, as in AugMix; none when it is off)."""
+        return 2 if self.lambda_jsd > 0 else 0
 
     @property
     def is_contrastive(self) -> bool:

@@ -16,7 +16,7 @@ import torch
 from transformers import CLIPConfig
 
 from anchorclip import AnchorCLIPModel
-from anchorclip.batching import text_key
+from anchorclip.collate import text_key
 
 CONFIGS = {
     # CLIP ViT-B/16 as published (openai/clip-vit-base-patch16), random weights.
@@ -62,7 +62,7 @@ def synthetic_batch(spec: dict, batch: int, pairs_per_image: float, captions: bo
     prompt_end = spec["prompt_tokens"] - 1
     input_ids[:batch, prompt_end], input_ids[:batch, prompt_end + 1 :] = eos, pad
     attention_mask[:batch, prompt_end + 1 :] = 0
-    # The text keys the collator adds (`anchorclip.batching.text_key`): the loss masks equal captions.
+    # The text keys the collator adds (`anchorclip.collate.text_key`): the loss masks equal captions.
     keys = torch.tensor([text_key(ids) for ids in input_ids.tolist()])
     # ... and its text groups: the model encodes the prompts and the captions each at its own width.
     groups = [(batch, spec["prompt_tokens"]), (num_captions + num_pairs, length)]

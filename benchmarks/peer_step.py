@@ -277,7 +277,7 @@ def run_anchorclip(args, device: torch.device, method: str) -> dict:
     from transformers import CLIPImageProcessor, CLIPProcessor, PreTrainedTokenizerFast
 
     from anchorclip import AnchorCLIPTrainer, AnchorTrainingArguments
-    from anchorclip.batching import AnchorCollator
+    from anchorclip.collate import AnchorCollator
 
     spec = CONFIGS[args.config]
     model, _ = build_model(args.config)

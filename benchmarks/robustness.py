@@ -151,6 +151,16 @@ for _base in AUGMIX_BASES:
     for _p in (0.5, 1.0):
         _family, _overrides, _captions, _pairs = METHODS[_base]
         METHODS[f"{_base} + AugMix {_p:g}"] = (_family, {**_overrides, "augmix": _p}, _captions, _pairs)
+# AugMix's Jensen-Shannon consistency (--lambda_jsd, two AugMix views of each finetune image) on the same rows.
+for _base in AUGMIX_BASES:
+    for _weight in (3.0, 12.0):
+        _family, _overrides, _captions, _pairs = METHODS[_base]
+        METHODS[f"{_base} + AugMix JSD {_weight:g}"] = (
+            _family,
+            {**_overrides, "lambda_jsd": _weight},
+            _captions,
+            _pairs,
+        )
 # Corrupted pair-anchor views against clean targets (--corrupt_pairs q, a training family disjoint from ImageNet-C).
 CORRUPT_PAIRS_BASES = ("ARF, MMR-diverse retrieval", f"{BUDGET_DISTILL}, un-augmented pairs + anchor distillation 1")
 for _base in CORRUPT_PAIRS_BASES:

@@ -9,7 +9,8 @@ from conftest import CLASS_NAMES, COLOURS, make_classification_dataset, make_ima
 from torch.utils.data import BatchSampler
 
 from anchorclip import AnchorCLIPTrainer, AnchorTrainingArguments
-from anchorclip.batching import AnchoredDataset, pair_schedule, text_key
+from anchorclip.batching import AnchoredDataset, pair_schedule
+from anchorclip.collate import text_key
 from anchorclip.data import with_raw_images
 from anchorclip.loss import ContrastiveLoss
 from anchorclip.transforms import ImageTransform

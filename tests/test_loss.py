@@ -108,7 +108,7 @@ def _inputs():
     )
 
 
-# (mode, labels) cases; "keys" are 63-bit caption keys (`batching.text_key`) where rows 1, 2 and 7 share a
+# (mode, labels) cases; "keys" are 63-bit caption keys (`collate.text_key`) where rows 1, 2 and 7 share a
 # text across the two ranks. All cases run in one pair of processes (each start imports the package: slow).
 KEYS = torch.tensor([2**62 + 5, 7 * 2**58, 7 * 2**58, -(2**61), 11, 2**62 - 1, 3, 7 * 2**58])
 CASES = {"negatives": ("negatives", None), "mask": ("mask", None), "mask-keys": ("mask", KEYS)}

@@ -97,6 +97,8 @@ METHODS = {
     # the distillation term is a per-process mean over local pair images: DDP's gradient average must make it global
     "arf_distill": (["--lambda_distill", "2.0"], ["text_projection.weight", "visual_projection.weight"]),
     "flyp": ([], ["text_projection.weight", "visual_projection.weight"]),
+    # AugMix consistency: a per-process mean whose classes are the global batch's (gathered prompts)
+    "flyp_jsd": (["--lambda_jsd", "3.0"], ["text_projection.weight", "visual_projection.weight"]),
     "ft": (["--wise_alphas", "0.5"], ["visual_projection.weight", "finetune_head"]),
     # steps 0 and 1 probe (global_step < 0.5 x 3), step 2 finetunes: both phases in three steps
     "lp_ft": (["--lp_fraction", "0.5"], ["visual_projection.weight", "finetune_head"]),
@@ -119,7 +121,7 @@ def world(tmp_path_factory) -> Path:
 
 def example_args(world: Path, method: str, per_device_batch: int) -> list[str]:
     extra, _ = METHODS[method]
-    method = method.removesuffix("_distill")  # a METHODS key names a variant; --method takes the method
+    method = method.removesuffix("_distill").removesuffix("_jsd")  # a key names a variant; --method the method
     return [
         "--model_name_or_path", str(world / "clip"), "--dataset_name", str(world / "train"),
         "--caption_anchors", str(world / "captions"), "--pair_anchors", str(world / "pairs"),

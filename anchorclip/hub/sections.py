@@ -103,6 +103,8 @@ def hyperparameter_rows(training_args: dict, method: str, results: dict, lora: d
             rows.append(("pair images", "un-augmented (evaluation view, `--augment_pairs false`)"))
     if a.get("augmix"):
         rows.append(("AugMix views (`augmix`)", f"p = {a['augmix']:g} per training image, clean-view targets"))
+    if a.get("lambda_jsd"):
+        rows.append(("AugMix consistency (`lambda_jsd`)", f"{a['lambda_jsd']:g}, two AugMix views per finetune image"))
     if a.get("corrupt_pairs"):
         rows.append(
             (
