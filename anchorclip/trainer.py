@@ -201,8 +201,9 @@ class AnchorCLIPTrainer(HubTrainerMixin, LinearHeadCheckpoints):
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         """The training loss of one micro-batch: ARF/FLYP contrastive terms, or cross-entropy for FT / LP-FT.
 
-        Each term is accumulated for logging (`LOSS_TERMS`); a non-finite loss raises `NonFiniteLossError` (see
-        `check_finite_each_step` for when), never after a checkpoint of the weights it touched has been written.
+        Each term is accumulated for logging (`loss_cls`, `loss_caption`, `loss_pairs`, `loss_distill`, `loss_jsd`,
+        `loss_ce`); a non-finite loss raises `NonFiniteLossError` (see `check_finite_each_step` for when), never
+        after a checkpoint of the weights it touched has been written.
         """
         self._skipped_images += int(inputs.pop("num_skipped_images", 0))
         if not model.training:
