@@ -1,10 +1,12 @@
 """What several test files share: the trainer factory, on-disk fixtures (tiny world, CLIP_benchmark folder,
-captioner), a free port for launched processes and a minimum-movement check. Fixtures live in conftest.py;
-the building blocks they use (tiny model, tokenizer, datasets) too."""
+captioner, pools in LAION's layout), a free port for launched processes and a minimum-movement check. Fixtures
+live in conftest.py; the building blocks they use (tiny model, tokenizer, datasets) too."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import os
 import socket
 import sys
@@ -14,11 +16,23 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
-from conftest import CLASS_NAMES, make_classification_dataset, make_model, make_pair_dataset, make_processor
+from conftest import (
+    CLASS_NAMES,
+    COLOURS,
+    make_classification_dataset,
+    make_images,
+    make_model,
+    make_pair_dataset,
+    make_processor,
+)
 from PIL import Image
+from transformers import CLIPModel
 
 from anchorclip import AnchorCLIPTrainer, AnchorTrainingArguments
+from anchorclip.anchors.pool.encoders import TextEncoder, projected_features
 
 # `accelerate launch` through this interpreter: works without the `accelerate` script on PATH.
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no"]
@@ -232,3 +246,49 @@ def save_tiny_captioner(path: Path) -> str:
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+# ---------------------------------------------------------------- pools in LAION's layout
+
+
+def write_laion_pool(path, image_shards, text_shards=None, captions=None, model=None):
+    """A LAION-layout folder: img_emb/, text_emb/ (optional), metadata/ with url + caption, one file per shard."""
+    os.makedirs(path / "img_emb")
+    os.makedirs(path / "metadata")
+    first = 0
+    for s, shard in enumerate(image_shards):
+        np.save(path / "img_emb" / f"img_emb_{s:04d}.npy", shard.astype(np.float16))
+        rows = range(first, first + len(shard))
+        texts = captions[first : first + len(shard)] if captions else [f"caption {i}" for i in rows]
+        table = pa.table({"url": [f"https://example.com/{i}.jpg" for i in rows], "caption": texts, "key": list(rows)})
+        pq.write_table(table, path / "metadata" / f"metadata_{s:04d}.parquet")
+        first += len(shard)
+    for s, shard in enumerate(text_shards or []):
+        os.makedirs(path / "text_emb", exist_ok=True)
+        np.save(path / "text_emb" / f"text_emb_{s:04d}.npy", shard.astype(np.float16))
+    if model:
+        (path / "anchorclip_pool.json").write_text(json.dumps({"model": model}))
+    return path
+
+
+def embedded_laion_pool(path, checkpoint, n=600, model_name=None):
+    """A pool embedded with the tiny CLIP itself, as clip-retrieval would embed LAION with the real one."""
+    model, processor = CLIPModel.from_pretrained(checkpoint).eval(), make_processor()
+    rng = np.random.default_rng(3)
+    captions = [f"a photo of a {COLOURS[rng.integers(4)]} {CLASS_NAMES[rng.integers(4)]}" for _ in range(n)]
+    text = TextEncoder(model, processor.tokenizer, torch.device("cpu"), autocast=contextlib.nullcontext).encode(
+        captions
+    )
+    with torch.no_grad():
+        pixels = processor.image_processor(make_images(n, seed=4), return_tensors="pt")["pixel_values"]
+        images = torch.nn.functional.normalize(
+            projected_features(model.get_image_features(pixel_values=pixels)), dim=-1
+        ).numpy()
+    cut = [0, 250, 450, n]
+    return write_laion_pool(
+        path,
+        [images[a:b] for a, b in zip(cut, cut[1:])],
+        [text[a:b] for a, b in zip(cut, cut[1:])],
+        captions,
+        model=model_name,
+    )

@@ -178,6 +178,27 @@ def test_caption_retrieve_eval_on_two_machines_equal_one_process(world, tmp_path
     assert results["hardware"]["num_processes"] == 2
 
 
+def test_retrieve_from_pool_embeddings_on_two_machines_equals_one_process(world, tmp_path):
+    # The LAION-layout path: the main process alone builds the pool index (into its machine's own cache) and
+    # searches it; the other machine waits, then reads the anchors from its own copy of output_dir.
+    import datasets
+    from helpers import embedded_laion_pool
+
+    pool = embedded_laion_pool(tmp_path / "pool", str(world / "clip"))
+    command = ["retrieve", "--pool_embeddings", str(pool), "--model_name_or_path", str(world / "clip"),
+               "--finetune_dataset", str(world / "train"), "--k_per_class", "5",
+               "--output_dir", "anchors"]  # fmt: skip
+    run_one(command, tmp_path / "one")
+    run_machines(command, tmp_path, shared=False)
+    expected = datasets.load_from_disk(str(tmp_path / "one" / "anchors"))
+    assert len(expected) > 0
+    for home in homes(tmp_path, shared=False):
+        anchors = datasets.load_from_disk(str(home / "anchors"))
+        assert anchors["pool_index"] == expected["pool_index"] and anchors["caption"] == expected["caption"]
+    built = [home for home in homes(tmp_path, shared=False) if (home / "anchorclip-cache" / "pool-index").is_dir()]
+    assert built == [tmp_path / "machine-0"]  # one index build, on the main process's machine
+
+
 def _complete_checkpoints(out: Path) -> list[int]:
     if not out.is_dir():
         return []

@@ -9,17 +9,17 @@ import os
 
 import datasets
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import CLASS_NAMES, COLOURS, make_config, make_images, make_processor
+from conftest import CLASS_NAMES, make_config, make_processor
+from helpers import embedded_laion_pool, write_laion_pool
 from transformers import CLIPModel
 
 from anchorclip.anchors.laion import index as laion_index
 from anchorclip.anchors.laion.index import build_pool_index, open_pool_index
 from anchorclip.anchors.laion.precomputed import PoolError, PrecomputedPool, check_model
-from anchorclip.anchors.pool.encoders import TextEncoder, projected_features
+from anchorclip.anchors.pool.encoders import TextEncoder
 from anchorclip.anchors.pool.faiss_index import exact_topk, measure_recall
 from anchorclip.anchors.pool.steps import PROVENANCE_FILE
 from anchorclip.cli import retrieve
@@ -30,26 +30,6 @@ def _normalized(rng, n, d):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def write_pool(path, image_shards, text_shards=None, captions=None, model=None):
-    """A LAION-layout folder: img_emb/, text_emb/ (optional), metadata/ with url + caption, one file per shard."""
-    os.makedirs(path / "img_emb")
-    os.makedirs(path / "metadata")
-    first = 0
-    for s, shard in enumerate(image_shards):
-        np.save(path / "img_emb" / f"img_emb_{s:04d}.npy", shard.astype(np.float16))
-        rows = range(first, first + len(shard))
-        texts = captions[first : first + len(shard)] if captions else [f"caption {i}" for i in rows]
-        table = pa.table({"url": [f"https://example.com/{i}.jpg" for i in rows], "caption": texts, "key": list(rows)})
-        pq.write_table(table, path / "metadata" / f"metadata_{s:04d}.parquet")
-        first += len(shard)
-    for s, shard in enumerate(text_shards or []):
-        os.makedirs(path / "text_emb", exist_ok=True)
-        np.save(path / "text_emb" / f"text_emb_{s:04d}.npy", shard.astype(np.float16))
-    if model:
-        (path / "anchorclip_pool.json").write_text(json.dumps({"model": model}))
-    return path
-
-
 @pytest.fixture(scope="module")
 def vectors():
     return _normalized(np.random.default_rng(0), 3000, 16)
@@ -57,7 +37,7 @@ def vectors():
 
 @pytest.fixture
 def pool_dir(tmp_path, vectors):
-    return write_pool(tmp_path / "pool", [vectors[:1000], vectors[1000:2200], vectors[2200:]])
+    return write_laion_pool(tmp_path / "pool", [vectors[:1000], vectors[1000:2200], vectors[2200:]])
 
 
 def test_reads_the_layout(pool_dir, vectors):
@@ -120,31 +100,8 @@ def test_index_recall_and_resume(pool_dir, tmp_path, monkeypatch):
     assert measure_recall(reopened, store, queries, 10) >= measure_recall(index, store, queries, 10) - 0.02
 
 
-def _embedded_pool(path, checkpoint, n=600, model_name=None):
-    """A pool embedded with the tiny CLIP itself, as clip-retrieval would embed LAION with the real one."""
-    model, processor = CLIPModel.from_pretrained(checkpoint).eval(), make_processor()
-    rng = np.random.default_rng(3)
-    captions = [f"a photo of a {COLOURS[rng.integers(4)]} {CLASS_NAMES[rng.integers(4)]}" for _ in range(n)]
-    text = TextEncoder(model, processor.tokenizer, torch.device("cpu"), autocast=contextlib.nullcontext).encode(
-        captions
-    )
-    with torch.no_grad():
-        pixels = processor.image_processor(make_images(n, seed=4), return_tensors="pt")["pixel_values"]
-        images = torch.nn.functional.normalize(
-            projected_features(model.get_image_features(pixel_values=pixels)), dim=-1
-        ).numpy()
-    cut = [0, 250, 450, n]
-    return write_pool(
-        path,
-        [images[a:b] for a, b in zip(cut, cut[1:])],
-        [text[a:b] for a, b in zip(cut, cut[1:])],
-        captions,
-        model=model_name,
-    )
-
-
 def test_retrieve_from_pool_embeddings(tmp_path, checkpoint, capsys):
-    pool = _embedded_pool(tmp_path / "pool", checkpoint)
+    pool = embedded_laion_pool(tmp_path / "pool", checkpoint)
     out = tmp_path / "anchors"
     argv = [
         "--pool_embeddings",
@@ -181,7 +138,7 @@ def test_retrieve_from_pool_embeddings(tmp_path, checkpoint, capsys):
 
 
 def test_refuses_another_model(tmp_path, checkpoint):
-    pool = PrecomputedPool.open(str(_embedded_pool(tmp_path / "pool", checkpoint, model_name="openai/clip-vit")))
+    pool = PrecomputedPool.open(str(embedded_laion_pool(tmp_path / "pool", checkpoint, model_name="openai/clip-vit")))
     with pytest.raises(PoolError, match="embedded with openai/clip-vit"):
         check_model(pool, checkpoint, 16)
     with pytest.raises(PoolError, match="dimension 16, but"):
