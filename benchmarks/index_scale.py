@@ -20,6 +20,9 @@ sweep of nprobe and re-ranking shortlist. `--coarse_model NLIST` instead trains 
 on `--train_size` rows of the pool and measures what a build and a query at that list count cost per row, which does
 not depend on the pool's size: k-means seconds, rows encoded a second (1 thread and all), the coarse quantiser's
 agreement with exact assignment, and the coarse step of one query. Results go to docs/results/retrieval_scale.json.
+Every query here runs on a cached pool: the exact scan leaves the whole pool mapped in this process, and the kernel
+does not drop mapped pages (`posix_fadvise(DONTNEED)` skips them). Re-ranking reads from a pool on disk are
+measured by benchmarks/pool_reads.py.
 """
 
 from __future__ import annotations
@@ -133,34 +136,6 @@ def codes_scanned(index, queries: np.ndarray, k: int) -> float:
     for i in range(len(queries)):
         index.search(queries[i : i + 1], k)
     return faiss.cvar.indexIVF_stats.ndis / len(queries)
-
-
-def cold_ms(pool_dir: str, index, queries: np.ndarray) -> float:
-    """Median ms of one re-ranked query on one thread with the pool's pages out of the page cache.
-
-    Each query gets freshly mapped shards, and every shard file is evicted first (`posix_fadvise(DONTNEED)` drops
-    the cached pages no process maps), so each shortlist row is a read from this machine's disk.
-    """
-    import faiss
-
-    from anchorclip.anchors.laion.index import PoolIndex
-    from anchorclip.anchors.laion.precomputed import PrecomputedPool
-
-    faiss.omp_set_num_threads(1)
-    times = []
-    for i in range(len(queries)):
-        store = PrecomputedPool.open(pool_dir).store("image")
-        for shard in store.shards:
-            descriptor = os.open(shard.filename, os.O_RDONLY)
-            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
-            os.close(descriptor)
-        searcher = PoolIndex(index.index, store, index.params, index.path, index.factory)
-        started = time.perf_counter()
-        searcher.search(queries[i : i + 1], 10)
-        times.append((time.perf_counter() - started) * 1000)
-        del searcher, store
-    faiss.omp_set_num_threads(os.cpu_count())
-    return statistics.median(times)
 
 
 def save(key: str, report: dict) -> None:
@@ -286,7 +261,6 @@ def main(argv=None) -> dict:
     parser.add_argument("--k_factor", type=int, nargs="+", default=[1, 10, 20])
     parser.add_argument("--coarse_model", type=int, default=None, metavar="NLIST")
     parser.add_argument("--encode_rows", type=int, default=200_000, help="--coarse_model: rows encoded, timed")
-    parser.add_argument("--cold_queries", type=int, default=100, help="queries timed with the pool evicted")
     parser.add_argument("--no_write", action="store_true")
     args = parser.parse_args(argv)
 
@@ -360,14 +334,6 @@ def main(argv=None) -> dict:
     default = {"nprobe": int(DEFAULT_PARAMS["nprobe"]), "k_factor_rf": int(DEFAULT_PARAMS["k_factor_rf"])}
     chosen = next((row for row in rows if all(row[key] == value for key, value in default.items())), None)
     rss_searched = rss_mib()
-    if chosen is not None and args.cold_queries:
-        params = {**index.params, "nprobe": str(chosen["nprobe"]), "k_factor_rf": str(chosen["k_factor_rf"])}
-        default_index = PoolIndex(index.index, store, params, index.path, index.factory)
-        chosen["single_ms_median_1_thread_pool_evicted"] = round(
-            cold_ms(pool_dir, default_index, queries[-args.cold_queries :]), 3
-        )
-        print("cold", chosen, flush=True)
-
     report = {
         "rows": pool.num_rows,
         "dim": pool.dim,

@@ -183,6 +183,23 @@ def test_scores_without_reranking_are_cosines(pool_dir):
     assert np.abs(scores - exact).mean() < 0.08  # 4-bit codes of 2 dims each estimate each row's cosine
 
 
+def test_prefetch_asks_for_each_rows_bytes(pool_dir, vectors, monkeypatch):
+    store = PrecomputedPool.open(str(pool_dir)).store("image")
+    asked = []
+    real = os.posix_fadvise
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, length, advice: asked.append((offset, length, advice)))
+    store.prefetch(np.array([5, 1001, 2999]))
+    monkeypatch.setattr(os, "posix_fadvise", real)
+    header = [shard.offset for shard in store.shards]  # the .npy header before row 0
+    row = 16 * 2  # float16 x 16
+    expected = [(header[0] + 5 * row, row), (header[1] + 1 * row, row), (header[2] + 799 * row, row)]
+    assert [(offset, length) for offset, length, _ in asked] == expected
+    assert {advice for *_, advice in asked} == {os.POSIX_FADV_WILLNEED}
+    np.testing.assert_array_equal(store.gather([5, 1001, 2999]), vectors[[5, 1001, 2999]].astype(np.float16))
+    memory = store.from_arrays(vectors)
+    memory.prefetch([1, 2])  # in-memory shards: nothing to read
+
+
 def test_rows_go_to_the_list_of_their_exact_nearest_centroid(pool_dir, vectors, monkeypatch):
     import faiss
 

@@ -155,6 +155,7 @@ class PoolIndex:
         for start in range(0, len(queries), block):
             found = ids[start : start + block]
             rows = np.unique(found[found >= 0])  # sorted: the reads go through each shard in order
+            self.store.prefetch(rows)  # one round of concurrent reads, not a page fault a row (store.py)
             vectors = self.store.gather(rows)
             exact = np.einsum(
                 "qd,qkd->qk", queries[start : start + block], vectors[np.searchsorted(rows, np.maximum(found, 0))]

@@ -1,0 +1,92 @@
+"""Re-ranking reads from a pool on disk: a shortlist's rows read one after another vs announced first
+(`EmbeddingStore.prefetch`), with the pool's pages dropped from the page cache before every shortlist.
+
+    python benchmarks/pool_reads.py --pool_embeddings outputs/index_scale/pool-8000000
+
+A 400M-row pool (410 GB of float16) does not fit in RAM, so every query's re-ranking reads its `k_factor_rf * k`
+shortlist rows (200 at the defaults) from disk, and a real pool's neighbours lie anywhere in it. This measures that
+term of a query on the pool written by benchmarks/index_scale.py, with random rows: `gather` alone (each row a page
+fault, one after another), `prefetch` then `gather` (one round of concurrent reads), and, for batched queries,
+`--concurrent` shortlists prefetched together (the device's throughput: ms of reading per query when many queries
+share it). The pool should be far larger than what the host may cache for it: the 1M pool (1 GB) read back much
+faster than the 8M one (7.7 GB) here. Results go to docs/results/pool_reads.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from anchorclip.anchors.laion.precomputed import PrecomputedPool  # noqa: E402
+
+
+def drop_page_cache(store) -> None:
+    for shard in store.shards:
+        descriptor = os.open(shard.filename, os.O_RDONLY)
+        try:
+            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(descriptor)
+
+
+def time_reads(store, rng, rows: int, batches: int, queries: int, prefetch: bool) -> float:
+    """Median ms per query over `batches` rounds of `queries` shortlists of `rows` random rows each."""
+    times = []
+    for _ in range(batches):
+        shortlists = [np.unique(rng.integers(0, store.num_rows, rows)) for _ in range(queries)]
+        drop_page_cache(store)
+        start = time.perf_counter()
+        if prefetch:
+            for shortlist in shortlists:
+                store.prefetch(shortlist)
+        for shortlist in shortlists:
+            store.gather(shortlist)
+        times.append((time.perf_counter() - start) * 1000 / queries)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pool_embeddings", required=True, help="a LAION-layout pool (benchmarks/index_scale.py)")
+    parser.add_argument("--rows", type=int, default=200, help="shortlist rows per query (k_factor_rf x k)")
+    parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--concurrent", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--output", default="docs/results/pool_reads.json")
+    args = parser.parse_args()
+
+    store = PrecomputedPool.open(args.pool_embeddings).store("image")
+    pool_bytes = sum(os.path.getsize(shard.filename) for shard in store.shards)
+    rng = np.random.default_rng(0)
+    rows = []
+    for queries in args.concurrent:
+        for prefetch in (False, True) if queries == 1 else (True,):
+            ms = time_reads(store, rng, args.rows, args.batches, queries, prefetch)
+            rows.append({"queries_together": queries, "prefetch": prefetch, "ms_per_query_median": round(ms, 3)})
+            print(rows[-1], flush=True)
+    report = {
+        "command": "python benchmarks/pool_reads.py " + " ".join(sys.argv[1:]),
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}",
+        "pool_rows": store.num_rows,
+        "pool_gib": round(pool_bytes / 2**30, 2),
+        "shortlist_rows": args.rows,
+        "batches": args.batches,
+        "results": rows,
+    }
+    with open(args.output, "w") as handle:
+        json.dump(report, handle, indent=1)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
