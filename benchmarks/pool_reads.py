@@ -8,9 +8,8 @@ shortlist rows (200 at the defaults) from disk, and a real pool's neighbours lie
 term of a query on the pool written by benchmarks/index_scale.py, with random rows: `gather` alone (each row a page
 fault, one after another), `prefetch` then `gather` (one round of concurrent reads), and, for batched queries,
 `--concurrent` shortlists prefetched together (the device's throughput: ms of reading per query when many queries
-share it); and one shard read start to end past the page cache (the build's pass over the pool). No other process
-may hold the pool mapped meanwhile: the kernel does not drop mapped pages, and the reads would be of a cached pool.
-Results go to docs/results/pool_reads.json.
+share it). No other process may hold the pool mapped meanwhile: the kernel does not drop mapped pages, and the
+reads would be of a cached pool. Results go to docs/results/pool_reads.json.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import mmap
 import os
 import platform
 import statistics
@@ -57,19 +55,15 @@ def time_reads(store, rng, rows: int, batches: int, queries: int, prefetch: bool
     return statistics.median(times)
 
 
-def sequential_gb_per_s(path: str, chunk: int = 8 << 20) -> float:
-    """One shard read start to end in `chunk`-byte reads past the page cache (O_DIRECT): the build's pool pass."""
-    buffer = mmap.mmap(-1, chunk)  # page-aligned, as O_DIRECT needs
-    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECT)
-    total, start = 0, time.perf_counter()
-    try:
-        while read := os.preadv(descriptor, [buffer], total):
-            total += read
-            if read < chunk:
-                break
-    finally:
-        os.close(descriptor)
-    return total / (time.perf_counter() - start) / 1e9
+def read_ahead_kb(path: str) -> int | None:
+    """The kernel's readahead window of the block device holding `path`: what one page fault also reads."""
+    device = os.stat(path).st_dev
+    folder = f"/sys/dev/block/{os.major(device)}:{os.minor(device)}"
+    for candidate in (f"{folder}/queue/read_ahead_kb", f"{folder}/../queue/read_ahead_kb"):
+        if os.path.exists(candidate):
+            with open(candidate) as handle:
+                return int(handle.read())
+    return None
 
 
 def main() -> None:
@@ -90,8 +84,6 @@ def main() -> None:
             ms = time_reads(store, rng, args.rows, args.batches, queries, prefetch)
             rows.append({"queries_together": queries, "prefetch": prefetch, "ms_per_query_median": round(ms, 3)})
             print(rows[-1], flush=True)
-    sequential = sequential_gb_per_s(store.shards[-1].filename)
-    print(f"sequential read: {sequential:.2f} GB/s", flush=True)
     report = {
         "command": "python benchmarks/pool_reads.py " + " ".join(sys.argv[1:]),
         "date": datetime.date.today().isoformat(),
@@ -99,9 +91,9 @@ def main() -> None:
         "pool_rows": store.num_rows,
         "pool_gib": round(pool_bytes / 2**30, 2),
         "shortlist_rows": args.rows,
+        "read_ahead_kb": read_ahead_kb(store.shards[0].filename),
         "batches": args.batches,
         "results": rows,
-        "sequential_read_gb_per_s": round(sequential, 3),
     }
     with open(args.output, "w") as handle:
         json.dump(report, handle, indent=1)
