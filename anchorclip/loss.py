@@ -296,10 +296,10 @@ def consistency_loss(
 
     Each image's class distribution is the softmax over the classes of the contrastive batch: one weight per
     class, the normalised mean of its prompt rows in `prompts` / `labels` (gathered from every process, so the
-    classes are those of the global batch), taken as constants. Returns the mean over `images` of the Jensen-Shannon divergence
-    among the distributions of an image and of its views (`views`: `(len(images) * v, dim)`, row-major), i.e.
-    the mean KL divergence of each from their mixture, as the reference computes it. `logit_scale`: the log
-    temperature of the contrastive loss.
+    classes are those of the global batch), taken as constants. Returns the mean over `images` of the
+    Jensen-Shannon divergence among the distributions of an image and of its views (`views`:
+    `(len(images) * v, dim)`, row-major), i.e. the mean KL divergence of each from their mixture, as the
+    reference computes it. `logit_scale`: the log temperature of the contrastive loss.
     """
     all_prompts, all_labels = _gather_no_grad(prompts.detach().float()), _gather_no_grad(labels)
     classes, inverse = torch.unique(all_labels, return_inverse=True)
