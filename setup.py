@@ -36,7 +36,7 @@ setup(
         "safetensors>=0.8",  # transformers 5.19's own floor
         "pillow>=10",  # pillow and numpy: tested on pillow 13.0.0 and numpy 2.4.6 only
         "numpy>=1.26",
-        "typing_extensions>=4.10",  # batching.py: Required on Python 3.10 (typing has it from 3.11); torch needs it too
+        "typing_extensions>=4.10",  # collate.py: Required on Python 3.10 (typing has it from 3.11); torch needs it too
         "tqdm",
         "pyyaml>=5.1",  # evaluation suites and config files (anchorclip CMD run.yaml)
         "jinja2>=3.0",  # huggingface_hub's ModelCard.from_template renders the model card template
