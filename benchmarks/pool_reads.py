@@ -9,7 +9,8 @@ term of a query on the pool written by benchmarks/index_scale.py, with random ro
 fault, one after another), `prefetch` then `gather` (one round of concurrent reads), and, for batched queries,
 `--concurrent` shortlists prefetched together (the device's throughput: ms of reading per query when many queries
 share it). With `--index` (the pool's populated index folder, e.g. index_scale.py's) it also times whole queries
-at the default search settings, one at a time on one thread, with and without the prefetch. No other process
+at the default search settings, one at a time on one thread, with and without the prefetch. Last, what the
+prefetch costs when the rows are already cached (a pool held in RAM). No other process
 may hold the pool mapped meanwhile: the kernel does not drop mapped pages, and the reads would be of a cached pool.
 Results go to docs/results/pool_reads.json.
 """
@@ -71,6 +72,20 @@ def read_ahead_kb(path: str) -> int | None:
     return None
 
 
+def cached_prefetch_ms(pool, rng, rows: int, batches: int) -> float:
+    """Median ms of `prefetch` alone on a shortlist already in the page cache: what it costs a pool held in RAM."""
+    store = pool.store("image")
+    shortlists = [np.unique(rng.integers(0, store.num_rows, rows)) for _ in range(batches)]
+    for shortlist in shortlists:
+        store.gather(shortlist)
+    times = []
+    for shortlist in shortlists:
+        start = time.perf_counter()
+        store.prefetch(shortlist)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
 def end_to_end_ms(pool, directory: str, rng, queries: int) -> dict:
     """One query at a time on one thread through `PoolIndex.search` (defaults), the pool's pages dropped before
     each: median ms, with and without the shortlist prefetch. Queries are pool rows plus noise, renormalised."""
@@ -123,6 +138,8 @@ def main() -> None:
             ms = time_reads(pool, rng, args.rows, args.batches, queries, prefetch)
             rows.append({"queries_together": queries, "prefetch": prefetch, "ms_per_query_median": round(ms, 3)})
             print(rows[-1], flush=True)
+    cached = cached_prefetch_ms(pool, rng, args.rows, args.batches)
+    print(f"prefetch of a cached shortlist: {cached:.3f} ms", flush=True)
     whole = end_to_end_ms(pool, args.index, rng, args.queries) if args.index else None
     if whole:
         print("one query, one thread, pool out of the page cache:", whole, flush=True)
@@ -136,6 +153,7 @@ def main() -> None:
         "read_ahead_kb": read_ahead_kb(store.shards[0].filename),
         "batches": args.batches,
         "results": rows,
+        "prefetch_ms_median_cached_shortlist": round(cached, 3),
         "one_query_ms_median_1_thread": whole,
         "index": args.index,
     }

@@ -178,8 +178,9 @@ class EmbeddingStore:
         reads the kernel's readahead window around its row; after `prefetch` it waits for one round of concurrent
         reads of just those rows. That is what re-ranking a query's shortlist from a pool far larger than RAM
         (410 GB of float16 at 400M rows) spends its time on: 200 random rows of the 8M benchmark pool, its pages
-        out of the page cache, took 1.1 s by `gather` alone on a disk with an 8 MiB readahead window and 3 ms
-        after `prefetch` (benchmarks/pool_reads.py). A no-op for in-memory shards.
+        out of the page cache, took ~1 s by `gather` alone on a disk with an 8 MiB readahead window and 2.5-3 ms
+        after `prefetch`; on rows already cached it costs ~0.3 ms (benchmarks/pool_reads.py). A no-op for in-memory
+        shards.
         """
         if not hasattr(os, "posix_fadvise"):
             return
