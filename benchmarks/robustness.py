@@ -147,31 +147,22 @@ AUGMIX_BASES = (
     "ARF + anchor distillation, MMR-diverse retrieval",
     f"{BUDGET_DISTILL}, un-augmented pairs + anchor distillation 1",
 )
-for _base in AUGMIX_BASES:
-    for _p in (0.5, 1.0):
-        _family, _overrides, _captions, _pairs = METHODS[_base]
-        METHODS[f"{_base} + AugMix {_p:g}"] = (_family, {**_overrides, "augmix": _p}, _captions, _pairs)
+
+
+def _add_variants(bases: tuple[str, ...], label: str, argument: str, values: tuple[float, ...]) -> None:
+    """Rows `<base> + <label> <value>`: each base row with one more trainer argument, same lr family and anchors."""
+    for base in bases:
+        family, overrides, captions, pairs = METHODS[base]
+        for value in values:
+            METHODS[f"{base} + {label} {value:g}"] = (family, {**overrides, argument: value}, captions, pairs)
+
+
+_add_variants(AUGMIX_BASES, "AugMix", "augmix", (0.5, 1.0))
 # AugMix's Jensen-Shannon consistency (--lambda_jsd, two AugMix views of each finetune image) on the same rows.
-for _base in AUGMIX_BASES:
-    for _weight in (3.0, 12.0):
-        _family, _overrides, _captions, _pairs = METHODS[_base]
-        METHODS[f"{_base} + AugMix JSD {_weight:g}"] = (
-            _family,
-            {**_overrides, "lambda_jsd": _weight},
-            _captions,
-            _pairs,
-        )
+_add_variants(AUGMIX_BASES, "AugMix JSD", "lambda_jsd", (3.0, 12.0))
 # Corrupted pair-anchor views against clean targets (--corrupt_pairs q, a training family disjoint from ImageNet-C).
 CORRUPT_PAIRS_BASES = ("ARF, MMR-diverse retrieval", f"{BUDGET_DISTILL}, un-augmented pairs + anchor distillation 1")
-for _base in CORRUPT_PAIRS_BASES:
-    for _q in (0.5, 1.0):
-        _family, _overrides, _captions, _pairs = METHODS[_base]
-        METHODS[f"{_base} + corrupted pairs {_q:g}"] = (
-            _family,
-            {**_overrides, "corrupt_pairs": _q},
-            _captions,
-            _pairs,
-        )
+_add_variants(CORRUPT_PAIRS_BASES, "corrupted pairs", "corrupt_pairs", (0.5, 1.0))
 MMR_DIVERSITY = 0.9
 # The finetuned method each WiSE-FT row ensembles with the zero-shot model, and its row label.
 WISE_OF = {

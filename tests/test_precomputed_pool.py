@@ -200,6 +200,22 @@ def test_prefetch_asks_for_each_rows_bytes(pool_dir, vectors, monkeypatch):
     memory.prefetch([1, 2])  # in-memory shards: nothing to read
 
 
+def test_search_prefetches_each_shortlist_before_reading_it(pool_dir, tmp_path, monkeypatch):
+    # Without the prefetch a pool on disk is read a page fault a row (~1 s a query, benchmarks/pool_reads.py).
+    store = PrecomputedPool.open(str(pool_dir)).store("image")
+    index = build_pool_index(store, str(tmp_path / "index"), train_size=3000, index_params="k_factor_rf=5")
+    events = []
+    monkeypatch.setattr(store, "prefetch", lambda rows: events.append(("prefetch", sorted(np.asarray(rows).tolist()))))
+    gather = store.gather
+    monkeypatch.setattr(
+        store, "gather", lambda rows: events.append(("gather", sorted(np.asarray(rows).tolist()))) or gather(rows)
+    )
+    _, ids = index.search(_normalized(np.random.default_rng(2), 3, 16), 4)
+    assert [kind for kind, _ in events] == ["prefetch", "gather"]
+    assert events[0][1] == events[1][1] and set(ids.ravel().tolist()) <= set(events[0][1])
+    assert len(events[0][1]) > ids.size // 3  # the shortlist (5·k a query), not just the answers
+
+
 def test_rows_go_to_the_list_of_their_exact_nearest_centroid(pool_dir, vectors, monkeypatch):
     import faiss
 
