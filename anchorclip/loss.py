@@ -310,8 +310,9 @@ def consistency_loss(
     scale = logit_scale.detach().float().clamp(max=LOGIT_SCALE_MAX).exp()
     rows = torch.cat([images.float()[:, None], views.float().view(images.shape[0], -1, images.shape[1])], dim=1)
     log_p = torch.log_softmax(scale * rows @ F.normalize(sums, dim=-1).t(), dim=-1)  # (images, 1 + v, classes)
-    log_mixture = log_p.exp().mean(dim=1, keepdim=True).clamp(1e-7, 1).log()
-    return (log_p.exp() * (log_p - log_mixture)).sum(dim=-1).mean()
+    p = log_p.exp()
+    log_mixture = p.mean(dim=1, keepdim=True).clamp(1e-7, 1).log()
+    return (p * (log_p - log_mixture)).sum(dim=-1).mean()
 
 
 def _required(keys: torch.Tensor | None, name: str) -> torch.Tensor:

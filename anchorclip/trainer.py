@@ -250,10 +250,11 @@ class AnchorCLIPTrainer(HubTrainerMixin, LinearHeadCheckpoints):
         if self.distill_tower is not None:  # augmented pair images: their targets change every step
             self.distill_tower.to(local.images.device)
             # f₀ of the clean crop: with AugMix or corrupted pairs the student's pixels may be another view.
+            first = inputs["labels"].shape[0]  # the pair images follow the finetune images
             clean = (
                 inputs["pair_clean_pixel_values"]
                 if self.args.augmix > 0 or self.args.corrupt_pairs > 0
-                else inputs["pixel_values"][inputs["labels"].shape[0] :][: inputs["num_pairs"]]
+                else inputs["pixel_values"][first : first + inputs["num_pairs"]]
             )
             local.distill_targets = self.distill_tower(clean)
         # The whole window's features: this micro-batch's with gradients, the others' cached.
