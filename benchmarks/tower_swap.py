@@ -9,6 +9,12 @@ A corruption changes only the image, so the text tower meets it through the clas
 clean ID / domain-shift sets, four models assembled from two towers each: finetuned image + finetuned text (the
 run itself), finetuned image + pretrained text, pretrained image + finetuned text, and pretrained both (the
 zero-shot start). A tower "carries" a gain if swapping it in moves the score.
+
+With `--early_from RUN2 --blocks 0 1 ...` it asks the same of the image tower's depth instead: each run of
+`--runs` with its patch embedding and first K transformer blocks (K = 0: the embedding alone) taken from RUN2
+(same seed), everything after them (later blocks, final norm, projection, text tower) its own. Surgical
+fine-tuning (Lee et al., ICLR 2023) finds input-level shifts such as corruptions carried by the first blocks and
+feature-level shifts by the later ones.
 """
 
 from __future__ import annotations
@@ -35,13 +41,28 @@ from anchorclip.results import summarize  # noqa: E402
 IMAGE_TOWER = ("vision_model.", "visual_projection.")
 
 
-def assemble(image_from: AnchorCLIPModel, text_from: AnchorCLIPModel) -> AnchorCLIPModel:
-    """A model with `image_from`'s image tower and `text_from`'s text tower (and temperature)."""
+def _early(blocks: int) -> tuple[str, ...]:
+    """Parameter prefixes of the image tower's input end: patch embedding, first norm, the first `blocks` blocks."""
+    layers = tuple(f"vision_model.encoder.layers.{i}." for i in range(blocks))
+    return ("vision_model.embeddings.", "vision_model.pre_layrnorm.", *layers)
+
+
+def assemble(
+    image_from: AnchorCLIPModel,
+    text_from: AnchorCLIPModel,
+    early_from: AnchorCLIPModel | None = None,
+    blocks: int = 0,
+) -> AnchorCLIPModel:
+    """A model with `image_from`'s image tower and `text_from`'s text tower (and temperature); with `early_from`,
+    the image tower's patch embedding and first `blocks` blocks are `early_from`'s."""
     model = AnchorCLIPModel.from_pretrained(MINICLIP_PATH)
-    state = {
-        name: (image_from if name.split("clip.", 1)[-1].startswith(IMAGE_TOWER) else text_from).state_dict()[name]
-        for name in model.state_dict()
-    }
+    state = {}
+    for name in model.state_dict():
+        local = name.split("clip.", 1)[-1]
+        source = image_from if local.startswith(IMAGE_TOWER) else text_from
+        if early_from is not None and local.startswith(_early(blocks)):
+            source = early_from
+        state[name] = source.state_dict()[name]
     model.load_state_dict(state)
     return model
 
@@ -52,8 +73,14 @@ def score(model: AnchorCLIPModel, eval_sets: dict, workdir: str) -> dict:
         use_cpu=not torch.cuda.is_available(), per_device_eval_batch_size=128, eval_templates=list(SHAPE_TEMPLATES),
     )  # fmt: skip
     trainer = AnchorCLIPTrainer(model=model, args=args, processing_class=CLIPProcessor.from_pretrained(MINICLIP_PATH))
-    groups = summarize(trainer.evaluate(_tests(eval_sets)))["groups"]
-    return {group: 100 * groups[group] for group in ("id", "domain_shift", "corruption") if group in groups}
+    summary = summarize(trainer.evaluate(_tests(eval_sets)))
+    groups = summary["groups"]
+    scores = {group: 100 * groups[group] for group in ("id", "domain_shift", "corruption") if group in groups}
+    # The blurs are where ARF trails FLYP most (docs/results/corruptions.md): their mean beside the whole suite's.
+    blurs = [value for name, value in summary["sets"].items() if "_blur" in name]
+    if blurs:
+        scores["blurs"] = 100 * statistics.mean(blurs)
+    return scores
 
 
 def main() -> None:
@@ -62,23 +89,45 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", required=True, help="saved run names without the -s<seed> suffix")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--corruptions", type=int, default=100, help="images per corruption x severity")
+    parser.add_argument("--early_from", help="a saved run: score --runs with its first --blocks image blocks")
+    parser.add_argument("--blocks", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="with --early_from")
     parser.add_argument("--output", required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
     eval_sets = evaluation_sets(None, args.corruptions)
     pretrained = AnchorCLIPModel.from_pretrained(MINICLIP_PATH)
     report: dict = {"command": "python benchmarks/tower_swap.py " + shlex.join(sys.argv[1:]), "runs": {}}
-    report["runs"]["zero-shot"] = {"pretrained image + pretrained text": score(pretrained, eval_sets, args.workdir)}
+    if not args.early_from:
+        zero_shot = score(pretrained, eval_sets, args.workdir)
+        report["runs"]["zero-shot"] = {"pretrained image + pretrained text": zero_shot}
     for run in args.runs:
         per_seed: dict[str, list[dict]] = {}
         for seed in args.seeds:
             finetuned = AnchorCLIPModel.from_pretrained(os.path.join(args.workdir, "models", f"{run}-s{seed}"))
-            for label, (image, text) in {
-                "finetuned image + finetuned text": (finetuned, finetuned),
-                "finetuned image + pretrained text": (finetuned, pretrained),
-                "pretrained image + finetuned text": (pretrained, finetuned),
-            }.items():
-                per_seed.setdefault(label, []).append(score(assemble(image, text), eval_sets, args.workdir))
+            # (label, image tower, text tower, early image blocks from, how many)
+            models: list[tuple[str, AnchorCLIPModel, AnchorCLIPModel, AnchorCLIPModel | None, int]] = [
+                ("finetuned image + finetuned text", finetuned, finetuned, None, 0)
+            ]
+            if args.early_from:
+                early = AnchorCLIPModel.from_pretrained(
+                    os.path.join(args.workdir, "models", f"{args.early_from}-s{seed}")
+                )
+                models += [
+                    (
+                        f"patch embedding + first {k} image blocks from {args.early_from}",
+                        finetuned,
+                        finetuned,
+                        early,
+                        k,
+                    )
+                    for k in args.blocks
+                ]
+            else:
+                models.append(("finetuned image + pretrained text", finetuned, pretrained, None, 0))
+                models.append(("pretrained image + finetuned text", pretrained, finetuned, None, 0))
+            for label, image, text, early_from, blocks in models:
+                model = assemble(image, text, early_from, blocks)
+                per_seed.setdefault(label, []).append(score(model, eval_sets, args.workdir))
         report["runs"][run] = {
             label: {
                 group: [statistics.mean(s[group] for s in scores), statistics.pstdev(s[group] for s in scores)]
@@ -90,18 +139,20 @@ def main() -> None:
     with open(args.output + ".json", "w") as handle:
         json.dump(report, handle, indent=1)
     lines = [
-        "# Which tower carries the corruption accuracy (miniworld corruption suite, mean ± std over seeds)",
+        f"# Which {'image blocks carry' if args.early_from else 'tower carries'} the corruption accuracy"
+        " (miniworld corruption suite, mean ± std over seeds)",
         "",
         f"Command: `{report['command']}`",
         "",
-        "| run | towers | ID | domain shift | corruption (15 x 5) |",
-        "|---|---|---|---|---|",
+        "| run | towers | ID | domain shift | corruption (15 x 5) | the four blurs |",
+        "|---|---|---|---|---|---|",
     ]
     for run, rows in report["runs"].items():
         for label, groups in rows.items():
             cells = [
                 f"{groups[g][0]:.1f} ± {groups[g][1]:.1f}" if isinstance(groups[g], list) else f"{groups[g]:.1f}"
-                for g in ("id", "domain_shift", "corruption")
+                for g in ("id", "domain_shift", "corruption", "blurs")
+                if g in groups
             ]
             lines.append(f"| {run} | {label} | " + " | ".join(cells) + " |")
     with open(args.output + ".md", "w") as handle:
