@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 
 import datasets
@@ -100,7 +101,7 @@ def test_index_recall_and_resume(pool_dir, tmp_path, monkeypatch):
     assert measure_recall(reopened, store, queries, 10) >= measure_recall(index, store, queries, 10) - 0.02
 
 
-def test_retrieve_from_pool_embeddings(tmp_path, checkpoint, capsys):
+def test_retrieve_from_pool_embeddings(tmp_path, checkpoint, capsys, caplog):
     pool = embedded_laion_pool(tmp_path / "pool", checkpoint)
     out = tmp_path / "anchors"
     argv = [
@@ -128,9 +129,12 @@ def test_retrieve_from_pool_embeddings(tmp_path, checkpoint, capsys):
     provenance = json.loads((out / PROVENANCE_FILE).read_text())
     assert provenance["index_factory"].startswith("IVF") and provenance["index_recall"] >= 0.8
     assert provenance["pool"] == str(pool)
-    # text2text searches the caption embeddings; a second run reuses the built index.
-    assert retrieve.main([*argv[:5], str(tmp_path / "t2t"), *argv[6:], "--rule", "text2text"]) == 0
-    assert len(os.listdir(tmp_path / "cache" / "pool-index")) == 2
+    # text2text searches the caption embeddings with an index of its own, and says what the other one holds.
+    with caplog.at_level(logging.INFO, logger="anchorclip.anchors.laion.job"):
+        assert retrieve.main([*argv[:5], str(tmp_path / "t2t"), *argv[6:], "--rule", "text2text"]) == 0
+    indexes = sorted(os.listdir(tmp_path / "cache" / "pool-index"))
+    assert len(indexes) == 2 and indexes[0].startswith("image-") and indexes[1].startswith("text-")
+    assert "also holds 1 other pool index(es)" in caplog.text and f"MiB in all ({indexes[0]})" in caplog.text
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         retrieve.main(argv + ["--pool", "somewhere"])

@@ -6,6 +6,8 @@ the selection and the provenance are the embedded-pool job's (`anchorclip.anchor
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
     from transformers import CLIPModel, CLIPProcessor
 
 __all__ = ["retrieve_from_precomputed"]
+
+logger = logging.getLogger(__name__)
 
 
 def retrieve_from_precomputed(
@@ -83,6 +87,7 @@ def retrieve_from_precomputed(
         counts["queries"] = len(queries)
         cache_dir = args.cache_dir or default_cache_dir()
         index = pool_index(pool, kind, cache_dir, args.index_factory, args.index_params, args.seed)
+        _report_other_indexes(index.path)
         found = steps.search_pool(args, index, search_store, queries, str(index.factory), approximate=True)
         selected, per_class = steps.select(
             args, found, query_class, search_store, image_store, evaluation, downstream.class_names, counts
@@ -104,3 +109,26 @@ def retrieve_from_precomputed(
         )
         steps.write_outputs(args, anchors, record, write_url_report, f"{args.rule} anchors from {pool.path}")
     return steps.finish(accelerator, anchors, args.output_dir)
+
+
+def _report_other_indexes(directory: str | None) -> None:
+    """Say what the other indexes beside `directory` hold: each stays in the cache, reused only while its pool,
+    kind, factory and seed are unchanged, and one index of a LAION-size pool is tens of GB."""
+    if directory is None:  # an index not from the cache
+        return
+    parent = os.path.dirname(directory)
+    others = sorted(name for name in os.listdir(parent) if os.path.join(parent, name) != directory)
+    if not others:
+        return
+    size = sum(
+        os.path.getsize(os.path.join(root, file))
+        for name in others
+        for root, _, files in os.walk(os.path.join(parent, name))
+        for file in files
+    )
+    amount = f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
+    logger.info(
+        "%s also holds %d other pool index(es), %s in all (%s): each is reused only while its pool, kind, factory "
+        "and seed are unchanged; delete those you no longer use.",
+        parent, len(others), amount, ", ".join(others),
+    )  # fmt: skip
