@@ -262,6 +262,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--coarse_model", type=int, default=None, metavar="NLIST")
     parser.add_argument("--encode_rows", type=int, default=200_000, help="--coarse_model: rows encoded, timed")
     parser.add_argument("--no_write", action="store_true")
+    parser.add_argument("--key", help="the json entry to write (default: the rows, and the factory if not default)")
     args = parser.parse_args(argv)
 
     import faiss
@@ -365,7 +366,7 @@ def main(argv=None) -> dict:
     }
     if not args.no_write:
         default = factory == default_pool_factory(pool.num_rows, pool.dim)
-        save(str(pool.num_rows) if default else f"{pool.num_rows}-{factory}", report)
+        save(args.key or (str(pool.num_rows) if default else f"{pool.num_rows}-{factory}"), report)
     print(json.dumps({key: value for key, value in report.items() if key != "sweep"}, indent=1))
     return report
 
