@@ -79,6 +79,19 @@ def make_trainer(tmp_path, train=None, pairs="default", model=None, **overrides)
     )
 
 
+def sampled_dataset(tmp_path, batch_items: int = 4, **overrides):
+    """A trainer's training dataset, its pairs dealt for global batches of `batch_items` finetune images."""
+    dataset = make_trainer(tmp_path, **overrides).train_dataset
+    dataset.sampler(batch_items)
+    return dataset
+
+
+def items_of(dataset, epoch: int = 0) -> list[dict]:
+    """Every item of `dataset` as the data loader would draw it in `epoch`."""
+    dataset.set_epoch(epoch)
+    return [dataset[index] for index in range(len(dataset))]
+
+
 def parameters(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters()}
 
