@@ -164,6 +164,7 @@ _add_variants(AUGMIX_BASES, "AugMix JSD", "lambda_jsd", (3.0, 12.0))
 CORRUPT_PAIRS_BASES = ("ARF, MMR-diverse retrieval", f"{BUDGET_DISTILL}, un-augmented pairs + anchor distillation 1")
 _add_variants(CORRUPT_PAIRS_BASES, "corrupted pairs", "corrupt_pairs", (0.5, 1.0))
 MMR_DIVERSITY = 0.9
+WEIGHT_DECAY = 0.1  # every row's, unless its overrides set another
 # The finetuned method each WiSE-FT row ensembles with the zero-shot model, and its row label.
 WISE_OF = {
     "FT": "WiSE-FT (FT, α={alpha:g})",
@@ -257,10 +258,11 @@ def train_one(
     train, caption_table = anchors["oracle"], anchors["captioner"] if captions == "captioner" else None
     training_args = AnchorTrainingArguments(
         output_dir=os.path.join(workdir, "scratch"), max_steps=args.steps, per_device_train_batch_size=args.batch,
-        learning_rate=lr, warmup_steps=max(1, args.steps // 10), lr_scheduler_type="cosine", weight_decay=0.1,
+        learning_rate=lr, warmup_steps=max(1, args.steps // 10), lr_scheduler_type="cosine",
         seed=seed, save_strategy="no", report_to="none", logging_steps=max(1, args.steps // 5), disable_tqdm=True,
         dataloader_num_workers=args.workers, use_cpu=not torch.cuda.is_available(),
-        eval_templates=list(SHAPE_TEMPLATES), per_device_eval_batch_size=getattr(args, "eval_batch", 8), **overrides,
+        eval_templates=list(SHAPE_TEMPLATES), per_device_eval_batch_size=getattr(args, "eval_batch", 8),
+        **{"weight_decay": WEIGHT_DECAY, **overrides},
     )  # fmt: skip
     model = AnchorCLIPModel.from_pretrained(MINICLIP_PATH)
     trainer = AnchorCLIPTrainer(

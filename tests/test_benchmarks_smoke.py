@@ -69,11 +69,21 @@ def test_lambda_sweep_grid_trains_what_each_point_names():
     # The budget row has no caption anchors: only λ2 is swept, λ1 stays 0.
     assert lambda_sweep.points_of(budget, (0.5, 1.0, 2.0)) == [(0.0, 1.0), (0.0, 0.5), (0.0, 2.0)]
     assert lambda_sweep.variant(base, 1.0, 1.0) == base  # the table's cached runs are reused
-    for row in lambda_sweep.ROWS:
+    for row in (base, budget):
         for point in lambda_sweep.points_of(row, lambda_sweep.VALUES):
             family, overrides, *_ = robustness.METHODS[lambda_sweep.variant(row, *point)]
             assert family == robustness.METHODS[row][0]
             assert (overrides.get("lambda_caption", 1.0), overrides.get("lambda_pairs", 1.0)) == point
+    # FLYP has no λ: the same nine runs go to lr (× its chosen) and weight decay; its own point first.
+    flyp = lambda_sweep.FLYP
+    points = lambda_sweep.points_of(flyp, (0.5, 1.0, 2.0))
+    assert len(points) == 9 and points[0] == (1.0, robustness.WEIGHT_DECAY)
+    assert lambda_sweep.task(flyp, points[0], 1e-3, 0) == (flyp, 1e-3, 0, False)
+    for point in points:
+        name, lr, *_ = lambda_sweep.task(flyp, point, 1e-3, 0)
+        family, overrides, *_ = robustness.METHODS[name]
+        assert family == robustness.METHODS[flyp][0] and lr == pytest.approx(1e-3 * point[0])
+        assert overrides.get("weight_decay", robustness.WEIGHT_DECAY) == point[1]
 
 
 PEER_ARGS = ["--config", "tiny", "--batch", "4", "--steps", "2", "--warmup", "1", "--rounds", "1", "--threads", "1"]
