@@ -20,7 +20,9 @@ Protocol, in the order a user would tune:
   and scored on `finetune_val` (ID validation images, never a test set; with `--choose_on val_and_corruption`, its
   mean with finetune_val under the 4 validation corruptions); the best wins, the row's own point on a tie;
 - the chosen point and the row's own are then trained with every seed and reported side by side (mean ± std).
-The test numbers of every grid point (first seed) are printed for reading the trade-off; they choose nothing.
+With `--grid_seeds N` every grid point is trained with the first N seeds and chosen on the mean of their scores (a
+check of how firmly one seed chose). The test numbers of every grid point are printed for reading the trade-off;
+they choose nothing.
 
 Runs share `benchmarks/robustness.py`'s cache (`<workdir>/runs/`): a workdir that already holds the robustness
 table's runs trains only the new grid points.
@@ -103,12 +105,21 @@ def register() -> None:
 register()
 
 
+def _mean_run(runs: list[dict]) -> dict:
+    """One grid point's runs (one a seed) as one: the mean of each validation score and test group."""
+    mean = {key: sum(run[key] for run in runs) / len(runs) for key in ("val", "val_corruption") if key in runs[0]}
+    groups = {g: sum(run["test"]["groups"][g] for run in runs) / len(runs) for g in runs[0]["test"]["groups"]}
+    return {"lr": runs[0]["lr"], **mean, "test": {"groups": groups}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--row", choices=ROWS, default=BASE, help="the row whose λ are swept")
+    parser.add_argument(
+        "--row", choices=ROWS, default=BASE, help="the row whose λ (for FLYP: lr and weight decay) are swept"
+    )
     parser.add_argument("--lr", type=float, default=None, help="default: the row's chosen lr in --lr_from")
     parser.add_argument(
         "--lr_from",
@@ -126,6 +137,12 @@ def main() -> None:
     parser.add_argument("--output", default="docs/results/lambda_sweep")
     parser.add_argument("--eval_size", type=int, default=None, help="images per evaluation set (default: 1000)")
     parser.add_argument("--eval_batch", type=int, default=8, help="evaluation batch size (speed only)")
+    parser.add_argument(
+        "--grid_seeds",
+        type=int,
+        default=1,
+        help="train every grid point with the first N of --seeds and choose on the mean of their validation scores",
+    )
     parser.add_argument("--corruptions", type=int, default=0, help="images per corruption x severity (0: none)")
     parser.add_argument(
         "--choose_on",
@@ -152,16 +169,17 @@ def main() -> None:
     rb.check_workdir_models(args.workdir)
     anchors = rb.build_anchors(args.workdir, args.k_per_class)
 
-    # 1. Every grid point at the row's lr, first seed; chosen on validation.
+    # 1. Every grid point at the row's lr, first seed (or first --grid_seeds); chosen on validation.
     names = knobs(args.row)
     label = {"lambda_caption": "λ1", "lambda_pairs": "λ2", "lr_factor": "lr ×", "weight_decay": "weight decay"}
 
     def say(point: tuple[float, float]) -> str:
         return ", ".join(f"{label[name]} {value:g}" for name, value in zip(names, point))
 
-    points, first = points_of(args.row, args.grid), args.seeds[0]
-    runs = rb.run_all([task(args.row, p, args.lr, first) for p in points], anchors, args, eval_sets)
-    grid = dict(zip(points, runs))
+    points, grid_seeds = points_of(args.row, args.grid), args.seeds[: args.grid_seeds]
+    tasks = [task(args.row, p, args.lr, seed) for p in points for seed in grid_seeds]
+    done = iter(rb.run_all(tasks, anchors, args, eval_sets))
+    grid = {point: _mean_run([next(done) for _ in grid_seeds]) for point in points}
     score = {point: rb.selection_score(run, args.choose_on) for point, run in grid.items()}
     chosen = max(points, key=score.__getitem__)  # `points` starts at the row's own: it wins ties
     for point, run in grid.items():
@@ -177,6 +195,13 @@ def main() -> None:
     finished = iter(rb.run_all(tasks, anchors, args, eval_sets))
     table = {label: rb.mean_std([next(finished)["test"] for _ in args.seeds]) for label in rows.values()}
 
+    grid_key = "grid_seed0" if len(grid_seeds) == 1 else "grid_seed_mean"  # the seed-0 key of earlier files
+    grid_entries = [
+        {**dict(zip(names, p)), "lr": run["lr"], "val": 100 * run["val"],
+         **({"val_corruption": 100 * run["val_corruption"]} if args.corruptions else {}), "score": 100 * score[p],
+         **{g: 100 * run["test"]["groups"][g] for g in GROUPS if g in run["test"]["groups"]}}
+        for p, run in grid.items()
+    ]  # fmt: skip
     report = {
         "command": "python benchmarks/lambda_sweep.py " + shlex.join(sys.argv[1:]),
         "protocol": "Protocol" + __doc__.split("Protocol")[1].split("Runs share")[0].rstrip(),
@@ -185,11 +210,7 @@ def main() -> None:
         "corruption_images_per_cell": args.corruptions, "chosen": dict(zip(names, chosen)),
         "machine": f"{os.cpu_count()} CPU cores" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
         "date": time.strftime("%Y-%m-%d"),
-        "grid_seed0": [{**dict(zip(names, p)), "lr": grid[p]["lr"], "val": 100 * run["val"],
-                        **({"val_corruption": 100 * run["val_corruption"]} if args.corruptions else {}),
-                        "score": 100 * score[p],
-                        **{g: 100 * run["test"]["groups"][g] for g in GROUPS if g in run["test"]["groups"]}}
-                       for p, run in grid.items()],
+        "grid_seeds": grid_seeds, grid_key: grid_entries,
         "methods": {label: {**{g: row["groups"][g] for g in GROUPS if g in row["groups"]}, "sets": row["sets"]}
                     for label, row in table.items()},
     }  # fmt: skip
@@ -205,21 +226,22 @@ def main() -> None:
         "lr": "lr",
         "weight_decay": "weight decay",
     }
-    groups = [g for g in GROUPS if any(g in entry for entry in report["grid_seed0"])]
+    groups = [g for g in GROUPS if any(g in entry for entry in grid_entries)]
     header = [*(knob_titles[key] for key in columns), *(titles[key] for key in scored), *groups]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for point, entry in zip(points, report["grid_seed0"]):
+    for point, entry in zip(points, grid_entries):
         cells = [f"{entry[key]:g}" for key in columns] + [f"{entry[key]:.2f}" for key in scored]
         cells[-1] += " ← chosen" if point == chosen else ""
         lines.append("| " + " | ".join(cells + [f"{entry.get(g, float('nan')):.1f}" for g in groups]) + " |")
     chooser = "finetune_val" if args.choose_on == "val" else "finetune_val and its validation corruptions"
+    seeds_said = f"seed {grid_seeds[0]}" if len(grid_seeds) == 1 else f"mean over seeds {grid_seeds}"
     swept = "lr and weight decay" if args.row == FLYP else "λ1, λ2"
     with open(args.output + ".md", "w") as handle:
         handle.write(
             f"# {swept} chosen on {chooser}\n\nCommand: `{report['command']}`  \n"
             f"Machine: {report['machine']}, {report['date']}. Row: {args.row} at lr {args.lr:g}; "
             f"steps {args.steps} × batch {args.batch}.\n\n{report['protocol']}\n\n"
-            f"## Grid (seed {first}; test columns are for reading, never for choosing)\n\n" + "\n".join(lines) + "\n\n"
+            f"## Grid ({seeds_said}; test columns are for reading, never for choosing)\n\n" + "\n".join(lines) + "\n\n"
             f"## Chosen against the row's own point (seeds {args.seeds}; mean ± std)\n\n{rb.markdown_table(table)}\n"
         )
     print(rb.markdown_table(table))

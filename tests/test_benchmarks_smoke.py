@@ -86,6 +86,21 @@ def test_lambda_sweep_grid_trains_what_each_point_names():
         assert overrides.get("weight_decay", robustness.WEIGHT_DECAY) == point[1]
 
 
+def test_lambda_sweep_chooses_on_the_mean_of_the_grid_seeds():
+    import lambda_sweep
+
+    runs = [
+        {"lr": 1e-3, "val": 0.8, "val_corruption": 0.6, "test": {"groups": {"id": 0.9, "corruption": 0.5}}},
+        {"lr": 1e-3, "val": 0.6, "val_corruption": 0.4, "test": {"groups": {"id": 0.7, "corruption": 0.3}}},
+    ]
+    mean = lambda_sweep._mean_run(runs)
+    assert mean["lr"] == 1e-3
+    assert mean["val"] == pytest.approx(0.7) and mean["val_corruption"] == pytest.approx(0.5)
+    assert mean["test"]["groups"] == pytest.approx({"id": 0.8, "corruption": 0.4})
+    clean_only = {"lr": 1e-3, "val": 0.8, "test": {"groups": {"id": 0.9}}}  # a run without --corruptions
+    assert "val_corruption" not in lambda_sweep._mean_run([clean_only])
+
+
 PEER_ARGS = ["--config", "tiny", "--batch", "4", "--steps", "2", "--warmup", "1", "--rounds", "1", "--threads", "1"]
 
 
