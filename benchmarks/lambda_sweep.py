@@ -171,10 +171,10 @@ def main() -> None:
 
     # 1. Every grid point at the row's lr, first seed (or first --grid_seeds); chosen on validation.
     names = knobs(args.row)
-    label = {"lambda_caption": "λ1", "lambda_pairs": "λ2", "lr_factor": "lr ×", "weight_decay": "weight decay"}
+    short = {"lambda_caption": "λ1", "lambda_pairs": "λ2", "lr_factor": "lr ×", "weight_decay": "weight decay"}
 
     def say(point: tuple[float, float]) -> str:
-        return ", ".join(f"{label[name]} {value:g}" for name, value in zip(names, point))
+        return ", ".join(f"{short[name]} {value:g}" for name, value in zip(names, point))
 
     points, grid_seeds = points_of(args.row, args.grid), args.seeds[: args.grid_seeds]
     tasks = [task(args.row, p, args.lr, seed) for p in points for seed in grid_seeds]
