@@ -145,6 +145,9 @@ def main() -> None:
     )
     parser.add_argument("--corruptions", type=int, default=0, help="images per corruption x severity (0: none)")
     parser.add_argument(
+        "--save_models", action="store_true", help="keep each run trained now under <workdir>/models (tower swaps)"
+    )
+    parser.add_argument(
         "--choose_on",
         choices=["val", "val_and_corruption"],
         default="val",

@@ -1,4 +1,4 @@
-"""Which tower carries a finetuned model's corruption accuracy: its image tower or its text tower?
+"""Which tower carries a finetuned model's corruption (and zero-shot) accuracy: its image tower or its text tower?
 
     python benchmarks/robustness.py ... --corruptions 100 --save_models --workdir W   # keeps every run's model
     python benchmarks/tower_swap.py --workdir W --runs FLYP-lr0.001 "ARF,_MMR-diverse_retrieval-lr0.003" \
@@ -6,8 +6,8 @@
 
 A corruption changes only the image, so the text tower meets it through the class head alone. For each saved run
 (seeds averaged) this scores, on the miniworld corruption suite (the same images as robustness.py's) and on the
-clean ID / domain-shift sets, four models assembled from two towers each: finetuned image + finetuned text (the
-run itself), finetuned image + pretrained text, pretrained image + finetuned text, and pretrained both (the
+clean ID / domain-shift / zero-shot sets, four models assembled from two towers each: finetuned image + finetuned
+text (the run itself), finetuned image + pretrained text, pretrained image + finetuned text, and pretrained both (the
 zero-shot start). A tower "carries" a gain if swapping it in moves the score.
 
 With `--early_from RUN2 --blocks 0 1 ...` it asks the same of the image tower's depth instead: each run of
@@ -31,6 +31,7 @@ import torch
 from transformers import CLIPProcessor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from corruption_groups import RENDERER_LIKE  # noqa: E402
 from robustness import _tests, evaluation_sets  # noqa: E402  (the benchmark's own sets, made the same way)
 
 from anchorclip import AnchorCLIPModel, AnchorCLIPTrainer, AnchorTrainingArguments  # noqa: E402
@@ -39,6 +40,7 @@ from anchorclip.miniworld.prompts import SHAPE_TEMPLATES  # noqa: E402
 from anchorclip.results import summarize  # noqa: E402
 
 IMAGE_TOWER = ("vision_model.", "visual_projection.")
+GROUPS = ("id", "domain_shift", "zero_shot", "corruption")  # the summary groups scored, in table order
 
 
 def _early(blocks: int) -> tuple[str, ...]:
@@ -75,11 +77,15 @@ def score(model: AnchorCLIPModel, eval_sets: dict, workdir: str) -> dict:
     trainer = AnchorCLIPTrainer(model=model, args=args, processing_class=CLIPProcessor.from_pretrained(MINICLIP_PATH))
     summary = summarize(trainer.evaluate(_tests(eval_sets)))
     groups = summary["groups"]
-    scores = {group: 100 * groups[group] for group in ("id", "domain_shift", "corruption") if group in groups}
-    # The blurs are where ARF trails FLYP most (docs/results/corruptions.md): their mean beside the whole suite's.
-    blurs = [value for name, value in summary["sets"].items() if "_blur" in name]
-    if blurs:
-        scores["blurs"] = 100 * statistics.mean(blurs)
+    scores = {group: 100 * groups[group] for group in GROUPS if group in groups}
+    # Where ARF trails FLYP (docs/results/corruptions.md): corruption_groups.py's renderer-like cells, beside all 75.
+    renderer_like = [
+        value
+        for name, value in summary["sets"].items()
+        if name.count("-") == 2 and name.split("-")[1] in RENDERER_LIKE
+    ]
+    if renderer_like:
+        scores["renderer_like"] = 100 * statistics.mean(renderer_like)
     return scores
 
 
@@ -139,19 +145,19 @@ def main() -> None:
     with open(args.output + ".json", "w") as handle:
         json.dump(report, handle, indent=1)
     lines = [
-        f"# Which {'image blocks carry' if args.early_from else 'tower carries'} the corruption accuracy"
+        f"# Which {'image blocks carry' if args.early_from else 'tower carries'} the corruption and zero-shot accuracy"
         " (miniworld corruption suite, mean ± std over seeds)",
         "",
         f"Command: `{report['command']}`",
         "",
-        "| run | towers | ID | domain shift | corruption (15 x 5) | the four blurs |",
-        "|---|---|---|---|---|---|",
+        "| run | towers | ID | domain shift | zero-shot | corruption (15 x 5) | renderer-like (4 blurs, pixelate) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for run, rows in report["runs"].items():
         for label, groups in rows.items():
             cells = [
                 f"{groups[g][0]:.1f} ± {groups[g][1]:.1f}" if isinstance(groups[g], list) else f"{groups[g]:.1f}"
-                for g in ("id", "domain_shift", "corruption", "blurs")
+                for g in (*GROUPS, "renderer_like")
                 if g in groups
             ]
             lines.append(f"| {run} | {label} | " + " | ".join(cells) + " |")

@@ -1,7 +1,9 @@
-"""Smoke tests of the speed benchmarks (flops.py, throughput.py, loader.py, precision.py, peer_step.py): CPU only."""
+"""Smoke tests of the benchmark scripts (speed: flops, throughput, loader, precision, peer_step; tuning and diagnoses:
+lambda_sweep, wise_saved, tower_swap): CPU only."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -126,3 +128,56 @@ def test_peer_step_open_clip_side_trains_the_same_architecture(tmp_path):
     positions = CONFIGS["tiny"]["text"]["max_position_embeddings"] - open_clip["context_length"]
     assert flyp["parameters"] - open_clip["parameters"] == positions * CONFIGS["tiny"]["text"]["hidden_size"]
     assert report["summary"]["flyp"]["images_per_s_vs_open_clip"] > 0
+
+
+def test_wise_saved_sweeps_a_saved_run_and_chooses_alpha_on_validation(tmp_path, monkeypatch):
+    import robustness
+    import wise_saved
+
+    from anchorclip import AnchorCLIPModel
+    from anchorclip.miniworld import MINICLIP_PATH
+
+    finetuned = AnchorCLIPModel.from_pretrained(MINICLIP_PATH)
+    with torch.no_grad():
+        finetuned.visual_projection.weight.mul_(-1.0)  # far from the pretrained model: α matters
+    finetuned.save_pretrained(tmp_path / "models" / "run-s0")
+    small_sets = robustness.evaluation_sets(24)
+    monkeypatch.setattr(robustness, "evaluation_sets", lambda size, corruptions: small_sets)
+    output = tmp_path / "wise"
+    argv = ["--workdir", str(tmp_path), "--runs", "run", "--seeds", "0", "--alphas", "1", "0", "--output", str(output)]
+    monkeypatch.setattr(sys, "argv", ["wise_saved.py", *argv])
+    wise_saved.main()
+    report = json.loads((tmp_path / "wise.json").read_text())
+    entry = report["runs"]["run"]
+    # α = 0 is the pretrained model, whose validation score beats the negated projection's: chosen on validation.
+    assert entry["score"]["0.0"] > entry["score"]["1.0"] and entry["chosen_alpha"] == 0.0
+    zero_shot = wise_saved.evaluate(AnchorCLIPModel.from_pretrained(MINICLIP_PATH), small_sets, str(tmp_path), 32)
+    assert entry["sweep"]["0.0"]["0"]["val"] == zero_shot["val"]
+    assert "WiSE-FT (α=0, validation-chosen)" in (tmp_path / "wise.md").read_text()
+    # Every (run, seed, α) is cached: a second sweep evaluates nothing.
+    monkeypatch.setattr(wise_saved, "evaluate", lambda *args: pytest.fail("evaluated a cached α"))
+    wise_saved.main()
+
+
+def test_tower_swap_takes_each_tower_from_the_model_it_names():
+    import tower_swap
+
+    from anchorclip import AnchorCLIPModel
+    from anchorclip.miniworld import MINICLIP_PATH
+
+    pretrained, moved = (AnchorCLIPModel.from_pretrained(MINICLIP_PATH) for _ in range(2))
+    with torch.no_grad():
+        for parameter in moved.parameters():
+            parameter.add_(1.0)
+    mixed = tower_swap.assemble(moved, pretrained, early_from=pretrained, blocks=1)
+    state, source = mixed.state_dict(), {"moved": moved.state_dict(), "pretrained": pretrained.state_dict()}
+    expected = {
+        "visual_projection.weight": "moved",  # image tower
+        "vision_model.encoder.layers.1.mlp.fc1.weight": "moved",  # after the first block
+        "vision_model.encoder.layers.0.mlp.fc1.weight": "pretrained",  # the first block: from early_from
+        "vision_model.embeddings.patch_embedding.weight": "pretrained",
+        "text_projection.weight": "pretrained",  # text tower
+        "logit_scale": "pretrained",
+    }
+    for name, origin in expected.items():
+        assert torch.equal(state[name], source[origin][name]), name
