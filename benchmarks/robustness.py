@@ -273,11 +273,7 @@ def train_one(
     start = time.time()
     trainer.train()
     result = {"name": name, "lr": lr, "seed": seed, "train_seconds": round(time.time() - start, 1)}
-    result["val"] = trainer.evaluate({"val": eval_sets["val"]})["eval_val_top1"]
-    val_corrupted = {name: s for name, s in eval_sets.items() if name.startswith("val-")}
-    if val_corrupted:  # finetune_val under the 4 validation corruptions: what a corruption choice may use
-        result["val_corruption"] = trainer.evaluate(val_corrupted)["eval_corruption_val_mean"]
-    result["test"] = summarize(trainer.evaluate(_tests(eval_sets)))
+    result.update(evaluate_run(trainer, eval_sets))
     if getattr(args, "save_models", False):  # for diagnoses that need the trained model (tower swaps)
         trainer.model.save_pretrained(os.path.join(workdir, "models", os.path.basename(path)[: -len(".json")]))
     if wise:
@@ -315,6 +311,26 @@ def selection_score(run: dict, choose_on: str) -> float:
     if run.get("val_corruption") is None:
         raise SystemExit("--choose_on val_and_corruption needs --corruptions N (runs cached without them lack it)")
     return (run["val"] + run["val_corruption"]) / 2
+
+
+def evaluate_run(trainer: AnchorCLIPTrainer, eval_sets: dict) -> dict:
+    """A finished run's record: `val` (what a choice is made on), `val_corruption` (with corruption sets: finetune_val
+    under the 4 validation corruptions, what a corruption choice may use) and `test` (read, never chosen on)."""
+    record = {"val": trainer.evaluate({"val": eval_sets["val"]})["eval_val_top1"]}
+    val_corrupted = {name: s for name, s in eval_sets.items() if name.startswith("val-")}
+    if val_corrupted:
+        record["val_corruption"] = trainer.evaluate(val_corrupted)["eval_corruption_val_mean"]
+    record["test"] = summarize(trainer.evaluate(_tests(eval_sets)))
+    return record
+
+
+def evaluation_trainer(model: AnchorCLIPModel, workdir: str, batch: int = 128) -> AnchorCLIPTrainer:
+    """A trainer that only evaluates a finished model (saved, assembled or interpolated) the way `train_one` does."""
+    args = AnchorTrainingArguments(
+        output_dir=os.path.join(workdir, "scratch"), method="zeroshot", report_to="none",
+        use_cpu=not torch.cuda.is_available(), per_device_eval_batch_size=batch, eval_templates=list(SHAPE_TEMPLATES),
+    )  # fmt: skip
+    return AnchorCLIPTrainer(model=model, args=args, processing_class=CLIPProcessor.from_pretrained(MINICLIP_PATH))
 
 
 def _tests(eval_sets: dict) -> dict:

@@ -28,15 +28,13 @@ import sys
 import time
 
 import torch
-from transformers import CLIPProcessor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from corruption_groups import RENDERER_LIKE  # noqa: E402
-from robustness import _tests, evaluation_sets  # noqa: E402  (the benchmark's own sets, made the same way)
+from robustness import _tests, evaluation_sets, evaluation_trainer  # noqa: E402  (the benchmark's sets and scoring)
 
-from anchorclip import AnchorCLIPModel, AnchorCLIPTrainer, AnchorTrainingArguments  # noqa: E402
+from anchorclip import AnchorCLIPModel  # noqa: E402
 from anchorclip.miniworld import MINICLIP_PATH  # noqa: E402
-from anchorclip.miniworld.prompts import SHAPE_TEMPLATES  # noqa: E402
 from anchorclip.results import summarize  # noqa: E402
 
 IMAGE_TOWER = ("vision_model.", "visual_projection.")
@@ -70,11 +68,7 @@ def assemble(
 
 
 def score(model: AnchorCLIPModel, eval_sets: dict, workdir: str) -> dict:
-    args = AnchorTrainingArguments(
-        output_dir=os.path.join(workdir, "scratch"), method="zeroshot", report_to="none",
-        use_cpu=not torch.cuda.is_available(), per_device_eval_batch_size=128, eval_templates=list(SHAPE_TEMPLATES),
-    )  # fmt: skip
-    trainer = AnchorCLIPTrainer(model=model, args=args, processing_class=CLIPProcessor.from_pretrained(MINICLIP_PATH))
+    trainer = evaluation_trainer(model, workdir)
     summary = summarize(trainer.evaluate(_tests(eval_sets)))
     groups = summary["groups"]
     scores = {group: 100 * groups[group] for group in GROUPS if group in groups}

@@ -25,31 +25,13 @@ import sys
 import time
 
 import torch
-from transformers import CLIPProcessor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import robustness as rb  # noqa: E402  (the benchmark's own sets, score and tables)
 
-from anchorclip import AnchorCLIPModel, AnchorCLIPTrainer, AnchorTrainingArguments, wise_ft  # noqa: E402
+from anchorclip import AnchorCLIPModel, wise_ft  # noqa: E402
 from anchorclip.evaluation import GROUPS  # noqa: E402
 from anchorclip.miniworld import MINICLIP_PATH  # noqa: E402
-from anchorclip.miniworld.prompts import SHAPE_TEMPLATES  # noqa: E402
-from anchorclip.results import summarize  # noqa: E402
-
-
-def evaluate(model: AnchorCLIPModel, eval_sets: dict, workdir: str, batch: int) -> dict:
-    """What robustness.train_one records of a trained run: val, val_corruption (with corruption sets), test."""
-    args = AnchorTrainingArguments(
-        output_dir=os.path.join(workdir, "scratch"), method="zeroshot", report_to="none",
-        use_cpu=not torch.cuda.is_available(), per_device_eval_batch_size=batch, eval_templates=list(SHAPE_TEMPLATES),
-    )  # fmt: skip
-    trainer = AnchorCLIPTrainer(model=model, args=args, processing_class=CLIPProcessor.from_pretrained(MINICLIP_PATH))
-    result = {"val": trainer.evaluate({"val": eval_sets["val"]})["eval_val_top1"]}
-    val_corrupted = {name: s for name, s in eval_sets.items() if name.startswith("val-")}
-    if val_corrupted:
-        result["val_corruption"] = trainer.evaluate(val_corrupted)["eval_corruption_val_mean"]
-    result["test"] = summarize(trainer.evaluate(rb._tests(eval_sets)))
-    return result
 
 
 def sweep(run: str, seed: int, alphas: list[float], eval_sets: dict, args) -> dict[float, dict]:
@@ -68,7 +50,8 @@ def sweep(run: str, seed: int, alphas: list[float], eval_sets: dict, args) -> di
                 raise SystemExit(f"no saved model {model_dir}: train the run with --save_models first")
             finetuned = AnchorCLIPModel.from_pretrained(model_dir)
             pretrained = AnchorCLIPModel.from_pretrained(MINICLIP_PATH)
-        results[alpha] = evaluate(wise_ft(pretrained, finetuned, alpha), eval_sets, args.workdir, args.eval_batch)
+        model = wise_ft(pretrained, finetuned, alpha)
+        results[alpha] = rb.evaluate_run(rb.evaluation_trainer(model, args.workdir, args.eval_batch), eval_sets)
         print(f"{run} s{seed} α {alpha:g}: {rb.selection_score(results[alpha], args.choose_on):.4f}", flush=True)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as handle:

@@ -151,11 +151,11 @@ def test_wise_saved_sweeps_a_saved_run_and_chooses_alpha_on_validation(tmp_path,
     entry = report["runs"]["run"]
     # α = 0 is the pretrained model, whose validation score beats the negated projection's: chosen on validation.
     assert entry["score"]["0.0"] > entry["score"]["1.0"] and entry["chosen_alpha"] == 0.0
-    zero_shot = wise_saved.evaluate(AnchorCLIPModel.from_pretrained(MINICLIP_PATH), small_sets, str(tmp_path), 32)
-    assert entry["sweep"]["0.0"]["0"]["val"] == zero_shot["val"]
+    trainer = robustness.evaluation_trainer(AnchorCLIPModel.from_pretrained(MINICLIP_PATH), str(tmp_path))
+    assert entry["sweep"]["0.0"]["0"]["val"] == robustness.evaluate_run(trainer, small_sets)["val"]
     assert "WiSE-FT (α=0, validation-chosen)" in (tmp_path / "wise.md").read_text()
     # Every (run, seed, α) is cached: a second sweep evaluates nothing.
-    monkeypatch.setattr(wise_saved, "evaluate", lambda *args: pytest.fail("evaluated a cached α"))
+    monkeypatch.setattr(robustness, "evaluate_run", lambda *args: pytest.fail("evaluated a cached α"))
     wise_saved.main()
 
 
