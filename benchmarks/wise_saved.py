@@ -51,11 +51,9 @@ def sweep(run: str, seed: int, alphas: list[float], eval_sets: dict, args) -> di
             finetuned = AnchorCLIPModel.from_pretrained(model_dir)
             pretrained = AnchorCLIPModel.from_pretrained(MINICLIP_PATH)
         model = wise_ft(pretrained, finetuned, alpha)
-        results[alpha] = rb.evaluate_run(rb.evaluation_trainer(model, args.workdir, args.eval_batch), eval_sets)
+        trainer = rb.evaluation_trainer(model, args.workdir, args.eval_batch)
+        results[alpha] = rb._save(path, rb.evaluate_run(trainer, eval_sets))  # written whole or not at all
         print(f"{run} s{seed} α {alpha:g}: {rb.selection_score(results[alpha], args.choose_on):.4f}", flush=True)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as handle:
-            json.dump(results[alpha], handle)
     return results
 
 
