@@ -57,6 +57,10 @@ def sweep(run: str, seed: int, alphas: list[float], eval_sets: dict, args) -> di
     return results
 
 
+def _brief(result: dict) -> dict:
+    return {**{k: v for k, v in result.items() if k != "test"}, "test": {"groups": result["test"]["groups"]}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", required=True, help="where the runs were trained with --save_models")
@@ -90,7 +94,8 @@ def main() -> None:
         chosen = max(alphas, key=lambda a: score[a])  # max keeps the first of equals: α = 1
         report["runs"][run] = {
             "score": {str(a): 100 * v for a, v in score.items()}, "chosen_alpha": chosen,
-            "sweep": {str(a): {str(s): by_seed[s][a] for s in args.seeds} for a in alphas},
+            # Per α and seed the scores and test group means (each cell's numbers stay in <workdir>/wise/).
+            "sweep": {str(a): {str(s): _brief(by_seed[s][a]) for s in args.seeds} for a in alphas},
         }  # fmt: skip
         print(f"{run}: score by α { {a: round(100 * v, 2) for a, v in score.items()} } -> α {chosen:g}")
         for alpha in dict.fromkeys([1.0, chosen]):
