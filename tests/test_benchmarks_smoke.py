@@ -181,3 +181,24 @@ def test_tower_swap_takes_each_tower_from_the_model_it_names():
     }
     for name, origin in expected.items():
         assert torch.equal(state[name], source[origin][name]), name
+
+
+def test_zero_shot_outside_tasks_are_new_and_scored_by_their_prompts(tmp_path):
+    import zero_shot_outside
+
+    from anchorclip import AnchorCLIPModel
+    from anchorclip.miniworld import MINICLIP_PATH
+    from anchorclip.miniworld.attributes import ATTRIBUTES
+    from anchorclip.miniworld.splits import SPLITS
+
+    # Seeds no split draws from, attributes no split is labelled by: tasks nothing was chosen on.
+    assert not {seed for *_, seed, _ in zero_shot_outside.TASKS} & {spec.seed for spec in SPLITS.values()}
+    assert not {task[0] for task in zero_shot_outside.TASKS} & {spec.label for spec in SPLITS.values()}
+    sets = zero_shot_outside.outside_sets(size=24)
+    for attribute, classes, *_ in zero_shot_outside.TASKS:
+        labels = sets[attribute].dataset["label"]
+        assert sets[attribute].class_names == list(classes) and set(labels) <= set(range(len(classes)))
+        names = [ATTRIBUTES[attribute][i] for i in sets[attribute].dataset[attribute]]  # the scene's own attribute
+        assert labels == [classes.index(name) for name in names] and len(set(labels)) > 1
+    scores = zero_shot_outside.score(AnchorCLIPModel.from_pretrained(MINICLIP_PATH), sets, str(tmp_path))
+    assert set(scores) == {"size", "position"} and all(0.0 <= v <= 100.0 for v in scores.values())
