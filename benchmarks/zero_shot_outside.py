@@ -45,7 +45,7 @@ TASKS = (
 
 
 def outside_sets(size: int = 1000) -> dict[str, EvalSet]:
-    """The two tasks as evaluation sets (rendered in memory: they are small)."""
+    """The two tasks as evaluation sets, rendered by the world's generator on each run (2,000 small images)."""
     sets = {}
     for attribute, classes, seed, templates in TASKS:
         spec = SplitSpec(f"outside_{attribute}", seed, size, SHAPES, ("photo",), attribute, classes)
