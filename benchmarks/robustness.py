@@ -324,6 +324,14 @@ def evaluate_run(trainer: AnchorCLIPTrainer, eval_sets: dict) -> dict:
     return record
 
 
+def saved_model(workdir: str, run: str, seed: int) -> AnchorCLIPModel:
+    """The model `train_one` kept with `--save_models` (run name as in `<workdir>/runs`, without `-s<seed>`)."""
+    model_dir = os.path.join(workdir, "models", f"{run}-s{seed}")
+    if not os.path.isdir(model_dir):
+        raise SystemExit(f"no saved model {model_dir}: train the run with --save_models first")
+    return AnchorCLIPModel.from_pretrained(model_dir)
+
+
 def evaluation_trainer(model: AnchorCLIPModel, workdir: str, batch: int = 128) -> AnchorCLIPTrainer:
     """A trainer that only evaluates a finished model (saved, assembled or interpolated) the way `train_one` does."""
     args = AnchorTrainingArguments(

@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from corruption_groups import RENDERER_LIKE  # noqa: E402
-from robustness import _tests, evaluation_sets, evaluation_trainer  # noqa: E402  (the benchmark's sets and scoring)
+from robustness import _tests, evaluation_sets, evaluation_trainer, saved_model  # noqa: E402
 
 from anchorclip import AnchorCLIPModel  # noqa: E402
 from anchorclip.miniworld import MINICLIP_PATH  # noqa: E402
@@ -103,15 +103,13 @@ def main() -> None:
     for run in args.runs:
         per_seed: dict[str, list[dict]] = {}
         for seed in args.seeds:
-            finetuned = AnchorCLIPModel.from_pretrained(os.path.join(args.workdir, "models", f"{run}-s{seed}"))
+            finetuned = saved_model(args.workdir, run, seed)
             # (label, image tower, text tower, early image blocks from, how many)
             models: list[tuple[str, AnchorCLIPModel, AnchorCLIPModel, AnchorCLIPModel | None, int]] = [
                 ("finetuned image + finetuned text", finetuned, finetuned, None, 0)
             ]
             if args.early_from:
-                early = AnchorCLIPModel.from_pretrained(
-                    os.path.join(args.workdir, "models", f"{args.early_from}-s{seed}")
-                )
+                early = saved_model(args.workdir, args.early_from, seed)
                 models += [
                     (
                         f"patch embedding + first {k} image blocks from {args.early_from}",

@@ -45,10 +45,7 @@ def sweep(run: str, seed: int, alphas: list[float], eval_sets: dict, args) -> di
             results[alpha] = json.load(open(path))
             continue
         if finetuned is None:
-            model_dir = os.path.join(args.workdir, "models", f"{run}-s{seed}")
-            if not os.path.isdir(model_dir):
-                raise SystemExit(f"no saved model {model_dir}: train the run with --save_models first")
-            finetuned = AnchorCLIPModel.from_pretrained(model_dir)
+            finetuned = rb.saved_model(args.workdir, run, seed)
             pretrained = AnchorCLIPModel.from_pretrained(MINICLIP_PATH)
         model = wise_ft(pretrained, finetuned, alpha)
         trainer = rb.evaluation_trainer(model, args.workdir, args.eval_batch)

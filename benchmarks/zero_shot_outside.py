@@ -81,10 +81,7 @@ def main() -> None:
     for run in args.runs:
         rows[run] = []
         for seed in args.seeds:
-            model_dir = os.path.join(args.workdir, "models", f"{run}-s{seed}")
-            if not os.path.isdir(model_dir):
-                raise SystemExit(f"no saved model {model_dir}: train the run with --save_models first")
-            rows[run].append(score(AnchorCLIPModel.from_pretrained(model_dir), sets, args.workdir))
+            rows[run].append(score(rb.saved_model(args.workdir, run, seed), sets, args.workdir))
     table = {}
     for row, scores in rows.items():
         per_task = {task: [s[task] for s in scores] for task in sets}
