@@ -20,13 +20,20 @@ import sys
 RENDERER_LIKE = ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur", "pixelate")
 
 
+def group_of(set_name: str) -> str | None:
+    """ "renderer-like" or "other" for a corruption cell `<split>-<corruption>-<severity>`; None for any other set."""
+    if set_name.count("-") != 2:
+        return None
+    return "renderer-like" if set_name.split("-")[1] in RENDERER_LIKE else "other"
+
+
 def group_means(sets: dict[str, dict]) -> dict[str, list[float]]:
     """Per seed, the mean top-1 over the cells `<split>-<corruption>-<severity>` of each group."""
-    cells = {name: values["values"] for name, values in sets.items() if name.count("-") == 2}
+    cells = {name: values["values"] for name, values in sets.items() if group_of(name)}
     seeds = len(next(iter(cells.values())))
     groups = {
-        "renderer-like": [v for name, v in cells.items() if name.split("-")[1] in RENDERER_LIKE],
-        "other": [v for name, v in cells.items() if name.split("-")[1] not in RENDERER_LIKE],
+        "renderer-like": [v for name, v in cells.items() if group_of(name) == "renderer-like"],
+        "other": [v for name, v in cells.items() if group_of(name) == "other"],
         "all": list(cells.values()),
     }
     return {group: [statistics.mean(v[i] for v in rows) for i in range(seeds)] for group, rows in groups.items()}

@@ -30,7 +30,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from corruption_groups import RENDERER_LIKE  # noqa: E402
+from corruption_groups import group_of  # noqa: E402
 from robustness import _tests, evaluation_sets, evaluation_trainer, saved_model  # noqa: E402
 
 from anchorclip import AnchorCLIPModel  # noqa: E402
@@ -73,11 +73,7 @@ def score(model: AnchorCLIPModel, eval_sets: dict, workdir: str) -> dict:
     groups = summary["groups"]
     scores = {group: 100 * groups[group] for group in GROUPS if group in groups}
     # Where ARF trails FLYP (docs/results/corruptions.md): corruption_groups.py's renderer-like cells, beside all 75.
-    renderer_like = [
-        value
-        for name, value in summary["sets"].items()
-        if name.count("-") == 2 and name.split("-")[1] in RENDERER_LIKE
-    ]
+    renderer_like = [value for name, value in summary["sets"].items() if group_of(name) == "renderer-like"]
     if renderer_like:
         scores["renderer_like"] = 100 * statistics.mean(renderer_like)
     return scores

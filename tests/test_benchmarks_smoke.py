@@ -202,3 +202,20 @@ def test_zero_shot_outside_tasks_are_new_and_scored_by_their_prompts(tmp_path):
         assert labels == [classes.index(name) for name in names] and len(set(labels)) > 1
     scores = zero_shot_outside.score(AnchorCLIPModel.from_pretrained(MINICLIP_PATH), sets, str(tmp_path))
     assert set(scores) == {"size", "position"} and all(0.0 <= v <= 100.0 for v in scores.values())
+
+
+def test_corruption_groups_split_cells_by_the_renderer_and_saved_runs_must_exist(tmp_path):
+    import corruption_groups
+    import robustness
+
+    assert corruption_groups.group_of("test_photo-pixelate-3") == "renderer-like"
+    assert corruption_groups.group_of("test_photo-motion_blur-1") == "renderer-like"
+    assert corruption_groups.group_of("test_photo-jpeg_compression-5") == "other"
+    assert corruption_groups.group_of("test_photo") is None and corruption_groups.group_of("val") is None
+    sets = {"a-pixelate-1": {"values": [0.2, 0.4]}, "a-fog-1": {"values": [0.6, 0.8]}, "photo": {"values": [1, 1]}}
+    means = corruption_groups.group_means(sets)  # the clean set counts in no group
+    expected = {"renderer-like": [0.2, 0.4], "other": [0.6, 0.8], "all": [0.4, 0.6]}
+    assert means.keys() == expected.keys()
+    assert all(means[group] == pytest.approx(values) for group, values in expected.items())
+    with pytest.raises(SystemExit, match="train the run with --save_models"):
+        robustness.saved_model(str(tmp_path), "missing-run", 0)
